@@ -1,0 +1,39 @@
+"""AGN: accumulated gradient normalization (Hermans 2017); dist-keras shipped it as "ADAG"."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from zdk.algorithms.base import Params, WorkerWindow, add_delta, reset_to_center
+from zdk.algorithms.registry import register
+
+
+@dataclass(frozen=True)
+class AGNParams(Params):
+    """AGN hyperparameters; dist-keras's default window was 12."""
+
+    communication_window: int = 12
+
+
+def normalized_delta(win: WorkerWindow, params: Params) -> np.ndarray:
+    """Δ/λ = (θ − θ_pulled) / λ: the mean of the λ accumulated updates."""
+    delta = np.subtract(win.local, win.pulled)
+    delta /= np.float32(win.window)
+    return delta
+
+
+@register("agn")
+class AGN:
+    """Accumulated Gradient Normalization (J. Hermans, "On Scalable Deep Learning and
+    Parallelizing Gradient Descent", 2017, ch. 4).
+
+    Worker, every λ steps: commits Δ/λ with Δ = θ − θ_pulled, pulls θ̃ and sets θ ← θ̃.
+    Server: θ̃ ← θ̃ + Δ/λ.
+    """
+
+    Params = AGNParams
+    server_update = staticmethod(add_delta)
+    worker_delta = staticmethod(normalized_delta)
+    worker_reset = staticmethod(reset_to_center)

@@ -1,0 +1,330 @@
+"""The worker's client: one DEALER per shard, scatter commits, gather pulls, every wait bounded.
+
+Requests to all shards are sent first and the replies gathered after, so shards
+work concurrently; each client has at most one request in flight per shard.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import zmq
+
+from zdk.allocator import tune_allocator
+from zdk.errors import ConfigError, DeadlineExceeded, ProtocolError, RemoteError, ShardRestarted
+from zdk.layout import DTYPE, ShardPlan
+from zdk.protocol import (
+    DEFAULT_CHUNK_BYTES, DEFAULT_MAX_FRAME_BYTES, ERROR, WIRE_DTYPE, Reply, Request, as_frames, decode_reply,
+)
+from zdk.transports.zmq import ZmqDealerTransport
+
+logger = logging.getLogger(__name__)
+
+ATTEMPT_SHIFT = 40
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """What `hello` told about the shards.
+
+    Args:
+        total_size: length of the flat vector.
+        ranges: each shard's [start, stop).
+        algorithm: the algorithm the shards run.
+        params: its hyperparameters.
+        versions: each shard's version.
+        generations: each shard's generation.
+    """
+
+    total_size: int
+    ranges: tuple[tuple[int, int], ...]
+    algorithm: str
+    params: Mapping[str, Any]
+    versions: tuple[int, ...]
+    generations: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class CommitReceipt:
+    """The merged replies of all shards to one commit.
+
+    Args:
+        applied: whether every shard applied it.
+        staleness: the largest staleness any shard saw.
+        info: the algorithm's reported numbers, averaged over shards.
+        versions: each shard's version after the commit.
+    """
+
+    applied: bool
+    staleness: int
+    info: Mapping[str, float] = field(default_factory=dict)
+    versions: tuple[int, ...] = ()
+
+
+class PSClient:
+    """Talks to every shard of a parameter server.
+
+    Args:
+        endpoints: the shards' endpoints, shard k at index k.
+        worker_id: this worker's id (u32), unique among the workers of a job.
+        attempt: the Spark task attempt; request ids of later attempts never collide.
+        timeout: seconds any request may take before :class:`DeadlineExceeded`.
+        chunk_bytes: data frame size of commits.
+        context: a ``zmq.Context``; the process-wide one when omitted.
+    """
+
+    def __init__(self, endpoints: Sequence[str], *, worker_id: int = 0, attempt: int = 0, timeout: float = 30.0,
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+                 context: zmq.Context | None = None) -> None:
+        if not endpoints:
+            raise ConfigError("`endpoints` must name at least one shard. Received: endpoints=[]")
+        if not isinstance(worker_id, int) or not 0 <= worker_id < 2**32:
+            raise ConfigError(f"`worker_id` must be an int in [0, 2^32). Received: worker_id={worker_id!r}")
+        if not isinstance(attempt, int) or not 0 <= attempt < 2**24:
+            raise ConfigError(f"`attempt` must be an int in [0, 2^24). Received: attempt={attempt!r}")
+        if not timeout > 0:
+            raise ConfigError(f"`timeout` must be > 0 seconds. Received: timeout={timeout!r}")
+        tune_allocator()
+        self.endpoints = list(endpoints)
+        self.worker_id = worker_id
+        self.attempt = attempt
+        self.timeout = float(timeout)
+        self.chunk_bytes = chunk_bytes
+        self._rid = attempt << ATTEMPT_SHIFT
+        self._links = [ZmqDealerTransport(e, max_message_bytes=max_frame_bytes + (1 << 20), context=context)
+                       for e in self.endpoints]
+        self.info: ClusterInfo | None = None
+        self.plan: ShardPlan | None = None
+        self._versions = [0] * len(self._links)
+        self._gens: list[int | None] = [None] * len(self._links)
+        self.wait_seconds = 0.0
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def versions(self) -> tuple[int, ...]:
+        """Each shard's version at this worker's last pull (the base of its next commit)."""
+        return tuple(self._versions)
+
+    @property
+    def total_size(self) -> int:
+        return self._require_info().total_size
+
+    def hello(self, *, register: bool = True) -> ClusterInfo:
+        """Registers this worker with every shard and checks that their ranges tile the vector.
+
+        Args:
+            register: False to only observe (stats, init, checkpoint, shutdown) without
+                joining as a worker.
+        """
+        args = {} if register else {"role": "observer"}
+        replies = self._roundtrip("hello", [self._request("hello", k, args=args) for k in range(len(self._links))])
+        ranges = tuple((int(r.fields["range"][0]), int(r.fields["range"][1])) for r in replies)
+        total = int(replies[0].fields["total"])
+        for k, r in enumerate(replies):
+            if r.shard != k or int(r.fields["num_shards"]) != len(self._links) or int(r.fields["total"]) != total:
+                raise ConfigError(
+                    f"`endpoints` must list the {r.fields['num_shards']} shards of one server in order. "
+                    f"Received: {self.endpoints[k]} is shard {r.shard} of {r.fields['num_shards']}, size {r.fields['total']}"
+                )
+        plan = ShardPlan(total, len(self._links))
+        if list(ranges) != plan.ranges:
+            raise ConfigError(f"shard ranges {ranges} do not tile [0, {total}) as {plan.ranges}")
+        algos = {r.fields["algorithm"] for r in replies}
+        if len(algos) != 1:
+            raise ConfigError(f"shards run different algorithms: {sorted(algos)}")
+        self._gens = [r.gen for r in replies]
+        self._versions = [r.version for r in replies]
+        self.plan = plan
+        self.info = ClusterInfo(total_size=total, ranges=ranges, algorithm=algos.pop(),
+                                params=dict(replies[0].fields["params"]), versions=tuple(self._versions),
+                                generations=tuple(self._gens))
+        return self.info
+
+    def pull(self, out: np.ndarray | None = None, *, min_version: int | None = None,
+             wait: float | None = None) -> np.ndarray:
+        """Gathers the center θ̃ from every shard into ``out`` (allocated when omitted).
+
+        Args:
+            out: a C-contiguous float32 vector of the full size; each shard's frames are
+                received straight into its slice.
+            min_version: shards answer once their version reaches it (synchronous rounds).
+            wait: seconds a shard may wait for ``min_version``; the client deadline grows to match.
+        """
+        info = self._require_info()
+        if out is None:
+            out = np.empty(info.total_size, dtype=DTYPE)
+        if out.dtype != DTYPE or out.shape != (info.total_size,) or not out.flags.c_contiguous:
+            raise ConfigError(f"`out` must be a C-contiguous float32 vector of size {info.total_size}. "
+                              f"Received: dtype={out.dtype}, shape={out.shape}")
+        assert self.plan is not None
+        targets = [memoryview(s).cast("B") for s in self.plan.slices(out)]
+        requests = [self._request("pull", k, min_version=min_version, wait=wait) for k in range(len(self._links))]
+        extra = 0.0 if wait is None else wait
+        replies = self._roundtrip("pull", requests, targets=targets, extra_time=extra)
+        self._versions = [r.version for r in replies]
+        return out
+
+    def commit(self, delta: np.ndarray) -> CommitReceipt:
+        """Scatters ``delta`` (full size) to the shards, each with its slice and its base version."""
+        info = self._require_info()
+        if delta.dtype != DTYPE or delta.shape != (info.total_size,):
+            raise ConfigError(f"`delta` must be a float32 vector of size {info.total_size}. "
+                              f"Received: dtype={delta.dtype}, shape={delta.shape}")
+        delta = np.ascontiguousarray(delta)
+        assert self.plan is not None
+        requests = []
+        for k, part in enumerate(self.plan.slices(delta)):
+            frames = as_frames(part, self.chunk_bytes)
+            requests.append((self._request("commit", k, base=self._versions[k], dtype=WIRE_DTYPE,
+                                           lens=tuple(f.nbytes for f in frames)), frames))
+        replies = self._roundtrip("commit", requests)
+        infos = [r.fields.get("info", {}) for r in replies]
+        keys = set().union(*infos) if infos else set()
+        merged = {k: float(np.mean([i[k] for i in infos if k in i])) for k in keys}
+        return CommitReceipt(applied=all(r.fields.get("applied", False) for r in replies),
+                             staleness=max(int(r.fields.get("staleness", 0)) for r in replies),
+                             info=merged, versions=tuple(r.version for r in replies))
+
+    def init(self, flat: np.ndarray) -> None:
+        """Sets the center to ``flat`` (only while no worker is registered)."""
+        info = self._require_info()
+        if flat.dtype != DTYPE or flat.shape != (info.total_size,):
+            raise ConfigError(f"`flat` must be a float32 vector of size {info.total_size}. "
+                              f"Received: dtype={flat.dtype}, shape={flat.shape}")
+        assert self.plan is not None
+        requests = []
+        for k, part in enumerate(self.plan.slices(np.ascontiguousarray(flat))):
+            frames = as_frames(part, self.chunk_bytes)
+            requests.append((self._request("init", k, dtype=WIRE_DTYPE, lens=tuple(f.nbytes for f in frames)), frames))
+        self._roundtrip("init", requests)
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Every shard's `stats`."""
+        return [dict(r.fields["stats"]) for r in self._roundtrip("stats", self._all("stats"))]
+
+    def checkpoint(self) -> list[str]:
+        """Asks every shard to write its checkpoint; returns the files written."""
+        return [str(r.fields["path"]) for r in self._roundtrip("checkpoint", self._all("checkpoint"))]
+
+    def bye(self) -> None:
+        """Tells every shard this worker is done (synchronous rounds stop waiting for it)."""
+        self._roundtrip("bye", self._all("bye"))
+
+    def shutdown(self) -> None:
+        """Stops every shard."""
+        self._roundtrip("shutdown", self._all("shutdown"))
+
+    def close(self) -> None:
+        for link in self._links:
+            link.close()
+        self._links = []
+
+    def __enter__(self) -> "PSClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _require_info(self) -> ClusterInfo:
+        if self.info is None:
+            raise ConfigError("call `hello()` before pulling or committing")
+        return self.info
+
+    def _all(self, op: str) -> list[Request]:
+        return [self._request(op, k) for k in range(len(self._links))]
+
+    def _request(self, op: str, shard: int, **fields: Any) -> Request:
+        self._rid += 1
+        return Request(op=op, rid=self._rid, shard=shard, worker=self.worker_id, attempt=self.attempt,
+                       gen=self._gens[shard], **fields)
+
+    def _roundtrip(self, op: str, requests: Sequence[Request | tuple[Request, Sequence[Any]]], *,
+                   targets: Sequence[memoryview] | None = None, extra_time: float = 0.0) -> list[Reply]:
+        started = time.perf_counter()
+        pending: dict[int, Request] = {}
+        for k, item in enumerate(requests):
+            request, frames = item if isinstance(item, tuple) else (item, ())
+            self._links[k].send(request.encode(), frames)
+            pending[k] = request
+        replies: list[Reply | None] = [None] * len(requests)
+        deadline = time.monotonic() + self.timeout + extra_time
+        poller = zmq.Poller()
+        for k in pending:
+            poller.register(self._links[k].socket, zmq.POLLIN)
+        by_socket = {self._links[k].socket: k for k in pending}
+        try:
+            while pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    late = ", ".join(f"shard {k} at {self.endpoints[k]}" for k in sorted(pending))
+                    raise DeadlineExceeded(
+                        f"`{op}` got no reply within {self.timeout + extra_time:.1f} s from {late}"
+                    )
+                for sock, _ in poller.poll(remaining * 1000):
+                    k = by_socket[sock]
+                    reply = self._receive(k, pending.get(k), op, None if targets is None else targets[k])
+                    if reply is not None:
+                        replies[k] = reply
+                        pending.pop(k, None)
+                        poller.unregister(sock)
+        finally:
+            self.wait_seconds += time.perf_counter() - started
+        return [r for r in replies if r is not None]
+
+    def _receive(self, k: int, request: Request | None, op: str, target: memoryview | None) -> Reply | None:
+        link = self._links[k]
+        raw, more = link.recv_header()
+        try:
+            reply = decode_reply(raw)
+        except ProtocolError:
+            link.discard_rest()
+            raise
+        if request is None or reply.rid != request.rid:
+            dropped = link.discard_rest() if more else 0
+            logger.debug("%s: dropped a late reply (rid %d, %d frames)", self.endpoints[k], reply.rid, dropped)
+            return None
+        if reply.op == ERROR:
+            link.discard_rest()
+            code = str(reply.fields.get("code", "?"))
+            if code == "restarted":
+                raise ShardRestarted(f"shard {k} at {self.endpoints[k]} restarted: {reply.fields.get('message')}")
+            raise RemoteError(self.endpoints[k], op, code, str(reply.fields.get("message", "")))
+        if self._gens[k] is not None and reply.gen != self._gens[k]:
+            link.discard_rest()
+            raise ShardRestarted(f"shard {k} at {self.endpoints[k]} answered with generation {reply.gen}, "
+                                 f"expected {self._gens[k]}: it restarted")
+        if target is not None:
+            self._receive_data(k, reply, more, target)
+        elif more:
+            extra = link.discard_rest()
+            raise ProtocolError("extra_frame", f"{self.endpoints[k]}: `{op}` reply carried {extra} unexpected frames")
+        return reply
+
+    def _receive_data(self, k: int, reply: Reply, more: bool, target: memoryview) -> None:
+        link = self._links[k]
+        lens = reply.lens
+        if reply.fields.get("dtype") != WIRE_DTYPE or sum(lens) != target.nbytes:
+            if more:
+                link.discard_rest()
+            raise ProtocolError("bad_length", f"{self.endpoints[k]}: pull reply must carry {target.nbytes} bytes "
+                                f"of {WIRE_DTYPE}. Received: {sum(lens)} bytes of {reply.fields.get('dtype')}")
+        offset = 0
+        for i, n in enumerate(lens):
+            if not more:
+                raise ProtocolError("truncated", f"{self.endpoints[k]}: pull reply ended after {i} of {len(lens)} frames")
+            got, more = link.recv_into(target[offset : offset + n])
+            if got != n:
+                if more:
+                    link.discard_rest()
+                raise ProtocolError("bad_length", f"{self.endpoints[k]}: frame {i} is {got} bytes; header said {n}")
+            offset += n
+        if more:
+            extra = link.discard_rest()
+            raise ProtocolError("extra_frame", f"{self.endpoints[k]}: pull reply carried {extra} extra frames")

@@ -1,0 +1,54 @@
+"""Domain exceptions. Every message says what was wrong, the value seen, and what would be valid."""
+
+from __future__ import annotations
+
+
+class ZdkError(Exception):
+    """Base of every error zdk raises on purpose."""
+
+
+class ConfigError(ZdkError, ValueError):
+    """A constructor or CLI argument is invalid."""
+
+
+class ProtocolError(ZdkError):
+    """A message does not follow the wire protocol.
+
+    Args:
+        code: a short machine-readable reason, sent as the `code` of an `error` reply.
+        message: what was wrong, naming the field and the value.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class RemoteError(ZdkError):
+    """A shard answered a request with an `error` reply."""
+
+    def __init__(self, endpoint: str, op: str, code: str, message: str) -> None:
+        super().__init__(f"shard at {endpoint} refused `{op}`: [{code}] {message}")
+        self.endpoint = endpoint
+        self.op = op
+        self.code = code
+
+
+class DeadlineExceeded(ZdkError, TimeoutError):
+    """A network wait ran past its deadline."""
+
+
+class ShardRestarted(ZdkError):
+    """A shard answered with a different generation than at `hello`: it was restarted."""
+
+
+class AlgorithmNotFound(ZdkError, KeyError):
+    """No algorithm is registered under that name."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class LaunchError(ZdkError):
+    """Shard processes could not be started or stopped."""

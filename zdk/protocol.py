@@ -1,0 +1,278 @@
+"""The zdk wire protocol: one msgpack header frame, then raw array frames.
+
+No pickle, marshal or eval: a header is a msgpack map of ints, floats, strings,
+lists and maps, and array data is raw little-endian C-ordered bytes whose dtype
+and byte lengths the header states. ``docs/protocol.md`` is the specification;
+this module is its reference implementation and knows no event loop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import msgpack
+import numpy as np
+
+from zdk.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+U64_MAX = 2**64 - 1
+U32_MAX = 2**32 - 1
+
+#: Request ops. Each has a reply with the same ``op``, or an ``error`` reply.
+OPS = ("hello", "pull", "commit", "stats", "checkpoint", "shutdown", "init", "bye")
+#: Ops that must carry a registered worker id.
+WORKER_OPS = frozenset({"pull", "commit", "bye"})
+#: Ops whose request carries array frames.
+DATA_OPS = frozenset({"commit", "init"})
+ERROR = "error"
+WIRE_DTYPE = "<f4"
+
+DEFAULT_CHUNK_BYTES = 1 << 20
+DEFAULT_MAX_FRAME_BYTES = 64 << 20
+MAX_HEADER_BYTES = 64 << 10
+MAX_WAIT_SECONDS = 3600.0
+
+# Optional request fields: name -> (type check, description for errors).
+_REQUEST_KEYS = frozenset(
+    {"v", "op", "rid", "shard", "worker", "base", "dtype", "lens", "gen", "min_version", "wait", "attempt", "args"}
+)
+
+
+@dataclass(frozen=True)
+class Request:
+    """A decoded, validated request header.
+
+    Args:
+        op: one of :data:`OPS`.
+        rid: request id, u64, unique per (worker, attempt); replies echo it.
+        shard: the shard the sender believes it talks to.
+        worker: the sender's worker id (u32).
+        base: the shard version the sender's data is based on (u64).
+        dtype: dtype of the data frames (``"<f4"``), ``None`` without frames.
+        lens: byte length of each data frame.
+        gen: shard generation seen at ``hello``; a mismatch means the shard restarted.
+        min_version: ``pull`` only: answer once the shard version reaches it.
+        wait: ``pull`` only: seconds to wait for ``min_version`` before an error.
+        attempt: the sender's Spark task attempt number.
+        args: op-specific extras (a msgpack map with string keys).
+    """
+
+    op: str
+    rid: int
+    shard: int
+    worker: int = 0
+    base: int = 0
+    dtype: str | None = None
+    lens: tuple[int, ...] = ()
+    gen: int | None = None
+    min_version: int | None = None
+    wait: float | None = None
+    attempt: int = 0
+    args: Mapping[str, Any] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        header: dict[str, Any] = {"v": PROTOCOL_VERSION, "op": self.op, "rid": self.rid, "shard": self.shard}
+        for key in ("worker", "base", "attempt"):
+            value = getattr(self, key)
+            if value:
+                header[key] = value
+        for key in ("dtype", "gen", "min_version", "wait"):
+            value = getattr(self, key)
+            if value is not None:
+                header[key] = value
+        if self.lens:
+            header["lens"] = list(self.lens)
+        if self.args:
+            header["args"] = dict(self.args)
+        return msgpack.packb(header, use_bin_type=True)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A decoded reply header.
+
+    Args:
+        op: the request's op, or ``"error"``.
+        rid: the request id it answers.
+        shard: the answering shard's id.
+        gen: the answering shard's generation.
+        version: the shard's version after handling the request.
+        fields: every other header field (``lens``, ``dtype``, ``code``, ``message``, ...).
+    """
+
+    op: str
+    rid: int
+    shard: int
+    gen: int
+    version: int
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        header = dict(self.fields)
+        header.update(v=PROTOCOL_VERSION, op=self.op, rid=self.rid, shard=self.shard, gen=self.gen, version=self.version)
+        return msgpack.packb(header, use_bin_type=True)
+
+    @property
+    def lens(self) -> tuple[int, ...]:
+        return tuple(self.fields.get("lens", ()))
+
+
+def _unpack(raw: bytes | memoryview, what: str) -> dict[str, Any]:
+    if len(raw) > MAX_HEADER_BYTES:
+        raise ProtocolError("bad_header", f"{what} header must be ≤ {MAX_HEADER_BYTES} bytes. Received: {len(raw)} bytes")
+    try:
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise ProtocolError("bad_header", f"{what} header is not valid msgpack: {exc}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("bad_header", f"{what} header must be a msgpack map. Received: {type(header).__name__}")
+    version = header.get("v")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError("bad_version", f"`v` must be {PROTOCOL_VERSION}. Received: v={version!r}")
+    return header
+
+
+def _int_field(header: Mapping[str, Any], key: str, *, maximum: int, default: int | None = None) -> int:
+    value = header.get(key, default)
+    if value is None:
+        raise ProtocolError("bad_header", f"`{key}` is required. Received: no `{key}`")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+        raise ProtocolError("bad_header", f"`{key}` must be an int in [0, {maximum}]. Received: {key}={value!r}")
+    return value
+
+
+def decode_request(raw: bytes | memoryview, frame_lengths: Sequence[int], *, max_frame_bytes: int) -> Request:
+    """Parses and validates a request header against the data frames that came with it.
+
+    Args:
+        raw: the header frame.
+        frame_lengths: byte length of every data frame received after the header.
+        max_frame_bytes: the largest data frame accepted.
+
+    Raises:
+        ProtocolError: naming the field and the value that is wrong.
+    """
+    header = _unpack(raw, "request")
+    unknown = set(header) - _REQUEST_KEYS
+    if unknown:
+        raise ProtocolError("bad_header", f"unknown header fields {sorted(map(str, unknown))}; valid: {sorted(_REQUEST_KEYS)}")
+    rid = _int_field(header, "rid", maximum=U64_MAX)
+    op = header.get("op")
+    if op not in OPS:
+        raise ProtocolError("unknown_op", f"`op` must be one of {list(OPS)}. Received: op={op!r}")
+    shard = _int_field(header, "shard", maximum=U32_MAX)
+    worker = _int_field(header, "worker", maximum=U32_MAX, default=0)
+    base = _int_field(header, "base", maximum=U64_MAX, default=0)
+    attempt = _int_field(header, "attempt", maximum=U32_MAX, default=0)
+    gen = header.get("gen")
+    if gen is not None:
+        gen = _int_field(header, "gen", maximum=U64_MAX)
+    min_version = header.get("min_version")
+    if min_version is not None:
+        min_version = _int_field(header, "min_version", maximum=U64_MAX)
+    wait = header.get("wait")
+    if wait is not None and (
+        isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= MAX_WAIT_SECONDS
+    ):
+        raise ProtocolError("bad_header", f"`wait` must be seconds in [0, {MAX_WAIT_SECONDS}]. Received: wait={wait!r}")
+    args = header.get("args", {})
+    if not isinstance(args, dict):
+        raise ProtocolError("bad_header", f"`args` must be a map. Received: args={args!r}")
+
+    lens = header.get("lens", [])
+    if not isinstance(lens, list) or any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in lens):
+        raise ProtocolError("bad_header", f"`lens` must be a list of non-negative ints. Received: lens={lens!r}")
+    if len(lens) != len(frame_lengths):
+        kind = "truncated" if len(frame_lengths) < len(lens) else "extra_frame"
+        raise ProtocolError(
+            kind, f"`lens` announces {len(lens)} data frames. Received: {len(frame_lengths)} data frames"
+        )
+    for i, (said, got) in enumerate(zip(lens, frame_lengths)):
+        if said != got:
+            raise ProtocolError("bad_length", f"`lens[{i}]` says {said} bytes. Received: frame {i} of {got} bytes")
+        if got > max_frame_bytes:
+            raise ProtocolError(
+                "frame_too_large", f"data frame {i} must be ≤ {max_frame_bytes} bytes. Received: {got} bytes"
+            )
+    dtype = header.get("dtype")
+    if lens or dtype is not None:
+        if dtype != WIRE_DTYPE:
+            raise ProtocolError("bad_dtype", f"`dtype` must be {WIRE_DTYPE!r}. Received: dtype={dtype!r}")
+        itemsize = np.dtype(WIRE_DTYPE).itemsize
+        for i, n in enumerate(lens):
+            if n % itemsize:
+                raise ProtocolError(
+                    "bad_length", f"`lens[{i}]` must be a multiple of {itemsize} for {dtype}. Received: {n}"
+                )
+    if op in DATA_OPS and not lens:
+        raise ProtocolError("truncated", f"`{op}` needs data frames. Received: none")
+    if op not in DATA_OPS and lens:
+        raise ProtocolError("extra_frame", f"`{op}` takes no data frames. Received: {len(lens)}")
+    return Request(
+        op=op, rid=rid, shard=shard, worker=worker, base=base, dtype=dtype, lens=tuple(lens),
+        gen=gen, min_version=min_version, wait=None if wait is None else float(wait), attempt=attempt, args=args,
+    )
+
+
+def decode_reply(raw: bytes | memoryview) -> Reply:
+    """Parses a reply header; the client checks ``rid`` and data lengths itself."""
+    header = _unpack(raw, "reply")
+    try:
+        fields = {k: v for k, v in header.items() if k not in ("v", "op", "rid", "shard", "gen", "version")}
+        return Reply(
+            op=str(header["op"]), rid=int(header["rid"]), shard=int(header["shard"]),
+            gen=int(header["gen"]), version=int(header["version"]), fields=fields,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError("bad_header", f"reply header lacks a valid field: {exc!r}") from None
+
+
+def chunk_lengths(nbytes: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[int]:
+    """Byte lengths of the frames an array of ``nbytes`` is sent as: ⌈nbytes / chunk⌉ frames."""
+    if nbytes == 0:
+        return [0]
+    count = math.ceil(nbytes / chunk_bytes)
+    return [min(chunk_bytes, nbytes - i * chunk_bytes) for i in range(count)]
+
+
+def as_frames(array: np.ndarray, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[memoryview]:
+    """Zero-copy byte views of ``array``, cut into frames of at most ``chunk_bytes``.
+
+    Raises:
+        ProtocolError: when ``array`` is not C-contiguous little-endian float32, since
+            sending an F-ordered or big-endian buffer would silently scramble it.
+    """
+    if array.dtype != np.dtype(WIRE_DTYPE) or not array.flags.c_contiguous:
+        raise ProtocolError(
+            "bad_dtype", f"arrays on the wire must be C-contiguous {WIRE_DTYPE}. "
+            f"Received: dtype={array.dtype.str}, c_contiguous={array.flags.c_contiguous}"
+        )
+    view = memoryview(array.reshape(-1)).cast("B")
+    out, offset = [], 0
+    for n in chunk_lengths(view.nbytes, chunk_bytes):
+        out.append(view[offset : offset + n])
+        offset += n
+    return out
+
+
+def join_frames(frames: Sequence[memoryview | bytes], out: np.ndarray | None = None) -> np.ndarray:
+    """The float32 array carried by ``frames``: a zero-copy view for one frame, else one copy into ``out``."""
+    if len(frames) == 1:
+        return np.frombuffer(frames[0], dtype=WIRE_DTYPE)
+    parts = [np.frombuffer(f, dtype=WIRE_DTYPE) for f in frames]
+    total = sum(p.size for p in parts)
+    target = np.empty(total, dtype=WIRE_DTYPE) if out is None or out.size < total else out[:total]
+    return np.concatenate(parts, out=target)
+
+
+def all_finite(array: np.ndarray, block: int = 1 << 18) -> bool:
+    """Whether every element is finite, in cache-sized blocks: a float32 block sum is finite
+    exactly when its elements are, unless it overflows, which the exact test then clears."""
+    for start in range(0, array.size, block):
+        part = array[start : start + block]
+        if not np.isfinite(part.sum()) and not np.isfinite(part).all():
+            return False
+    return True

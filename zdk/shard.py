@@ -1,0 +1,485 @@
+"""One shard's request handler: the protocol logic of the parameter server, with no event loop.
+
+:class:`ShardCore` takes a request's raw frames and returns the replies to send.
+The asyncio driver in :mod:`zdk.server` only moves bytes, so everything here can
+be tested by calling :meth:`ShardCore.handle` directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import msgpack
+import numpy as np
+
+from zdk import algorithms
+from zdk.algorithms.base import Algorithm, Params, ShardState, UpdateResult, WorkerSlot
+from zdk.errors import ConfigError, ProtocolError, ZdkError
+from zdk.layout import DTYPE, ShardPlan
+from zdk.protocol import (
+    DEFAULT_CHUNK_BYTES, DEFAULT_MAX_FRAME_BYTES, ERROR, MAX_WAIT_SECONDS, WIRE_DTYPE,
+    Reply, Request, all_finite, as_frames, decode_request, join_frames,
+)
+
+logger = logging.getLogger(__name__)
+
+# References to a center nobody else holds: ShardState.center, the pool list, getrefcount's argument.
+_OWNED_REFS = 3
+# References to a pooled buffer that is free: the pool list, the loop variable, getrefcount's argument.
+_POOL_REFS = 3
+
+Frame = Any  # bytes, memoryview or zmq.Frame: anything with the buffer protocol
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A reply to send: the peer's routing id, the header, and data frames."""
+
+    peer: bytes
+    header: bytes
+    frames: Sequence[Frame] = ()
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    """Everything a shard needs to start.
+
+    Args:
+        shard: this shard's index k in [0, num_shards).
+        num_shards: N.
+        total_size: length of the whole flat vector.
+        algorithm: a registered algorithm name.
+        params: its hyperparameters (validated by the algorithm's params class).
+        checkpoint_dir: where `checkpoint` writes, and restores from at start; None disables it.
+        max_frame_bytes: the largest data frame accepted.
+        chunk_bytes: size of the data frames sent in pull replies.
+        dedupe_window: replies to recent commits remembered per worker, for retries.
+    """
+
+    shard: int
+    num_shards: int
+    total_size: int
+    algorithm: str = "downpour"
+    params: Mapping[str, Any] = field(default_factory=dict)
+    checkpoint_dir: str | None = None
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    dedupe_window: int = 256
+
+    def __post_init__(self) -> None:
+        ShardPlan(self.total_size, self.num_shards).range(self.shard)
+        for name in ("max_frame_bytes", "chunk_bytes", "dedupe_window"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"`{name}` must be an int ≥ 1. Received: {name}={value!r}")
+        if self.chunk_bytes % 4:
+            raise ConfigError(f"`chunk_bytes` must be a multiple of 4. Received: chunk_bytes={self.chunk_bytes}")
+
+    @property
+    def range(self) -> tuple[int, int]:
+        return ShardPlan(self.total_size, self.num_shards).range(self.shard)
+
+    @property
+    def checkpoint_path(self) -> str | None:
+        if self.checkpoint_dir is None:
+            return None
+        return os.path.join(self.checkpoint_dir, f"shard-{self.shard:03d}-of-{self.num_shards:03d}.npz")
+
+
+@dataclass
+class _Parked:
+    peer: bytes
+    request: Request
+    deadline: float
+
+
+@dataclass
+class _Counters:
+    updates: int = 0
+    dropped: int = 0
+    duplicates: int = 0
+    errors: int = 0
+    requests: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    info_sums: dict[str, float] = field(default_factory=dict)
+    info_counts: dict[str, int] = field(default_factory=dict)
+
+
+class ShardCore:
+    """The state and request handling of one shard.
+
+    Args:
+        config: the shard's configuration.
+        initial: its starting slice; zeros when omitted (a checkpoint wins over both).
+        clock: monotonic seconds, injectable for tests of deadlines.
+    """
+
+    def __init__(self, config: ShardConfig, *, initial: np.ndarray | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.algorithm: Algorithm = algorithms.get(config.algorithm)
+        if not self.algorithm.uses_ps:
+            raise ConfigError(
+                f"`algorithm` must use the parameter server. Received: algorithm={config.algorithm!r}, "
+                f"which trains without one"
+            )
+        self.params: Params = self.algorithm.make_params(dict(config.params))
+        start, stop = config.range
+        center = np.zeros(stop - start, dtype=DTYPE)
+        if initial is not None:
+            if initial.shape != center.shape:
+                raise ConfigError(f"`initial` must have shape {center.shape}. Received: shape={initial.shape}")
+            np.copyto(center, initial)
+        self.state = ShardState(center=center)
+        self.generation = time.time_ns() & 0xFFFF_FFFF_FFFF_FFFF
+        self.stopping = False
+        self._clock = clock
+        self._started = clock()
+        self._last_request = clock()
+        self._pool: list[np.ndarray] = [center]
+        self._recv_buffer = np.empty(center.size, dtype=DTYPE)
+        self._dedupe: dict[int, OrderedDict[int, bytes]] = {}
+        self._parked: list[_Parked] = []
+        self._counters = _Counters()
+        self._restore()
+        self._handlers: dict[str, Callable[[bytes, Request, Sequence[Frame]], list[Outgoing]]] = {
+            "hello": self._hello, "pull": self._pull, "commit": self._commit, "stats": self._stats,
+            "checkpoint": self._checkpoint, "shutdown": self._shutdown, "init": self._init, "bye": self._bye,
+        }
+
+    # ------------------------------------------------------------------ entry points
+
+    @property
+    def center(self) -> np.ndarray:
+        """This shard's slice of θ̃ (read it; only handlers write it)."""
+        return self.state.center
+
+    @property
+    def version(self) -> int:
+        return self.state.version
+
+    @property
+    def idle_seconds(self) -> float:
+        return self._clock() - self._last_request
+
+    def handle(self, peer: bytes, header: Frame, frames: Sequence[Frame]) -> list[Outgoing]:
+        """Handles one request and returns the replies to send (possibly to parked peers too).
+
+        Never raises for bad input: a malformed request gets an ``error`` reply and the
+        center is left as it was.
+        """
+        self._last_request = self._clock()
+        self._counters.requests += 1
+        lengths = [memoryview(f).nbytes for f in frames]
+        self._counters.bytes_in += memoryview(header).nbytes + sum(lengths)
+        try:
+            request = decode_request(header, lengths, max_frame_bytes=self.config.max_frame_bytes)
+        except ProtocolError as exc:
+            return [self._error(peer, _salvage_rid(header), "?", exc.code, exc.message)]
+        try:
+            self._check_addressing(request)
+            return self._handlers[request.op](peer, request, frames)
+        except ProtocolError as exc:
+            return [self._error(peer, request.rid, request.op, exc.code, exc.message)]
+        except ZdkError as exc:
+            return [self._error(peer, request.rid, request.op, "rejected", str(exc))]
+        except Exception as exc:  # an algorithm plugin's bug must not kill the shard
+            logger.exception("shard %d: `%s` from worker %d failed", self.config.shard, request.op, request.worker)
+            return [self._error(peer, request.rid, request.op, "internal", f"{type(exc).__name__}: {exc}")]
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline of a parked pull, in clock seconds."""
+        return min((p.deadline for p in self._parked), default=None)
+
+    def expire(self) -> list[Outgoing]:
+        """Error replies for parked pulls whose deadline has passed."""
+        now = self._clock()
+        expired = [p for p in self._parked if p.deadline <= now]
+        self._parked = [p for p in self._parked if p.deadline > now]
+        out = []
+        for p in expired:
+            waiting = sorted(set(self.state.active_workers) - set(self.state.state.get("arrived", ())))
+            out.append(self._error(
+                p.peer, p.request.rid, "pull", "deadline",
+                f"shard {self.config.shard} stayed at version {self.version} < min_version="
+                f"{p.request.min_version} for the whole wait; workers not yet committed: {waiting}",
+            ))
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        """Counters, connected workers and their staleness, as sent in a `stats` reply."""
+        c = self._counters
+        start, stop = self.config.range
+        return {
+            "shard": self.config.shard, "num_shards": self.config.num_shards, "range": [start, stop],
+            "version": self.version, "generation": self.generation, "algorithm": self.algorithm.name,
+            "updates": c.updates, "dropped": c.dropped, "duplicates": c.duplicates, "errors": c.errors,
+            "requests": c.requests, "bytes_in": c.bytes_in, "bytes_out": c.bytes_out,
+            "uptime": self._clock() - self._started, "parked": len(self._parked),
+            "workers": {
+                str(w): {"attempt": s.attempt, "base_version": s.base_version, "staleness": s.staleness,
+                         "lag": self.version - s.base_version, "commits": s.commits, "active": s.active}
+                for w, s in self.state.workers.items()
+            },
+            "connected": len(self.state.active_workers),
+            "info": {k: c.info_sums[k] / c.info_counts[k] for k in c.info_sums},
+        }
+
+    # ------------------------------------------------------------------ replies
+
+    def _reply(self, peer: bytes, request: Request, frames: Sequence[Frame] = (), **fields: Any) -> Outgoing:
+        header = Reply(op=request.op, rid=request.rid, shard=self.config.shard, gen=self.generation,
+                       version=self.version, fields=fields).encode()
+        self._counters.bytes_out += len(header) + sum(memoryview(f).nbytes for f in frames)
+        return Outgoing(peer, header, frames)
+
+    def _error(self, peer: bytes, rid: int, op: str, code: str, message: str) -> Outgoing:
+        self._counters.errors += 1
+        logger.warning("shard %d: %s `%s` refused [%s]: %s", self.config.shard, _hex(peer), op, code, message)
+        header = Reply(op=ERROR, rid=rid, shard=self.config.shard, gen=self.generation, version=self.version,
+                       fields={"code": code, "message": message, "request_op": op}).encode()
+        return Outgoing(peer, header, ())
+
+    # ------------------------------------------------------------------ checks
+
+    def _check_addressing(self, request: Request) -> None:
+        if request.shard != self.config.shard:
+            raise ProtocolError("wrong_shard", f"`shard` must be {self.config.shard} here. Received: shard={request.shard}")
+        if request.gen is not None and request.gen != self.generation:
+            raise ProtocolError(
+                "restarted", f"`gen` must be {self.generation} (this shard restarted since). Received: gen={request.gen}"
+            )
+
+    def _slot(self, request: Request) -> WorkerSlot:
+        slot = self.state.workers.get(request.worker)
+        if slot is None:
+            raise ProtocolError("unknown_worker", f"worker {request.worker} must say `hello` first. Received: "
+                                f"`{request.op}` from worker={request.worker}")
+        if request.attempt < slot.attempt:
+            raise ProtocolError("stale_attempt", f"worker {request.worker} re-registered as attempt {slot.attempt}. "
+                                f"Received: attempt={request.attempt}")
+        if not slot.active:
+            raise ProtocolError("left", f"worker {request.worker} said `bye`; say `hello` again to rejoin")
+        return slot
+
+    def _payload(self, request: Request, frames: Sequence[Frame]) -> np.ndarray:
+        expected = self.center.nbytes
+        received = sum(request.lens)
+        if received != expected:
+            raise ProtocolError(
+                "bad_length", f"`{request.op}` must carry {expected} bytes ({self.center.size} × {WIRE_DTYPE}) "
+                f"for shard range {list(self.config.range)}. Received: {received} bytes"
+            )
+        data = join_frames(frames, out=self._recv_buffer)
+        if not all_finite(data):
+            bad = int(np.flatnonzero(~np.isfinite(data))[0])
+            raise ProtocolError("non_finite", f"`{request.op}` data must be finite. Received: {data[bad]} at index {bad}")
+        return data
+
+    # ------------------------------------------------------------------ handlers
+
+    def _hello(self, peer: bytes, request: Request, frames: Sequence[Frame]) -> list[Outgoing]:
+        role = request.args.get("role", "worker")
+        if role not in ("worker", "observer"):
+            raise ProtocolError("bad_header", f"`args.role` must be 'worker' or 'observer'. Received: role={role!r}")
+        if role == "worker":
+            self._register(request)
+        start, stop = self.config.range
+        return [self._reply(
+            peer, request, range=[start, stop], total=self.config.total_size, num_shards=self.config.num_shards,
+            dtype=WIRE_DTYPE, algorithm=self.algorithm.name, params=self.params.to_dict(),
+            chunk_bytes=self.config.chunk_bytes, max_frame_bytes=self.config.max_frame_bytes,
+        )]
+
+    def _register(self, request: Request) -> None:
+        old = self.state.workers.get(request.worker)
+        if old is not None and request.attempt < old.attempt:
+            raise ProtocolError("stale_attempt", f"worker {request.worker} is registered as attempt {old.attempt}. "
+                                f"Received: attempt={request.attempt}")
+        if old is None or request.attempt > old.attempt or not old.active:
+            self.state.workers[request.worker] = WorkerSlot(worker=request.worker, attempt=request.attempt,
+                                                            base_version=self.version)
+            if old is not None:
+                logger.info("shard %d: worker %d re-registered (attempt %d → %d)",
+                            self.config.shard, request.worker, old.attempt, request.attempt)
+
+    def _pull(self, peer: bytes, request: Request, frames: Sequence[Frame]) -> list[Outgoing]:
+        slot = self._slot(request)
+        if request.min_version is not None and self.version < request.min_version:
+            wait = MAX_WAIT_SECONDS if request.wait is None else request.wait
+            limit = getattr(self.params, "round_timeout", None)
+            if limit is not None:
+                wait = min(wait, float(limit))
+            self._parked.append(_Parked(peer, request, self._clock() + wait))
+            return []
+        return [self._answer_pull(peer, request, slot)]
+
+    def _answer_pull(self, peer: bytes, request: Request, slot: WorkerSlot) -> Outgoing:
+        center = self.state.center
+        slot.base_version = self.version
+        if self.algorithm.keeps_pulled:
+            slot.pulled = center
+        frames = as_frames(center, self.config.chunk_bytes)
+        return self._reply(peer, request, frames, dtype=WIRE_DTYPE, lens=[f.nbytes for f in frames])
+
+    def _writable_state(self) -> ShardState:
+        """The state, with a center no one else references, ready for an update.
+
+        Pull replies are sent zero-copy straight from the center by ZeroMQ's I/O thread,
+        and ADAG keeps pulled centers, so a center with any outside reference is frozen:
+        the update goes to a copy (copy-on-write) and pulls never see a half-applied update.
+        """
+        if sys.getrefcount(self.state.center) > _OWNED_REFS:
+            fresh = self._free_buffer()
+            np.copyto(fresh, self.state.center)
+            self.state.center = fresh
+        return self.state
+
+    def _free_buffer(self) -> np.ndarray:
+        # Reusing buffers avoids page-faulting a fresh allocation for every copy.
+        for buf in self._pool:
+            if sys.getrefcount(buf) <= _POOL_REFS and buf is not self.state.center:
+                return buf
+        buf = np.empty_like(self.state.center)
+        self._pool.append(buf)
+        if len(self._pool) > 4 + 2 * len(self.state.workers):
+            self._pool = [b for b in self._pool if b is buf or sys.getrefcount(b) > _POOL_REFS + 1]
+        return buf
+
+    def _commit(self, peer: bytes, request: Request, frames: Sequence[Frame]) -> list[Outgoing]:
+        slot = self._slot(request)
+        seen = self._dedupe.setdefault(request.worker, OrderedDict())
+        cached = seen.get(request.rid)
+        if cached is not None:
+            self._counters.duplicates += 1
+            self._counters.bytes_out += len(cached)
+            return [Outgoing(peer, cached, ())]
+        if request.base > self.version:
+            raise ProtocolError("bad_base", f"`base` must be ≤ the shard version {self.version}. "
+                                f"Received: base={request.base}")
+        data = self._payload(request, frames)
+        slot.staleness = self.version - request.base
+        result = self.algorithm.server_update(self._writable_state(), slot, data, self.params)
+        out = self._after_update(result, slot)
+        reply = self._reply(peer, request, applied=result.applied, staleness=slot.staleness, info=dict(result.info))
+        seen[request.rid] = reply.header
+        while len(seen) > self.config.dedupe_window:
+            seen.popitem(last=False)
+        return [reply, *out]
+
+    def _after_update(self, result: UpdateResult, slot: WorkerSlot | None) -> list[Outgoing]:
+        c = self._counters
+        if result.applied and slot is not None:
+            slot.commits += 1
+            c.updates += 1
+        elif slot is not None:
+            c.dropped += 1
+        for key, value in result.info.items():
+            c.info_sums[key] = c.info_sums.get(key, 0.0) + float(value)
+            c.info_counts[key] = c.info_counts.get(key, 0) + 1
+        if result.advance:
+            self.state.version += 1
+            return self._release_parked()
+        return []
+
+    def _release_parked(self) -> list[Outgoing]:
+        ready = [p for p in self._parked if self.version >= (p.request.min_version or 0)]
+        self._parked = [p for p in self._parked if p not in ready]
+        out = []
+        for p in ready:
+            slot = self.state.workers.get(p.request.worker)
+            if slot is None:
+                out.append(self._error(p.peer, p.request.rid, "pull", "unknown_worker", "worker is gone"))
+            else:
+                out.append(self._answer_pull(p.peer, p.request, slot))
+        return out
+
+    def _bye(self, peer: bytes, request: Request, frames: Sequence[Frame]) -> list[Outgoing]:
+        slot = self._slot(request)
+        slot.active = False
+        out: list[Outgoing] = []
+        if self.algorithm.on_leave is not None:
+            out = self._after_update(self.algorithm.on_leave(self._writable_state(), slot, self.params), None)
+        return [self._reply(peer, request), *out]
+
+    def _init(self, peer: bytes, request: Request, frames: Sequence[Frame]) -> list[Outgoing]:
+        active = self.state.active_workers
+        if active:
+            raise ProtocolError("busy", f"`init` needs a shard with no active workers. Received: active workers {active}")
+        data = self._payload(request, frames)
+        np.copyto(self._writable_state().center, data)
+        self.state.state.clear()
+        self.state.version += 1
+        return [self._reply(peer, request)]
+
+    def _stats(self, peer: bytes, request: Request, frames: Sequence[Frame]) -> list[Outgoing]:
+        return [self._reply(peer, request, stats=self.stats())]
+
+    def _checkpoint(self, peer: bytes, request: Request, frames: Sequence[Frame]) -> list[Outgoing]:
+        path = self.config.checkpoint_path
+        if path is None:
+            raise ProtocolError("no_checkpoint_dir", "this shard was started without a checkpoint directory "
+                                "(`--checkpoint-dir`)")
+        self.write_checkpoint(path)
+        return [self._reply(peer, request, path=path)]
+
+    def _shutdown(self, peer: bytes, request: Request, frames: Sequence[Frame]) -> list[Outgoing]:
+        self.stopping = True
+        return [self._reply(peer, request)]
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def write_checkpoint(self, path: str) -> None:
+        """Writes the slice, its range and version to ``path`` atomically (temp file, fsync, rename)."""
+        directory = os.path.dirname(path) or "."
+        os.makedirs(directory, exist_ok=True)
+        start, stop = self.config.range
+        fd, tmp = tempfile.mkstemp(prefix=".shard-", suffix=".npz.tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, center=self.center, version=np.array([self.version], dtype=np.uint64),
+                         range=np.array([start, stop, self.config.total_size], dtype=np.int64))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def _restore(self) -> None:
+        path = self.config.checkpoint_path
+        if path is None or not os.path.exists(path):
+            return
+        with np.load(path, allow_pickle=False) as data:
+            saved_range = [int(x) for x in data["range"]]
+            start, stop = self.config.range
+            if saved_range != [start, stop, self.config.total_size]:
+                raise ConfigError(
+                    f"checkpoint {path} holds range {saved_range[:2]} of {saved_range[2]}; this shard is "
+                    f"[{start}, {stop}) of {self.config.total_size}"
+                )
+            np.copyto(self.state.center, data["center"])
+            self.state.version = int(data["version"][0])
+        logger.info("shard %d: restored version %d from %s", self.config.shard, self.version, path)
+
+
+def _salvage_rid(header: Frame) -> int:
+    try:
+        value = msgpack.unpackb(header, raw=False, strict_map_key=False)
+        rid = value.get("rid", 0) if isinstance(value, dict) else 0
+        return rid if isinstance(rid, int) and 0 <= rid < 2**64 else 0
+    except Exception:
+        return 0
+
+
+def _hex(peer: bytes) -> str:
+    return "peer " + peer.hex()[:10] if peer else "peer ?"
