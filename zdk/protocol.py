@@ -271,8 +271,9 @@ def join_frames(frames: Sequence[memoryview | bytes], out: np.ndarray | None = N
 def all_finite(array: np.ndarray, block: int = 1 << 18) -> bool:
     """Whether every element is finite, in cache-sized blocks: a float32 block sum is finite
     exactly when its elements are, unless it overflows, which the exact test then clears."""
-    for start in range(0, array.size, block):
-        part = array[start : start + block]
-        if not np.isfinite(part.sum()) and not np.isfinite(part).all():
-            return False
+    with np.errstate(over="ignore", invalid="ignore"):
+        for start in range(0, array.size, block):
+            part = array[start : start + block]
+            if not np.isfinite(part.sum()) and not np.isfinite(part).all():
+                return False
     return True

@@ -1,0 +1,88 @@
+"""Shared fixtures: shard processes that always stop, raw sockets that always close, polling helpers."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Callable, Iterator, TypeVar
+
+import numpy as np
+import pytest
+import zmq
+
+from zdk.launcher import ShardGroup, start_shards
+
+T = TypeVar("T")
+
+
+def poll_until(predicate: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02, what: str = "") -> T:
+    """Returns the first truthy value of ``predicate()``, failing the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it is gone for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+def shards() -> Iterator[Callable[..., ShardGroup]]:
+    """A factory of shard groups; every group it made is stopped at teardown."""
+    groups: list[ShardGroup] = []
+
+    def make(**kwargs) -> ShardGroup:
+        kwargs.setdefault("startup_timeout", 30.0)
+        group = start_shards(**kwargs)
+        groups.append(group)
+        return group
+
+    yield make
+    for group in groups:
+        group.stop()
+    for group in groups:
+        for pid in group.pids:
+            assert not pid_alive(pid), f"shard pid {pid} outlived its group"
+
+
+@pytest.fixture
+def raw_dealer() -> Iterator[Callable[[str], zmq.Socket]]:
+    """Plain DEALER sockets for speaking (bad) protocol by hand; closed at teardown."""
+    sockets: list[zmq.Socket] = []
+
+    def make(endpoint: str) -> zmq.Socket:
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVTIMEO, 10_000)
+        sock.connect(endpoint)
+        sockets.append(sock)
+        return sock
+
+    yield make
+    for sock in sockets:
+        sock.close(linger=0)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def python() -> str:
+    return sys.executable

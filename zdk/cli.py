@@ -1,0 +1,177 @@
+"""The ``zdk`` command: run a standalone sharded parameter server and inspect it.
+
+    zdk ps --shards 2 --bind tcp://127.0.0.1:5000 --size 1000000 --algorithm adag
+    zdk ps status tcp://127.0.0.1:5000 tcp://127.0.0.1:5001
+    zdk ps stop tcp://127.0.0.1:5000 tcp://127.0.0.1:5001
+    zdk algorithms
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from typing import Any, Sequence
+
+import numpy as np
+
+from zdk import algorithms
+from zdk.errors import ZdkError
+from zdk.protocol import DEFAULT_MAX_FRAME_BYTES
+
+logger = logging.getLogger("zdk.cli")
+
+
+def _model_vector(path: str) -> np.ndarray:
+    import keras  # only this option needs Keras
+
+    from zdk.layout import FlatLayout
+
+    weights = keras.saving.load_model(path, compile=False).get_weights()
+    return FlatLayout.of(weights).flatten(weights)
+
+
+def _start(args: argparse.Namespace) -> int:
+    from zdk.launcher import start_shards
+
+    if (args.model is None) == (args.size is None):
+        print("zdk ps: give exactly one of --model FILE.keras or --size N", file=sys.stderr)
+        return 2
+    params = json.loads(args.params)
+    initial = _model_vector(args.model) if args.model else None
+    size = int(initial.size) if initial is not None else int(args.size)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    group = start_shards(num_shards=args.shards, total_size=size, bind=args.bind, algorithm=args.algorithm,
+                         params=params, initial=initial, checkpoint_dir=args.checkpoint_dir,
+                         max_frame_bytes=args.max_frame_bytes, idle_timeout=args.idle_timeout,
+                         log_level=args.log_level)
+    try:
+        print(f"zdk ps: {args.shards} shard(s) of {group.algorithm}, {size} parameters", flush=True)
+        for k, endpoint in enumerate(group.endpoints):
+            print(f"shard {k}: {endpoint}", flush=True)
+        print("zdk ps: serving; Ctrl-C or SIGTERM stops every shard", flush=True)
+        while not stop.wait(0.5):
+            dead = [k for k, alive in enumerate(group.alive()) if not alive]
+            if dead:
+                codes = [group.processes[k].returncode for k in dead]
+                print(f"zdk ps: shard(s) {dead} exited (codes {codes}); stopping the rest", file=sys.stderr)
+                return 0 if all(c == 0 for c in codes) else 1
+        print("zdk ps: stopping", flush=True)
+        return 0
+    finally:
+        group.stop()
+
+
+def _observe(endpoints: Sequence[str], timeout: float) -> Any:
+    from zdk.client import PSClient
+
+    client = PSClient(endpoints, worker_id=2**32 - 1, timeout=timeout)
+    client.hello(register=False)
+    return client
+
+
+def _status(args: argparse.Namespace) -> int:
+    with _observe(args.endpoints, args.timeout) as client:
+        stats = client.stats()
+    cols = ("shard", "endpoint", "range", "version", "updates", "dropped", "errors", "workers", "max lag",
+            "MB in", "MB out", "uptime s")
+    rows = []
+    for endpoint, s in zip(args.endpoints, stats):
+        lags = [w["lag"] for w in s["workers"].values() if w["active"]]
+        rows.append((s["shard"], endpoint, f"{s['range'][0]}:{s['range'][1]}", s["version"], s["updates"],
+                     s["dropped"], s["errors"], s["connected"], max(lags, default=0),
+                     f"{s['bytes_in'] / 1e6:.1f}", f"{s['bytes_out'] / 1e6:.1f}", f"{s['uptime']:.0f}"))
+    _print_table(cols, rows)
+    infos = {k: v for s in stats for k, v in s["info"].items()}
+    if infos:
+        print("algorithm reports (mean per commit): " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(infos.items())))
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    with _observe(args.endpoints, args.timeout) as client:
+        client.shutdown()
+    print(f"zdk ps: asked {len(args.endpoints)} shard(s) to shut down")
+    return 0
+
+
+def _checkpoint(args: argparse.Namespace) -> int:
+    with _observe(args.endpoints, args.timeout) as client:
+        for path in client.checkpoint():
+            print(path)
+    return 0
+
+
+def _list_algorithms(args: argparse.Namespace) -> int:
+    rows = []
+    for name in algorithms.available():
+        algo = algorithms.get(name)
+        first = " ".join(algo.doc.split("\n\n")[0].split())
+        first = first if len(first) <= 90 else first[:87] + "..."
+        rows.append((name, "sync" if algo.synchronous else ("no PS" if not algo.uses_ps else "async"), first))
+    _print_table(("name", "kind", "description"), rows)
+    return 0
+
+
+def _print_table(cols: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[str(c) for c in cols]] + [[str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cols))]
+    for n, row in enumerate(cells):
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zdk", description="zdk parameter-server tools")
+    parser.add_argument("--log-level", default="WARNING", help="logging level (default: WARNING)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ps = commands.add_parser("ps", help="run a sharded parameter server, or inspect/stop one",
+                             description="Start N shard processes on PORT..PORT+N-1 (without an action), "
+                             "or inspect or stop running shards.")
+    ps.add_argument("--shards", type=int, default=1, help="number of shard processes (default: 1)")
+    ps.add_argument("--bind", default="tcp://127.0.0.1:5000",
+                    help="first endpoint; shard k binds PORT+k; port 0 picks free ports (default: tcp://127.0.0.1:5000)")
+    ps.add_argument("--model", default=None, help="a .keras file whose weights start the center (default: none)")
+    ps.add_argument("--size", type=int, default=None, help="number of parameters, started at zero (default: none)")
+    ps.add_argument("--algorithm", default="downpour", help="registered algorithm name (default: downpour)")
+    ps.add_argument("--params", default="{}", help="algorithm parameters as JSON (default: {})")
+    ps.add_argument("--checkpoint-dir", default=None, help="where `checkpoint` writes; restored at start (default: none)")
+    ps.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES,
+                    help=f"largest data frame accepted (default: {DEFAULT_MAX_FRAME_BYTES})")
+    ps.add_argument("--idle-timeout", type=float, default=None, help="shards exit after this many idle seconds "
+                    "(default: never)")
+    ps.set_defaults(func=_start)
+    actions = ps.add_subparsers(dest="action")
+    for name, func, text in (("status", _status, "print a table of each shard's stats"),
+                             ("stop", _stop, "ask shards to shut down"),
+                             ("checkpoint", _checkpoint, "ask shards to write their checkpoint")):
+        action = actions.add_parser(name, help=text, description=text)
+        action.add_argument("endpoints", nargs="+", help="every shard's endpoint, shard 0 first")
+        action.add_argument("--timeout", type=float, default=10.0, help="seconds to wait per request (default: 10)")
+        action.set_defaults(func=func)
+
+    algos = commands.add_parser("algorithms", help="list registered algorithms, plugins included")
+    algos.set_defaults(func=_list_algorithms)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return int(args.func(args))
+    except (ZdkError, json.JSONDecodeError) as exc:
+        print(f"zdk: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
