@@ -174,6 +174,13 @@ def test_observer_hello_does_not_register_and_init_needs_no_active_workers():
     assert core.center.tolist() == [3.0] * SIZE
 
 
+def test_observer_pull_needs_no_registration_and_changes_no_worker_state():
+    core = make_core()
+    (_, reply, frames), = pull(core, worker=77, args={"role": "observer"})
+    assert reply.op == "pull" and np.frombuffer(b"".join(frames), "<f4").tolist() == list(range(SIZE))
+    assert core.stats()["workers"] == {}
+
+
 def test_bye_marks_worker_inactive_and_refuses_its_commits():
     core = make_core()
     hello(core)

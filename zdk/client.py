@@ -102,6 +102,7 @@ class PSClient:
         self._versions = [0] * len(self._links)
         self._gens: list[int | None] = [None] * len(self._links)
         self.wait_seconds = 0.0
+        self._observer = False
 
     # ------------------------------------------------------------------ public API
 
@@ -118,9 +119,10 @@ class PSClient:
         """Registers this worker with every shard and checks that their ranges tile the vector.
 
         Args:
-            register: False to only observe (stats, init, checkpoint, shutdown) without
-                joining as a worker.
+            register: False to only observe (pull, stats, init, checkpoint, shutdown)
+                without joining as a worker.
         """
+        self._observer = not register
         args = {} if register else {"role": "observer"}
         replies = self._roundtrip("hello", [self._request("hello", k, args=args) for k in range(len(self._links))])
         ranges = tuple((int(r.fields["range"][0]), int(r.fields["range"][1])) for r in replies)
@@ -145,14 +147,15 @@ class PSClient:
                                 generations=tuple(self._gens))
         return self.info
 
-    def pull(self, out: np.ndarray | None = None, *, min_version: int | None = None,
+    def pull(self, out: np.ndarray | None = None, *, min_version: int | Sequence[int] | None = None,
              wait: float | None = None) -> np.ndarray:
         """Gathers the center θ̃ from every shard into ``out`` (allocated when omitted).
 
         Args:
             out: a C-contiguous float32 vector of the full size; each shard's frames are
                 received straight into its slice.
-            min_version: shards answer once their version reaches it (synchronous rounds).
+            min_version: shards answer once their version reaches it (synchronous rounds);
+                one value for all shards or one per shard.
             wait: seconds a shard may wait for ``min_version``; the client deadline grows to match.
         """
         info = self._require_info()
@@ -163,7 +166,12 @@ class PSClient:
                               f"Received: dtype={out.dtype}, shape={out.shape}")
         assert self.plan is not None
         targets = [memoryview(s).cast("B") for s in self.plan.slices(out)]
-        requests = [self._request("pull", k, min_version=min_version, wait=wait) for k in range(len(self._links))]
+        n = len(self._links)
+        minimums = [min_version] * n if min_version is None or isinstance(min_version, int) else list(min_version)
+        if len(minimums) != n:
+            raise ConfigError(f"`min_version` must hold one version per shard ({n}). Received: {min_version!r}")
+        args = {"role": "observer"} if self._observer else {}
+        requests = [self._request("pull", k, min_version=minimums[k], wait=wait, args=args) for k in range(n)]
         extra = 0.0 if wait is None else wait
         replies = self._roundtrip("pull", requests, targets=targets, extra_time=extra)
         self._versions = [r.version for r in replies]

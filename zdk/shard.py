@@ -312,7 +312,7 @@ class ShardCore:
                             self.config.shard, request.worker, old.attempt, request.attempt)
 
     def _pull(self, peer: bytes, request: Request, frames: Sequence[Frame]) -> list[Outgoing]:
-        slot = self._slot(request)
+        slot = None if request.args.get("role") == "observer" else self._slot(request)
         if request.min_version is not None and self.version < request.min_version:
             wait = MAX_WAIT_SECONDS if request.wait is None else request.wait
             limit = getattr(self.params, "round_timeout", None)
@@ -322,11 +322,12 @@ class ShardCore:
             return []
         return [self._answer_pull(peer, request, slot)]
 
-    def _answer_pull(self, peer: bytes, request: Request, slot: WorkerSlot) -> Outgoing:
+    def _answer_pull(self, peer: bytes, request: Request, slot: WorkerSlot | None) -> Outgoing:
         center = self.state.center
-        slot.base_version = self.version
-        if self.algorithm.keeps_pulled:
-            slot.pulled = center
+        if slot is not None:
+            slot.base_version = self.version
+            if self.algorithm.keeps_pulled:
+                slot.pulled = center
         frames = as_frames(center, self.config.chunk_bytes)
         return self._reply(peer, request, frames, dtype=WIRE_DTYPE, lens=[f.nbytes for f in frames])
 
@@ -395,11 +396,12 @@ class ShardCore:
         self._parked = [p for p in self._parked if p not in ready]
         out = []
         for p in ready:
+            observer = p.request.args.get("role") == "observer"
             slot = self.state.workers.get(p.request.worker)
-            if slot is None:
+            if slot is None and not observer:
                 out.append(self._error(p.peer, p.request.rid, "pull", "unknown_worker", "worker is gone"))
             else:
-                out.append(self._answer_pull(p.peer, p.request, slot))
+                out.append(self._answer_pull(p.peer, p.request, None if observer else slot))
         return out
 
     def _bye(self, peer: bytes, request: Request, frames: Sequence[Frame]) -> list[Outgoing]:

@@ -1,0 +1,85 @@
+"""The worker side of an algorithm at runtime: the I/O around its pure update functions.
+
+A worker trains on its local weights θ (a flat float32 vector it owns) and, at the
+end of every communication window, calls :meth:`Exchange.end_window`, which pulls,
+computes the commit with the algorithm's ``worker_delta``, commits, pulls, and
+resets θ with ``worker_reset``, in the order the algorithm asks for.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from zdk import algorithms
+from zdk.algorithms.base import Algorithm, Params, WorkerWindow
+from zdk.client import CommitReceipt, PSClient
+from zdk.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+class Exchange:
+    """Drives one worker's exchanges with the parameter server.
+
+    Args:
+        client: a connected :class:`PSClient` (``hello`` not yet called, or already).
+        local: θ, the worker's flat weights; updated in place by every exchange.
+        algorithm: overrides the algorithm the shards announce (they must agree).
+        params: overrides the announced hyperparameters on the worker side.
+    """
+
+    def __init__(self, client: PSClient, local: np.ndarray, *, algorithm: str | Algorithm | None = None,
+                 params: Params | None = None) -> None:
+        info = client.info or client.hello()
+        self.algorithm = algorithms.get(algorithm if algorithm is not None else info.algorithm)
+        if self.algorithm.name != info.algorithm:
+            raise ConfigError(f"`algorithm` must match the shards' {info.algorithm!r}. "
+                              f"Received: algorithm={self.algorithm.name!r}")
+        self.params = params if params is not None else self.algorithm.make_params(dict(info.params))
+        if local.dtype != np.float32 or local.shape != (info.total_size,) or not local.flags.c_contiguous:
+            raise ConfigError(f"`local` must be a C-contiguous float32 vector of size {info.total_size}. "
+                              f"Received: dtype={local.dtype}, shape={local.shape}")
+        self.client = client
+        self.local = local
+        self.center = np.empty_like(local)
+        self.pulled = np.empty_like(local)
+        self.state: dict[str, Any] = {}
+        self.exchanges = 0
+
+    @property
+    def window(self) -> int:
+        return int(self.params.communication_window)
+
+    def start(self) -> None:
+        """Pulls θ̃ and starts from it: θ ← θ̃."""
+        self.client.pull(self.center)
+        np.copyto(self.local, self.center)
+        np.copyto(self.pulled, self.center)
+
+    def end_window(self, steps: int) -> CommitReceipt:
+        """One exchange after ``steps`` local steps; returns the merged commit replies."""
+        algo = self.algorithm
+        if algo.pull_before_commit:
+            self.client.pull(self.center)
+        bases = self.client.versions
+        win = WorkerWindow(local=self.local, pulled=self.pulled, center=self.center, window=max(1, steps),
+                           state=self.state)
+        assert algo.worker_delta is not None and algo.worker_reset is not None
+        win.delta = np.ascontiguousarray(algo.worker_delta(win, self.params), dtype=np.float32)
+        receipt = self.client.commit(win.delta)
+        if algo.synchronous:
+            self.client.pull(self.center, min_version=[b + 1 for b in bases],
+                             wait=float(getattr(self.params, "round_timeout", 300.0)))
+        elif not algo.pull_before_commit:
+            self.client.pull(self.center)
+        algo.worker_reset(win, self.params)
+        np.copyto(self.pulled, self.center)
+        self.exchanges += 1
+        return receipt
+
+    def finish(self) -> None:
+        """Tells the shards this worker is done."""
+        self.client.bye()
