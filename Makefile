@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP) data
-	$(PY) examples/demo.py
+	$(PY) examples/ps_demo.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/ps_throughput.py

@@ -139,8 +139,8 @@ def test_remote_errors_name_endpoint_op_and_code(shards):
     group = shards(num_shards=1, total_size=4)
     with PSClient(group.endpoints, worker_id=1) as client:
         client.hello(register=False)
-        with pytest.raises(RemoteError, match=r"refused `pull`: \[unknown_worker\]"):
-            client.pull()
+        with pytest.raises(RemoteError, match=r"refused `commit`: \[unknown_worker\]"):
+            client.commit(np.ones(4, np.float32))
 
 
 def test_endpoints_out_of_order_are_refused(shards):
