@@ -86,3 +86,36 @@ def rng() -> np.random.Generator:
 @pytest.fixture(scope="session")
 def python() -> str:
     return sys.executable
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local[2] Spark session for the whole test session."""
+    pytest.importorskip("pyspark")
+    from zdk.spark import get_session
+
+    session = get_session("local[2]")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """sklearn's 8×8 digits (offline), scaled to [0, 1], with a held-out test split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    x = (data.data / 16.0).astype(np.float32)
+    return train_test_split(x, data.target.astype(np.int64), test_size=0.25, random_state=0)
+
+
+@pytest.fixture(scope="session")
+def digits_df(spark, digits):
+    from pyspark.ml.linalg import Vectors
+
+    x_train, _, y_train, _ = digits
+    df = spark.createDataFrame([(Vectors.dense(x.tolist()), int(y)) for x, y in zip(x_train, y_train)],
+                               ["features", "label"]).cache()
+    df.count()
+    return df

@@ -177,8 +177,13 @@ class PSClient:
         self._versions = [r.version for r in replies]
         return out
 
-    def commit(self, delta: np.ndarray) -> CommitReceipt:
-        """Scatters ``delta`` (full size) to the shards, each with its slice and its base version."""
+    def commit(self, delta: np.ndarray, *, report: Mapping[str, float] | None = None) -> CommitReceipt:
+        """Scatters ``delta`` (full size) to the shards, each with its slice and its base version.
+
+        Args:
+            delta: what the algorithm's worker update says to commit.
+            report: progress numbers (step, samples, loss) the shards show in `stats`.
+        """
         info = self._require_info()
         if delta.dtype != DTYPE or delta.shape != (info.total_size,):
             raise ConfigError(f"`delta` must be a float32 vector of size {info.total_size}. "
@@ -189,7 +194,8 @@ class PSClient:
         for k, part in enumerate(self.plan.slices(delta)):
             frames = as_frames(part, self.chunk_bytes)
             requests.append((self._request("commit", k, base=self._versions[k], dtype=WIRE_DTYPE,
-                                           lens=tuple(f.nbytes for f in frames)), frames))
+                                           lens=tuple(f.nbytes for f in frames),
+                                           args={"report": dict(report)} if report else {}), frames))
         replies = self._roundtrip("commit", requests)
         infos = [r.fields.get("info", {}) for r in replies]
         keys = set().union(*infos) if infos else set()

@@ -59,8 +59,13 @@ class Exchange:
         np.copyto(self.local, self.center)
         np.copyto(self.pulled, self.center)
 
-    def end_window(self, steps: int) -> CommitReceipt:
-        """One exchange after ``steps`` local steps; returns the merged commit replies."""
+    def end_window(self, steps: int, *, report: dict[str, float] | None = None) -> CommitReceipt:
+        """One exchange after ``steps`` local steps; returns the merged commit replies.
+
+        Args:
+            steps: local steps since the last exchange (λ, or fewer at the end).
+            report: progress numbers for the shards' `stats` (step, samples, loss).
+        """
         algo = self.algorithm
         if algo.pull_before_commit:
             self.client.pull(self.center)
@@ -69,7 +74,7 @@ class Exchange:
                            state=self.state)
         assert algo.worker_delta is not None and algo.worker_reset is not None
         win.delta = np.ascontiguousarray(algo.worker_delta(win, self.params), dtype=np.float32)
-        receipt = self.client.commit(win.delta)
+        receipt = self.client.commit(win.delta, report=report)
         if algo.synchronous:
             self.client.pull(self.center, min_version=[b + 1 for b in bases],
                              wait=float(getattr(self.params, "round_timeout", 300.0)))

@@ -226,7 +226,8 @@ class ShardCore:
             "uptime": self._clock() - self._started, "parked": len(self._parked),
             "workers": {
                 str(w): {"attempt": s.attempt, "base_version": s.base_version, "staleness": s.staleness,
-                         "lag": self.version - s.base_version, "commits": s.commits, "active": s.active}
+                         "lag": self.version - s.base_version, "commits": s.commits, "active": s.active,
+                         "report": dict(s.report)}
                 for w, s in self.state.workers.items()
             },
             "connected": len(self.state.active_workers),
@@ -366,7 +367,9 @@ class ShardCore:
         if request.base > self.version:
             raise ProtocolError("bad_base", f"`base` must be ≤ the shard version {self.version}. "
                                 f"Received: base={request.base}")
+        report = _check_report(request.args.get("report", {}))
         data = self._payload(request, frames)
+        slot.report = report or slot.report
         slot.staleness = self.version - request.base
         result = self.algorithm.server_update(self._writable_state(), slot, data, self.params)
         out = self._after_update(result, slot)
@@ -472,6 +475,19 @@ class ShardCore:
             np.copyto(self.state.center, data["center"])
             self.state.version = int(data["version"][0])
         logger.info("shard %d: restored version %d from %s", self.config.shard, self.version, path)
+
+
+MAX_REPORT_KEYS = 16
+
+
+def _check_report(report: Any) -> dict[str, float]:
+    """A worker's progress report (step, samples, loss, ...): a small map of names to numbers."""
+    if not isinstance(report, dict) or len(report) > MAX_REPORT_KEYS or not all(
+        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in report.items()
+    ):
+        raise ProtocolError("bad_header", f"`args.report` must map ≤ {MAX_REPORT_KEYS} names to numbers. "
+                            f"Received: report={report!r}"[:300])
+    return {k: float(v) for k, v in report.items()}
 
 
 def _salvage_rid(header: Frame) -> int:

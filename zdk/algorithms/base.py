@@ -66,6 +66,7 @@ class WorkerSlot:
         commits: commits applied from this worker.
         active: False after the worker said `bye`.
         state: the algorithm's own per-worker bookkeeping.
+        report: the worker's latest progress report (step, samples, loss), for `stats`.
     """
 
     worker: int
@@ -76,6 +77,7 @@ class WorkerSlot:
     commits: int = 0
     active: bool = True
     state: dict[str, Any] = field(default_factory=dict)
+    report: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

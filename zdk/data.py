@@ -1,0 +1,205 @@
+"""Arrow record batches to numpy minibatches, with no per-row Python work.
+
+Columns arrive as Arrow arrays: numeric scalars, or (nested) lists of floats, which is
+what Spark ML vectors become after ``vector_to_array``. A list column becomes a
+(rows, d, ...) array from its flat values buffer; offsets are checked to be uniform.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from zdk.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+Batch = tuple[list[np.ndarray], list[np.ndarray]]
+
+
+def column_to_numpy(array, name: str) -> np.ndarray:
+    """One Arrow column as a float32 array of shape (rows, ...)."""
+    import pyarrow as pa
+
+    if array.null_count:
+        raise ConfigError(f"column `{name}` must have no nulls. Received: {array.null_count} null rows")
+    rows = len(array)
+    shape: list[int] = [rows]
+    values = array
+    while pa.types.is_list(values.type) or pa.types.is_large_list(values.type) or pa.types.is_fixed_size_list(values.type):
+        count = len(values)
+        if pa.types.is_fixed_size_list(values.type):
+            width = values.type.list_size
+        else:
+            offsets = values.offsets.to_numpy()
+            lengths = np.diff(offsets)
+            width = int(lengths[0]) if count else 0
+            if count and not (lengths == width).all():
+                raise ConfigError(f"column `{name}` must hold lists of one length. Received: lengths from "
+                                  f"{int(lengths.min())} to {int(lengths.max())}")
+        shape.append(width)
+        values = values.flatten()
+        if values.null_count:
+            raise ConfigError(f"column `{name}` must have no null elements")
+    if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type) or pa.types.is_boolean(values.type)):
+        raise ConfigError(f"column `{name}` must be numeric or a (nested) list of numbers. Received: {array.type}")
+    flat = values.to_numpy(zero_copy_only=False)
+    return np.ascontiguousarray(flat, dtype=np.float32).reshape(shape)
+
+
+def record_batch_arrays(batch, features: Sequence[str], labels: Sequence[str]) -> Batch:
+    """The feature and label columns of one record batch as numpy arrays."""
+    missing = [c for c in (*features, *labels) if batch.schema.get_field_index(c) < 0]
+    if missing:
+        raise ConfigError(f"columns {missing} are not in the data. Received columns: {batch.schema.names}")
+    xs = [column_to_numpy(batch.column(c), c) for c in features]
+    ys = [column_to_numpy(batch.column(c), c) for c in labels]
+    return xs, ys
+
+
+def fit_to_shapes(arrays: list[np.ndarray], shapes: Sequence[tuple[int | None, ...]], names: Sequence[str],
+                  *, strict: bool = True) -> list[np.ndarray]:
+    """Reshapes each (rows, ...) array to the model's (rows, *shape[1:]) when the sizes agree.
+
+    Args:
+        strict: raise when the sizes disagree (inputs); labels pass through unchanged,
+            since a loss such as sparse categorical cross-entropy takes (rows,) labels
+            for (rows, k) outputs.
+    """
+    if len(arrays) != len(shapes):
+        raise ConfigError(f"the model has {len(shapes)} {'inputs' if strict else 'outputs'}; "
+                          f"{len(arrays)} columns were given: {list(names)}")
+    out = []
+    for a, shape, name in zip(arrays, shapes, names):
+        target = tuple(d for d in shape[1:])
+        if None in target or a.shape[1:] == target:
+            out.append(a)
+            continue
+        size = int(np.prod(target)) if target else 1
+        per_row = int(np.prod(a.shape[1:])) if a.ndim > 1 else 1
+        if size != per_row:
+            if not strict:
+                out.append(a)
+                continue
+            raise ConfigError(f"column `{name}` has {per_row} values per row; the model expects shape "
+                              f"{target} ({size} values)")
+        out.append(a.reshape((a.shape[0], *target)))
+    return out
+
+
+class MinibatchStream:
+    """Minibatches from a partition, prepared on a background thread with a bounded queue.
+
+    The first epoch converts the Arrow batches as they stream in and keeps the numpy
+    arrays; later epochs reuse them (in a new random order when ``shuffle``).
+
+    Args:
+        batches: the partition's Arrow record batches (consumed once).
+        features: feature column names, one per model input.
+        labels: label column names, one per model output.
+        batch_size: rows per minibatch; the last one of an epoch may be smaller.
+        shuffle: permute rows each epoch after the first.
+        seed: for the permutations.
+        prefetch: minibatches the queue holds.
+    """
+
+    _END = object()
+
+    def __init__(self, batches: Iterable, *, features: Sequence[str], labels: Sequence[str], batch_size: int,
+                 shuffle: bool = False, seed: int = 0, prefetch: int = 8) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"`batch_size` must be ≥ 1. Received: batch_size={batch_size}")
+        self._source: Iterator | None = iter(batches)
+        self.features, self.labels = list(features), list(labels)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self._rng = np.random.default_rng(seed)
+        self.prefetch = prefetch
+        self._cache: Batch | None = None
+        self.rows = 0
+
+    def epoch(self) -> Iterator[Batch]:
+        """The next epoch's minibatches."""
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        producer = threading.Thread(target=self._produce, args=(q, stop), name="zdk-prefetch", daemon=True)
+        producer.start()
+        try:
+            while True:
+                item = q.get()
+                if item is self._END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            while producer.is_alive():
+                try:  # unblock a producer waiting on a full queue
+                    q.get_nowait()
+                except queue.Empty:
+                    pass
+                producer.join(0.05)
+
+    def _produce(self, q: queue.Queue, stop: threading.Event) -> None:
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        try:
+            source = self._first_epoch() if self._cache is None else self._cached_epoch()
+            for batch in source:
+                if not put(batch):
+                    return
+            put(self._END)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            put(exc)
+
+    def _first_epoch(self) -> Iterator[Batch]:
+        assert self._source is not None
+        kept_x: list[list[np.ndarray]] = [[] for _ in self.features]
+        kept_y: list[list[np.ndarray]] = [[] for _ in self.labels]
+        pending: Batch | None = None
+        for record_batch in self._source:
+            if record_batch.num_rows == 0:
+                continue
+            xs, ys = record_batch_arrays(record_batch, self.features, self.labels)
+            for store, a in zip(kept_x + kept_y, xs + ys):
+                store.append(a)
+            self.rows += record_batch.num_rows
+            if pending is not None:
+                xs = [np.concatenate([p, a]) for p, a in zip(pending[0], xs)]
+                ys = [np.concatenate([p, a]) for p, a in zip(pending[1], ys)]
+                pending = None
+            n = len(xs[0])
+            full = n - n % self.batch_size
+            for start in range(0, full, self.batch_size):
+                yield [a[start:start + self.batch_size] for a in xs], [a[start:start + self.batch_size] for a in ys]
+            if full < n:
+                pending = ([a[full:] for a in xs], [a[full:] for a in ys])
+        self._source = None
+        if pending is not None:
+            yield pending
+        self._cache = ([np.concatenate(c) if c else np.empty((0,), np.float32) for c in kept_x],
+                       [np.concatenate(c) if c else np.empty((0,), np.float32) for c in kept_y])
+
+    def _cached_epoch(self) -> Iterator[Batch]:
+        assert self._cache is not None
+        xs, ys = self._cache
+        n = len(xs[0]) if xs else 0
+        order = self._rng.permutation(n) if self.shuffle else None
+        for start in range(0, n, self.batch_size):
+            if order is None:
+                yield [a[start:start + self.batch_size] for a in xs], [a[start:start + self.batch_size] for a in ys]
+            else:
+                idx = order[start:start + self.batch_size]
+                yield [a[idx] for a in xs], [a[idx] for a in ys]

@@ -1,0 +1,446 @@
+"""Trainers: ``trainer.train(dataframe)`` trains a Keras model on Spark through the sharded PS.
+
+The keyword arguments are dist-keras's (``keras_model``, ``worker_optimizer``, ``loss``,
+``metrics``, ``num_workers``, ``batch_size``, ``num_epoch``, ``features_col``,
+``label_col``, ``communication_window``, ``rho``, ``learning_rate``, ``momentum``,
+``master_port``, ``loss_weights``), so its users' scripts run after changing the import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import uuid
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from zdk import algorithms
+from zdk.algorithms.base import Algorithm, Params
+from zdk.client import PSClient
+from zdk.errors import ConfigError, ZdkError
+from zdk.launcher import ShardGroup, start_shards
+from zdk.models import ModelSpec, build_model, make_spec, set_flat_weights
+from zdk.progress import ShardProgress
+from zdk.spark import task_slots
+from zdk.worker import HISTORY_SCHEMA, WorkerConfig, train_partition
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerFailed(ZdkError):
+    """A training task failed; the message carries the worker's own error."""
+
+
+def _columns(value: str | Sequence[str], name: str) -> tuple[str, ...]:
+    cols = (value,) if isinstance(value, str) else tuple(value)
+    if not cols or not all(isinstance(c, str) and c for c in cols):
+        raise ConfigError(f"`{name}` must be a column name or a list of them. Received: {name}={value!r}")
+    return cols
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"`{name}` must be an int ≥ 1. Received: {name}={value!r}")
+    return value
+
+
+class Trainer:
+    """Trains ``keras_model`` on a Spark DataFrame with any registered algorithm.
+
+    Args:
+        keras_model: a built ``keras.Model``; shipped to executors as its JSON config.
+        worker_optimizer: the workers' local Keras optimizer, a name or an instance.
+        loss: a Keras loss (name or object), or a list/dict for multi-output models.
+        algorithm: a registered algorithm name (plugins included) or an Algorithm.
+        metrics: Keras metrics reported in the history.
+        features_col: the feature column, or a list for multi-input models.
+        label_col: the label column, or a list for multi-output models.
+        num_epoch: passes over each worker's partition.
+        batch_size: rows per training step.
+        num_workers: Spark tasks, one per worker.
+        communication_window: λ, steps between exchanges (the algorithm's default when None).
+        loss_weights: passed to ``compile``.
+        master_port: the first shard's port (0 or None: free ports).
+        num_shards: parameter-server shard processes.
+        parameter_server: endpoints of a running ``zdk ps``; no shards are started then.
+        progress: show a live progress bar on a terminal.
+        ps_host: the address shards bind to; executors must reach it (default 127.0.0.1).
+        timeout: seconds for any PS request.
+        custom_modules: modules executors import before rebuilding the model.
+        parallelism_factor: k; the data is cut into num_workers × k partitions (tasks).
+        seed: seeds shuffles.
+        **algorithm_params: further algorithm hyperparameters (``rho``, ``momentum``,
+            ``eta``, a plugin's own); ``learning_rate`` goes to the algorithm when it has
+            one, else to the worker optimizer.
+    """
+
+    default_algorithm: ClassVar[str | None] = None
+
+    def __init__(self, keras_model: Any, worker_optimizer: Any = "adam", loss: Any = None, *,
+                 algorithm: str | Algorithm | None = None, metrics: Sequence[Any] | None = ("accuracy",),
+                 features_col: str | Sequence[str] = "features", label_col: str | Sequence[str] = "label",
+                 num_epoch: int = 1, batch_size: int = 32, num_workers: int = 2,
+                 communication_window: int | None = None, loss_weights: Any = None, master_port: int | None = None,
+                 num_shards: int = 1, parameter_server: Sequence[str] | None = None, progress: bool = True,
+                 ps_host: str = "127.0.0.1", timeout: float = 120.0, custom_modules: Sequence[str] = (),
+                 parallelism_factor: int = 1, seed: int = 0, **algorithm_params: Any) -> None:
+        if self.default_algorithm is not None and algorithm is not None and algorithm != self.default_algorithm:
+            raise ConfigError(f"`algorithm` is fixed to {self.default_algorithm!r} in {type(self).__name__}; use "
+                              f"zdk.trainers.Trainer for another. Received: algorithm={algorithm!r}")
+        name = algorithm if algorithm is not None else self.default_algorithm
+        if name is None:
+            raise ConfigError("`algorithm` is required for the generic Trainer. Received: algorithm=None")
+        self.algorithm = algorithms.get(name)
+        self.keras_model = keras_model
+        self.worker_optimizer = worker_optimizer
+        self.loss = loss
+        self.metrics = list(metrics or [])
+        self.loss_weights = loss_weights
+        self.features_col = _columns(features_col, "features_col")
+        self.label_col = _columns(label_col, "label_col")
+        self.num_epoch = _positive_int(num_epoch, "num_epoch")
+        self.batch_size = _positive_int(batch_size, "batch_size")
+        self.num_workers = _positive_int(num_workers, "num_workers")
+        self.num_shards = _positive_int(num_shards, "num_shards")
+        self.parallelism_factor = _positive_int(parallelism_factor, "parallelism_factor")
+        if master_port is not None and not (isinstance(master_port, int) and 0 <= master_port < 65536):
+            raise ConfigError(f"`master_port` must be a port in [0, 65536). Received: master_port={master_port!r}")
+        self.master_port = master_port
+        self.parameter_server = list(parameter_server) if parameter_server else None
+        self.progress = progress
+        self.ps_host = ps_host
+        self.timeout = float(timeout)
+        self.custom_modules = tuple(custom_modules)
+        self.seed = seed
+        self.learning_rate: float | None = None
+        fields = {f.name for f in dataclasses.fields(self.algorithm.params)}
+        if "learning_rate" in algorithm_params and "learning_rate" not in fields:
+            self.learning_rate = float(algorithm_params.pop("learning_rate"))
+        if communication_window is not None:
+            algorithm_params["communication_window"] = communication_window
+        self.exchange_per_epoch = self.algorithm.synchronous and communication_window is None
+        self.params: Params = self.algorithm.make_params(algorithm_params)
+        self.max_prefetch = 8
+        self.history: list[dict[str, Any]] = []
+        self.worker_summaries: list[dict[str, Any]] = []
+        self.training_time = 0.0
+        self._spec: ModelSpec | None = None
+
+    # ------------------------------------------------------------------ dist-keras compatible aliases
+
+    def get_training_time(self) -> float:
+        return self.training_time
+
+    def get_history(self) -> list[dict[str, Any]]:
+        return self.history
+
+    def get_executor_history(self, worker_id: int) -> list[dict[str, Any]]:
+        return [r for r in self.history if r["worker"] == worker_id]
+
+    def get_averaged_history(self) -> list[dict[str, Any]]:
+        """Loss and metrics averaged over workers, per step index."""
+        by_step: dict[int, list[dict[str, Any]]] = {}
+        for r in self.history:
+            by_step.setdefault(r["step"], []).append(r)
+        out = []
+        for step, rows in sorted(by_step.items()):
+            keys = {k for r in rows for k in r["metrics"]}
+            out.append({"step": step, "loss": float(np.mean([r["loss"] for r in rows])),
+                        **{k: float(np.mean([r["metrics"][k] for r in rows if k in r["metrics"]])) for k in keys}})
+        return out
+
+    def set_num_epoch(self, num_epoch: int) -> None:
+        self.num_epoch = _positive_int(num_epoch, "num_epoch")
+
+    def set_learning_rate(self, learning_rate: float) -> None:
+        self.learning_rate = float(learning_rate)
+
+    def set_max_prefetch(self, max_prefetch: int) -> None:
+        self.max_prefetch = _positive_int(max_prefetch, "max_prefetch")
+
+    def set_parallelism_factor(self, factor: int) -> None:
+        self.parallelism_factor = _positive_int(factor, "parallelism_factor")
+
+    def history_frame(self) -> Any:
+        """The history as a pandas DataFrame, one column per metric."""
+        import pandas as pd
+
+        rows = [{k: v for k, v in r.items() if k != "metrics"} | r["metrics"] for r in self.history]
+        return pd.DataFrame(rows)
+
+    @property
+    def ps_wait_fraction(self) -> float:
+        """Share of the workers' training time spent waiting on the parameter server."""
+        busy = sum(s["busy"] or 0.0 for s in self.worker_summaries)
+        return sum(s["wait"] or 0.0 for s in self.worker_summaries) / busy if busy else 0.0
+
+    # ------------------------------------------------------------------ training
+
+    @property
+    def num_tasks(self) -> int:
+        return 1 if self.algorithm.name == "sequential" else self.num_workers * self.parallelism_factor
+
+    def train(self, dataframe: Any, shuffle: bool = False) -> Any:
+        """Trains on ``dataframe`` and returns the trained, compiled ``keras.Model``.
+
+        Args:
+            dataframe: a Spark DataFrame with the feature and label columns.
+            shuffle: shuffle the rows before they are split among workers, and every epoch.
+        """
+        self._spec = make_spec(self.keras_model, optimizer=self._worker_optimizer(), loss=self.loss,
+                               metrics=self.metrics, loss_weights=self.loss_weights,
+                               custom_modules=self.custom_modules)
+        data = self._prepare(dataframe, shuffle)
+        self._check_slots(dataframe.sparkSession)
+        started = time.perf_counter()
+        group: ShardGroup | None = None
+        try:
+            endpoints: list[str] = []
+            if self.algorithm.uses_ps:
+                group, endpoints = self._parameter_server()
+            config = WorkerConfig(
+                spec=self._spec.to_json(), algorithm=self.algorithm.name, params=self.params.to_dict(),
+                endpoints=tuple(endpoints), features=self.features_col, labels=self.label_col,
+                batch_size=self.batch_size, num_epoch=self.num_epoch, exchange_per_epoch=self.exchange_per_epoch,
+                shuffle=shuffle, seed=self.seed, learning_rate=self.learning_rate, timeout=self.timeout,
+                prefetch=self.max_prefetch,
+            )
+            records = self._run(data, config, endpoints)
+            self.training_time = time.perf_counter() - started
+            self._collect_history(records)
+            if self.algorithm.uses_ps:
+                return self._model_from_ps(endpoints)
+            return self._models_from_workers(records)
+        finally:
+            if group is not None:
+                group.stop()
+
+    def _worker_optimizer(self) -> Any:
+        return self.worker_optimizer
+
+    def _prepare(self, dataframe: Any, shuffle: bool) -> Any:
+        from pyspark.ml.functions import vector_to_array
+        from pyspark.ml.linalg import VectorUDT
+        from pyspark.sql import functions as F
+        from pyspark.sql import types as T
+
+        missing = [c for c in (*self.features_col, *self.label_col) if c not in dataframe.columns]
+        if missing:
+            raise ConfigError(f"columns {missing} are not in the DataFrame. Received columns: {dataframe.columns}")
+        selected = []
+        for name in dict.fromkeys((*self.features_col, *self.label_col)):
+            dtype = dataframe.schema[name].dataType
+            col = F.col(name)
+            if isinstance(dtype, VectorUDT):
+                col = vector_to_array(col, "float32")
+            elif isinstance(dtype, T.ArrayType):
+                col = col.cast(_float_array_type(dtype))
+            elif isinstance(dtype, T.NumericType) or isinstance(dtype, T.BooleanType):
+                col = col.cast("float")
+            else:
+                raise ConfigError(f"column `{name}` must be numeric, an array of numbers or an ML vector. "
+                                  f"Received: {dtype.simpleString()}")
+            selected.append(col.alias(name))
+        data = dataframe.select(*selected)
+        if shuffle:
+            data = data.orderBy(F.rand(self.seed))
+        return data.repartition(self.num_tasks)
+
+    def _check_slots(self, spark: Any) -> None:
+        if not self.algorithm.synchronous:
+            return
+        slots = task_slots(spark)
+        if slots < self.num_tasks:
+            raise ConfigError(
+                f"`num_workers` must be ≤ the cluster's {slots} task slots for the synchronous algorithm "
+                f"{self.algorithm.name!r}, whose workers all run at once in one barrier stage. "
+                f"Received: num_workers={self.num_tasks}"
+            )
+
+    def _parameter_server(self) -> tuple[ShardGroup | None, list[str]]:
+        assert self._spec is not None
+        initial = self._spec.layout.flatten(self.keras_model.get_weights())
+        if self.parameter_server:
+            with PSClient(self.parameter_server, worker_id=2**32 - 3, timeout=self.timeout) as client:
+                info = client.hello(register=False)
+                if info.total_size != initial.size:
+                    raise ConfigError(f"`parameter_server` holds {info.total_size} parameters; the model has "
+                                      f"{initial.size}. Received: parameter_server={self.parameter_server}")
+                if info.algorithm != self.algorithm.name:
+                    raise ConfigError(f"`parameter_server` runs {info.algorithm!r}; this trainer needs "
+                                      f"{self.algorithm.name!r}. Received: parameter_server={self.parameter_server}")
+                client.init(initial)
+            return None, list(self.parameter_server)
+        port = self.master_port or 0
+        group = start_shards(num_shards=self.num_shards, total_size=initial.size,
+                             bind=f"tcp://{self.ps_host}:{port}", algorithm=self.algorithm.name,
+                             params=self._shard_params(), initial=initial)
+        return group, group.endpoints
+
+    def _shard_params(self) -> dict[str, Any]:
+        params = self.params.to_dict()
+        if "num_workers" in params and not params["num_workers"]:
+            params["num_workers"] = self.num_tasks
+        return params
+
+    def _run(self, data: Any, config: WorkerConfig, endpoints: list[str]) -> list[dict[str, Any]]:
+        spark = data.sparkSession
+        sc = spark.sparkContext
+        group_id = f"zdk-{self.algorithm.name}-{uuid.uuid4().hex[:8]}"
+        sc.setJobGroup(group_id, f"zdk {self.algorithm.name} training", interruptOnCancel=True)
+        config_json = config.to_json()
+        job = data.mapInArrow(lambda batches: train_partition(config_json, batches), HISTORY_SCHEMA,
+                              barrier=self.algorithm.synchronous)
+        steps_guess = None
+        try:
+            with ShardProgress(endpoints, total_steps=steps_guess, enabled=self.progress):
+                rows = job.collect()
+        except KeyboardInterrupt:
+            sc.cancelJobGroup(group_id)
+            raise
+        except Exception as exc:
+            if type(exc).__module__.startswith(("pyspark", "py4j")):
+                raise WorkerFailed(f"training failed in a Spark task: {_worker_message(exc)}") from exc
+            raise
+        finally:
+            sc.setLocalProperty("spark.jobGroup.id", None)
+        return [row.asDict() for row in rows]
+
+    def _collect_history(self, records: list[dict[str, Any]]) -> None:
+        import json
+
+        steps, summaries = [], []
+        for r in records:
+            r = dict(r)
+            r["metrics"] = json.loads(r["metrics"]) if r["metrics"] else {}
+            (summaries if r["kind"] == "summary" else steps).append(r)
+        keep = ("worker", "attempt", "epoch", "step", "timestamp", "loss", "metrics", "staleness", "scale")
+        self.history = sorted(({k: r[k] for k in keep} for r in steps), key=lambda r: (r["timestamp"], r["worker"]))
+        self.worker_summaries = sorted(summaries, key=lambda r: r["worker"])
+
+    def _compiled_model(self, flat: np.ndarray) -> Any:
+        import keras
+
+        assert self._spec is not None
+        model = build_model(self._spec, compile=False)
+        set_flat_weights(model, self._spec.layout, flat)
+        optimizer = self.worker_optimizer
+        if not isinstance(optimizer, str):
+            optimizer = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
+        model.compile(optimizer=optimizer, loss=self.loss, metrics=self.metrics, loss_weights=self.loss_weights)
+        return model
+
+    def _model_from_ps(self, endpoints: list[str]) -> Any:
+        with PSClient(endpoints, worker_id=2**32 - 3, timeout=self.timeout) as client:
+            client.hello(register=False)
+            center = client.pull()
+        return self._compiled_model(center)
+
+    def _models_from_workers(self, records: list[dict[str, Any]]) -> Any:
+        models = [self._compiled_model(np.frombuffer(s["weights"], dtype="<f4").copy())
+                  for s in self.worker_summaries if s.get("weights")]
+        if not models:
+            raise WorkerFailed("no worker returned weights: was the DataFrame empty?")
+        return models[0] if self.algorithm.name == "sequential" else models
+
+
+def _float_array_type(dtype: Any) -> Any:
+    from pyspark.sql import types as T
+
+    if isinstance(dtype, T.ArrayType):
+        return T.ArrayType(_float_array_type(dtype.elementType), containsNull=False)
+    return T.FloatType()
+
+
+def _worker_message(exc: BaseException) -> str:
+    """The last line of the worker's Python traceback inside a Spark error, or the error itself."""
+    text = str(exc)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        head = line.split(":", 1)[0]
+        if head.endswith(("Error", "Exception", "Failed", "Exceeded")) and not line.startswith("at "):
+            return line
+    return lines[-1] if lines else repr(exc)
+
+
+class DOWNPOUR(Trainer):
+    """DOWNPOUR (Dean et al. 2012): workers commit their accumulated updates every
+    ``communication_window`` steps (default 5)."""
+
+    default_algorithm = "downpour"
+
+
+class AGN(Trainer):
+    """Accumulated gradient normalization, Δ/λ (what dist-keras shipped as "ADAG"); window 12."""
+
+    default_algorithm = "agn"
+
+
+class ADAG(Trainer):
+    """Asynchronous Distributed Adaptive Gradients (Hermans 2017): AGN commits, scaled on the
+    server elementwise by 1/(η⁻¹(θ̃_t − θ̃_{t−τ})² + 1); window 12, ``eta`` 1e-4."""
+
+    default_algorithm = "adag"
+
+
+class DynSGD(Trainer):
+    """DynSGD (Jiang et al. 2017): each commit scaled by 1/(staleness + 1); window 5."""
+
+    default_algorithm = "dynsgd"
+
+
+class AEASGD(Trainer):
+    """Asynchronous elastic averaging SGD (Zhang et al. 2015); window 32, ``rho`` 5,
+    ``learning_rate`` 0.1 (α = ρ·η)."""
+
+    default_algorithm = "aeasgd"
+
+
+class EAMSGD(Trainer):
+    """Asynchronous elastic averaging with Nesterov momentum in the local step (window 32,
+    rho 5, learning_rate 0.1, momentum 0.9). With ``worker_optimizer="sgd"`` (the default)
+    the local optimizer is SGD(learning_rate, momentum, nesterov=True)."""
+
+    default_algorithm = "eamsgd"
+
+    def __init__(self, keras_model: Any, worker_optimizer: Any = "sgd", loss: Any = None, **kwargs: Any) -> None:
+        super().__init__(keras_model, worker_optimizer, loss, **kwargs)
+
+    def _worker_optimizer(self) -> Any:
+        if isinstance(self.worker_optimizer, str) and self.worker_optimizer.lower() == "sgd":
+            import keras
+
+            p = self.params
+            return keras.optimizers.SGD(learning_rate=p.learning_rate, momentum=p.momentum, nesterov=True)
+        return self.worker_optimizer
+
+
+class SingleTrainer(Trainer):
+    """Trains on one worker with the whole DataFrame (dist-keras's SingleTrainer)."""
+
+    default_algorithm = "sequential"
+
+    def __init__(self, keras_model: Any, worker_optimizer: Any = "adam", loss: Any = None, **kwargs: Any) -> None:
+        kwargs["num_workers"] = 1
+        super().__init__(keras_model, worker_optimizer, loss, **kwargs)
+
+
+class AveragingTrainer(Trainer):
+    """Synchronous model averaging: the replicas' weights are averaged after every epoch
+    (or every ``communication_window`` steps when given)."""
+
+    default_algorithm = "averaging"
+
+
+
+class EnsembleTrainer(Trainer):
+    """Trains ``num_ensembles`` independent models, one per partition; ``train`` returns them all."""
+
+    default_algorithm = "ensemble"
+
+    def __init__(self, keras_model: Any, worker_optimizer: Any = "adam", loss: Any = None, *,
+                 num_ensembles: int = 2, **kwargs: Any) -> None:
+        kwargs["num_workers"] = num_ensembles
+        super().__init__(keras_model, worker_optimizer, loss, **kwargs)

@@ -1,0 +1,201 @@
+"""The executor side of training: one Spark task per worker, run through ``mapInArrow``.
+
+A task rebuilds the model from its JSON config, streams its partition into
+minibatches (:class:`~zdk.data.MinibatchStream`), runs Keras training steps and, every
+communication window, the algorithm's exchange with the parameter server. It yields
+its history as Arrow rows, and its weights when the algorithm has no PS.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from zdk import algorithms
+from zdk.client import PSClient
+from zdk.data import MinibatchStream, fit_to_shapes
+from zdk.exchange import Exchange
+from zdk.models import ModelSpec, build_model, get_flat_weights, set_flat_weights
+
+logger = logging.getLogger(__name__)
+
+HISTORY_SCHEMA = (
+    "kind string, worker int, attempt int, epoch int, step int, timestamp double, loss double, metrics string, "
+    "staleness long, scale double, wait double, busy double, rows long, samples long, weights binary"
+)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What every task needs, shipped as JSON.
+
+    Args:
+        spec: the model, optimizer, loss and metrics (JSON of :class:`ModelSpec`).
+        algorithm: registered algorithm name.
+        params: its hyperparameters.
+        endpoints: the shards; empty without a PS.
+        features: feature columns, one per model input.
+        labels: label columns, one per model output.
+        batch_size: rows per training step.
+        num_epoch: passes over the partition.
+        exchange_per_epoch: exchange at the end of each epoch instead of every λ steps.
+        shuffle: shuffle the partition's rows every epoch after the first.
+        seed: base seed for the shuffles (plus the worker id).
+        learning_rate: overrides the worker optimizer's learning rate.
+        timeout: seconds for every PS request.
+        prefetch: minibatches prepared ahead.
+    """
+
+    spec: str
+    algorithm: str
+    params: dict[str, Any]
+    endpoints: tuple[str, ...]
+    features: tuple[str, ...]
+    labels: tuple[str, ...]
+    batch_size: int
+    num_epoch: int
+    exchange_per_epoch: bool = False
+    shuffle: bool = False
+    seed: int = 0
+    learning_rate: float | None = None
+    timeout: float = 60.0
+    prefetch: int = 8
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "WorkerConfig":
+        d = json.loads(text)
+        d["endpoints"], d["features"], d["labels"] = tuple(d["endpoints"]), tuple(d["features"]), tuple(d["labels"])
+        return cls(**d)
+
+
+def _shapes(tensors: Iterable[Any]) -> list[tuple[int | None, ...]]:
+    return [tuple(t.shape) for t in tensors]
+
+
+def _unwrap(arrays: list[np.ndarray]) -> Any:
+    return arrays[0] if len(arrays) == 1 else arrays
+
+
+class WorkerRun:
+    """One worker's training on one partition.
+
+    Args:
+        config: the job's :class:`WorkerConfig`.
+        worker_id: this worker's id (the Spark partition id).
+        attempt: the Spark task attempt number.
+    """
+
+    def __init__(self, config: WorkerConfig, *, worker_id: int, attempt: int = 0) -> None:
+        self.config = config
+        self.worker_id = worker_id
+        self.attempt = attempt
+        self.algorithm = algorithms.get(config.algorithm)
+        self.spec = ModelSpec.from_json(config.spec)
+        self.layout = self.spec.layout
+        self.records: list[dict[str, Any]] = []
+
+    def run(self, batches: Iterable) -> list[dict[str, Any]]:
+        """Trains on ``batches`` (Arrow record batches) and returns the history records."""
+        cfg = self.config
+        model = build_model(self.spec, learning_rate=cfg.learning_rate)
+        input_shapes, output_shapes = _shapes(model.inputs), _shapes(model.outputs)
+        local = self.layout.empty()
+        get_flat_weights(model, self.layout, local)
+        stream = MinibatchStream(batches, features=cfg.features, labels=cfg.labels, batch_size=cfg.batch_size,
+                                 shuffle=cfg.shuffle, seed=cfg.seed + self.worker_id, prefetch=cfg.prefetch)
+        client: PSClient | None = None
+        exchange: Exchange | None = None
+        started = time.perf_counter()
+        try:
+            if self.algorithm.uses_ps:
+                client = PSClient(cfg.endpoints, worker_id=self.worker_id, attempt=self.attempt, timeout=cfg.timeout)
+                client.hello()
+                exchange = Exchange(client, local, params=self.algorithm.make_params(cfg.params))
+                exchange.start()
+                set_flat_weights(model, self.layout, local)
+            step, in_window, samples = 0, 0, 0
+            for epoch in range(cfg.num_epoch):
+                model.reset_metrics()
+                for xs, ys in stream.epoch():
+                    xs = fit_to_shapes(xs, input_shapes, cfg.features)
+                    ys = fit_to_shapes(ys, output_shapes, cfg.labels, strict=False)
+                    logs = model.train_on_batch(_unwrap(xs), _unwrap(ys), return_dict=True)
+                    step += 1
+                    in_window += 1
+                    samples += len(xs[0])
+                    record = self._record("step", epoch, step, logs)
+                    if exchange is not None and not cfg.exchange_per_epoch and in_window == exchange.window:
+                        self._exchange(model, exchange, local, in_window, record, samples)
+                        in_window = 0
+                    self.records.append(record)
+                if exchange is not None and cfg.exchange_per_epoch and in_window:
+                    self._exchange(model, exchange, local, in_window, self.records[-1], samples)
+                    in_window = 0
+            if exchange is not None and in_window:
+                self._exchange(model, exchange, local, in_window, self.records[-1] if self.records else {}, samples)
+            if exchange is not None:
+                exchange.finish()
+            busy = time.perf_counter() - started
+            summary = self._record("summary", cfg.num_epoch - 1, step, {})
+            summary.update(wait=client.wait_seconds if client else 0.0, busy=busy, rows=stream.rows, samples=samples)
+            if not self.algorithm.uses_ps:
+                summary["weights"] = get_flat_weights(model, self.layout, local).tobytes()
+            self.records.append(summary)
+            logger.info("worker %d: %d steps, %d rows in %.1f s (%.0f%% waiting on the PS)", self.worker_id, step,
+                        stream.rows, busy, 100 * summary["wait"] / max(busy, 1e-9))
+            return self.records
+        finally:
+            if client is not None:
+                client.close()
+
+    def _exchange(self, model: Any, exchange: Exchange, local: np.ndarray, steps: int, record: dict[str, Any],
+                  samples: int) -> None:
+        get_flat_weights(model, self.layout, local)
+        report = {"step": float(record.get("step", 0)), "samples": float(samples), "epoch": float(record.get("epoch", 0))}
+        if record.get("loss") is not None:
+            report["loss"] = float(record["loss"])
+        receipt = exchange.end_window(steps, report=report)
+        set_flat_weights(model, self.layout, local)
+        record["staleness"] = receipt.staleness
+        if "scale" in receipt.info:
+            record["scale"] = receipt.info["scale"]
+
+    def _record(self, kind: str, epoch: int, step: int, logs: dict[str, Any]) -> dict[str, Any]:
+        values = {k: float(np.asarray(v)) for k, v in logs.items()}
+        loss = values.pop("loss", None)
+        return {"kind": kind, "worker": self.worker_id, "attempt": self.attempt, "epoch": epoch, "step": step,
+                "timestamp": time.time(), "loss": loss, "metrics": json.dumps(values), "staleness": None,
+                "scale": None, "wait": None, "busy": None, "rows": None, "samples": None, "weights": None}
+
+
+def train_partition(config_json: str, batches: Iterator) -> Iterator:
+    """The ``mapInArrow`` function: trains this partition's worker, yields its history."""
+    import pyarrow as pa
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    worker_id = ctx.partitionId() if ctx is not None else 0
+    attempt = ctx.attemptNumber() if ctx is not None else 0
+    records = WorkerRun(WorkerConfig.from_json(config_json), worker_id=worker_id, attempt=attempt).run(batches)
+    yield pa.RecordBatch.from_pylist(records, schema=_arrow_schema())
+
+
+def _arrow_schema():
+    import pyarrow as pa
+
+    types = {"string": pa.string(), "int": pa.int32(), "long": pa.int64(), "double": pa.float64(),
+             "binary": pa.binary()}
+    fields = []
+    for part in HISTORY_SCHEMA.split(","):
+        name, kind = part.split()
+        fields.append(pa.field(name, types[kind]))
+    return pa.schema(fields)
