@@ -350,7 +350,7 @@ def _float_array_type(dtype: Any) -> Any:
     from pyspark.sql import types as T
 
     if isinstance(dtype, T.ArrayType):
-        return T.ArrayType(_float_array_type(dtype.elementType), containsNull=False)
+        return T.ArrayType(_float_array_type(dtype.elementType), containsNull=dtype.containsNull)
     return T.FloatType()
 
 

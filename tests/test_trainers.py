@@ -1,0 +1,204 @@
+"""Trainers on a real local[2] Spark session with the digits data set."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+pytest.importorskip("pyspark")
+
+from zdk import trainers  # noqa: E402
+from zdk.errors import ConfigError  # noqa: E402
+from zdk.launcher import start_shards  # noqa: E402
+
+from conftest import pid_alive  # noqa: E402
+
+pytestmark = pytest.mark.spark
+
+
+def mlp(seed: int = 1):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((64,)), keras.layers.Dense(64, activation="relu"),
+                             keras.layers.Dense(10, activation="softmax")])
+
+
+def accuracy(model, digits) -> float:
+    _, x_test, _, y_test = digits
+    return float((model.predict(x_test, verbose=0).argmax(axis=1) == y_test).mean())
+
+
+def shard_pids() -> set[int]:
+    out = subprocess.run(["pgrep", "-f", "zdk.server"], capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()}
+
+
+CASES = [
+    ("SingleTrainer", "adam", {}),
+    ("AveragingTrainer", "adam", {"num_workers": 2}),
+    ("DOWNPOUR", "adam", {"num_workers": 2, "num_shards": 2}),
+    ("AGN", lambda: keras.optimizers.Adam(0.01), {"num_workers": 2, "num_shards": 2}),
+    ("ADAG", lambda: keras.optimizers.Adam(0.01), {"num_workers": 2, "num_shards": 2}),
+    ("DynSGD", "adam", {"num_workers": 2, "num_shards": 2}),
+    ("AEASGD", lambda: keras.optimizers.Adam(0.003), {"num_workers": 2, "num_shards": 2}),
+    ("EAMSGD", "sgd", {"num_workers": 2, "num_shards": 2}),
+]
+
+
+@pytest.mark.parametrize("name,optimizer,kwargs", CASES, ids=[c[0] for c in CASES])
+def test_every_trainer_learns_digits(name, optimizer, kwargs, digits_df, digits):
+    before = shard_pids()
+    opt = optimizer() if callable(optimizer) else optimizer
+    trainer = getattr(trainers, name)(mlp(), opt, "sparse_categorical_crossentropy", num_epoch=12,
+                                      progress=False, **kwargs)
+    model = trainer.train(digits_df)
+    acc = accuracy(model, digits)
+    assert acc >= 0.90, f"{name}: test accuracy {acc:.3f}"
+    workers = {r["worker"] for r in trainer.history}
+    assert workers == set(range(kwargs.get("num_workers", 1)))
+    assert all(r["loss"] is not None and "accuracy" in r["metrics"] for r in trainer.history)
+    assert trainer.training_time > 0 and trainer.get_training_time() == trainer.training_time
+    assert model.optimizer is not None and model.loss == "sparse_categorical_crossentropy"
+    if trainer.algorithm.uses_ps:
+        assert any(r["staleness"] is not None for r in trainer.history)
+        assert 0 <= trainer.ps_wait_fraction < 1
+    assert shard_pids() <= before, "train() left shard processes behind"
+
+
+def test_ensemble_trainer_returns_every_member(digits_df, digits):
+    trainer = trainers.EnsembleTrainer(mlp(), "adam", "sparse_categorical_crossentropy", num_ensembles=2,
+                                       num_epoch=15, progress=False)
+    models = trainer.train(digits_df)
+    assert isinstance(models, list) and len(models) == 2
+    accs = [accuracy(m, digits) for m in models]
+    assert min(accs) >= 0.85, accs
+    assert not np.allclose(models[0].get_weights()[0], models[1].get_weights()[0])
+
+
+def test_adag_reports_scale_and_history_frame(digits_df):
+    trainer = trainers.ADAG(mlp(), keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy", num_epoch=2,
+                            num_workers=2, communication_window=4, progress=False)
+    trainer.train(digits_df, shuffle=True)
+    scales = [r["scale"] for r in trainer.history if r["scale"] is not None]
+    assert scales and all(0 < s <= 1 for s in scales)
+    frame = trainer.history_frame()
+    assert {"worker", "epoch", "step", "loss", "accuracy", "staleness", "scale", "timestamp"} <= set(frame.columns)
+    assert len(frame) == len(trainer.history)
+    assert {r["step"] for r in trainer.get_averaged_history()} == {r["step"] for r in trainer.history}
+
+
+def test_shuffle_true_trains(digits_df, digits):
+    trainer = trainers.DOWNPOUR(mlp(), "adam", "sparse_categorical_crossentropy", num_epoch=10, num_workers=2,
+                                progress=False)
+    assert accuracy(trainer.train(digits_df, shuffle=True), digits) >= 0.90
+
+
+def test_multi_input_model_trains_on_two_feature_columns(spark, digits):
+    x_train, x_test, y_train, y_test = digits
+    df = spark.createDataFrame([(a[:32].tolist(), a[32:].tolist(), int(y)) for a, y in zip(x_train, y_train)],
+                               "top array<double>, bottom array<double>, label long")
+    keras.utils.set_random_seed(2)
+    top, bottom = keras.Input((32,), name="top"), keras.Input((32,), name="bottom")
+    hidden = keras.layers.Dense(64, activation="relu")(keras.layers.Concatenate()([top, bottom]))
+    model = keras.Model([top, bottom], keras.layers.Dense(10, activation="softmax")(hidden))
+    trainer = trainers.DOWNPOUR(model, "adam", "sparse_categorical_crossentropy", features_col=["top", "bottom"],
+                                num_epoch=10, num_workers=2, progress=False)
+    trained = trainer.train(df)
+    acc = float((trained.predict([x_test[:, :32], x_test[:, 32:]], verbose=0).argmax(1) == y_test).mean())
+    assert acc >= 0.85
+
+
+def test_worker_error_reaches_the_caller_and_no_shard_is_left(spark):
+    before = shard_pids()
+    df = spark.createDataFrame([([0.0] * 10, 1)] * 20, "features array<double>, label long")
+    trainer = trainers.ADAG(mlp(), "adam", "sparse_categorical_crossentropy", num_workers=2, num_shards=2,
+                            progress=False)
+    with pytest.raises(trainers.WorkerFailed, match="column `features` has 10 values per row"):
+        trainer.train(df)
+    assert shard_pids() <= before
+
+
+def test_trainer_uses_a_separately_started_parameter_server(digits_df, digits):
+    model = mlp()
+    size = sum(w.size for w in model.get_weights())
+    with start_shards(num_shards=2, total_size=size, algorithm="downpour") as group:
+        trainer = trainers.DOWNPOUR(model, "adam", "sparse_categorical_crossentropy", num_epoch=10, num_workers=2,
+                                    parameter_server=group.endpoints, progress=False)
+        trained = trainer.train(digits_df)
+        assert all(group.alive())  # the trainer does not stop shards it did not start
+    assert accuracy(trained, digits) >= 0.90
+
+
+def test_parameter_server_of_the_wrong_size_is_refused(digits_df):
+    with start_shards(num_shards=1, total_size=10, algorithm="downpour") as group:
+        trainer = trainers.DOWNPOUR(mlp(), "adam", "sparse_categorical_crossentropy", parameter_server=group.endpoints)
+        with pytest.raises(ConfigError, match="holds 10 parameters; the model has 4810"):
+            trainer.train(digits_df)
+
+
+def test_averaging_with_more_workers_than_slots_fails_fast(digits_df):
+    trainer = trainers.AveragingTrainer(mlp(), "adam", "sparse_categorical_crossentropy", num_workers=3,
+                                        progress=False)
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="cluster's 2 task slots"):
+        trainer.train(digits_df)
+    assert time.monotonic() - started < 10
+
+
+def test_generic_trainer_takes_any_registered_algorithm(digits_df):
+    trainer = trainers.Trainer(mlp(), "adam", "sparse_categorical_crossentropy", algorithm="dynsgd", num_epoch=1,
+                               progress=False)
+    trainer.train(digits_df)
+    assert trainer.algorithm.name == "dynsgd"
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"num_workers": 0}, "`num_workers` must be an int ≥ 1. Received: num_workers=0"),
+    ({"features_col": []}, "`features_col` must be a column name or a list"),
+    ({"communication_window": 0}, "`communication_window` must be an int ≥ 1"),
+    ({"master_port": 70000}, "`master_port` must be a port"),
+    ({"algorithm": "agn"}, "`algorithm` is fixed to 'adag' in ADAG"),
+    ({"rho": 2.0}, "unknown parameter(s) ['rho']"),
+])
+def test_constructor_errors_name_the_field(kwargs, message):
+    with pytest.raises(ConfigError) as info:
+        trainers.ADAG(mlp(), "adam", "sparse_categorical_crossentropy", **kwargs)
+    assert message in str(info.value)
+
+
+def test_missing_column_is_named(digits_df):
+    trainer = trainers.DOWNPOUR(mlp(), "adam", "sparse_categorical_crossentropy", label_col="target")
+    with pytest.raises(ConfigError, match=r"columns \['target'\] are not in the DataFrame"):
+        trainer.train(digits_df)
+
+
+def test_adag_on_local_cluster_with_separate_executor_jvms(tmp_path):
+    script = textwrap.dedent("""
+        import numpy as np, keras
+        from sklearn.datasets import load_digits
+        from zdk.spark import get_session
+        from zdk.trainers import ADAG
+        spark = get_session("local-cluster[2,1,1024]")
+        d = load_digits()
+        rows = [((x / 16.0).tolist(), int(y)) for x, y in zip(d.data[:1200], d.target[:1200])]
+        df = spark.createDataFrame(rows, "features array<double>, label long")
+        model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"),
+                                  keras.layers.Dense(10, activation="softmax")])
+        trainer = ADAG(model, keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy", num_workers=2,
+                       num_shards=2, num_epoch=10, communication_window=4, progress=False)
+        trained = trainer.train(df)
+        x = (d.data[1200:] / 16.0).astype("float32")
+        acc = float((trained.predict(x, verbose=0).argmax(1) == d.target[1200:]).mean())
+        print("RESULT", acc, sorted({r["worker"] for r in trainer.history}))
+        spark.stop()
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=400)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT")]
+    assert result.returncode == 0 and lines, result.stderr[-3000:]
+    _, acc, workers = lines[0].split(" ", 2)
+    assert float(acc) > 0.85 and workers == "[0, 1]"
