@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP) data
-	$(PY) examples/ps_demo.py
+	$(PY) examples/demo.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/ps_throughput.py

@@ -48,7 +48,8 @@ class ShardProgress:
     def _run(self) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        columns = (TextColumn("[bold]zdk[/] training"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+        of_total = "/{task.total}" if self.total_steps else ""
+        columns = (TextColumn("[bold]zdk[/] training"), BarColumn(), TextColumn("{task.completed}" + of_total + " steps"),
                    TextColumn("{task.fields[rate]}"), TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn())
         started = time.monotonic()
         try:
@@ -60,11 +61,12 @@ class ShardProgress:
                     stats = client.stats()[0]
                     reports = [w.get("report", {}) for w in stats["workers"].values()]
                     steps = sum(int(r.get("step", 0)) for r in reports)
+                    epoch = max((int(r.get("epoch", 0)) for r in reports), default=0)
                     samples = sum(int(r.get("samples", 0)) for r in reports)
                     losses = [r["loss"] for r in reports if r.get("loss") is not None]
                     rate = samples / max(time.monotonic() - started, 1e-9)
                     self.last = {"steps": steps, "samples": samples, "loss": losses}
-                    bar.update(task, completed=steps, rate=f"{rate:,.0f} samples/s",
+                    bar.update(task, completed=steps, rate=f"epoch {epoch + 1}, {rate:,.0f} samples/s",
                                loss=f"{sum(losses) / len(losses):.4f}" if losses else "-")
         except Exception:  # the bar is a convenience: training goes on without it
             logger.debug("progress display stopped", exc_info=True)

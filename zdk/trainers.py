@@ -293,9 +293,13 @@ class Trainer:
         config_json = config.to_json()
         job = data.mapInArrow(lambda batches: train_partition(config_json, batches), HISTORY_SCHEMA,
                               barrier=self.algorithm.synchronous)
-        steps_guess = None
+        progress = ShardProgress(endpoints, total_steps=None, enabled=self.progress)
+        if progress.enabled:  # a count is one more Spark job: only when the bar is shown
+            rows = data.count()
+            per_task = -(-rows // self.num_tasks)
+            progress.total_steps = self.num_tasks * self.num_epoch * -(-per_task // self.batch_size)
         try:
-            with ShardProgress(endpoints, total_steps=steps_guess, enabled=self.progress):
+            with progress:
                 rows = job.collect()
         except KeyboardInterrupt:
             sc.cancelJobGroup(group_id)
