@@ -69,7 +69,7 @@ def main() -> None:
     print(f"training time: {trainer.training_time:.1f} s (train() wall time {wall:.1f} s)")
     print(f"PS wait: {100 * trainer.ps_wait_fraction:.1f}% of worker time")
     print()
-    print("per worker (loss and accuracy: means over its last epoch)")
+    print("per worker (loss and accuracy: means of its minibatches in the last epoch)")
     print(f"{'worker':>6} {'rows':>7} {'steps':>6} {'exchanges':>9} {'loss':>10} {'accuracy':>8} "
           f"{'busy s':>7} {'PS wait':>7}")
     for s in trainer.worker_summaries:

@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from zdk import algorithms
+from zdk.algorithms.sources import sources
 from zdk.errors import ConfigError, LaunchError
 from zdk.layout import ShardPlan
 from zdk.protocol import DEFAULT_CHUNK_BYTES, DEFAULT_MAX_FRAME_BYTES
@@ -146,6 +147,8 @@ def start_shards(*, num_shards: int = 1, total_size: int, bind: str = "tcp://127
                 cmd += ["--checkpoint-dir", checkpoint_dir]
             if idle_timeout is not None:
                 cmd += ["--idle-timeout", str(idle_timeout)]
+            for source in sources(algo):
+                cmd += ["--import", source]
             processes.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=child_env,
                                               start_new_session=True))
         group.endpoints = [_await_ready(p, k, startup_timeout) for k, p in enumerate(processes)]

@@ -19,6 +19,7 @@ import sys
 import time
 from typing import Sequence
 
+from zdk.algorithms.sources import load_sources
 from zdk.allocator import tune_allocator
 from zdk.errors import ConfigError
 from zdk.protocol import DEFAULT_CHUNK_BYTES, DEFAULT_MAX_FRAME_BYTES
@@ -113,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parent-pid", type=int, default=None, help="exit when this process dies (default: none)")
     p.add_argument("--idle-timeout", type=float, default=None, help="exit after this many idle seconds "
                    "(default: never)")
+    p.add_argument("--import", dest="imports", action="append", default=[],
+                   help="module or .py file defining the algorithm; repeatable (default: none)")
     p.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     return p
 
@@ -128,6 +131,7 @@ def _parse_params(text: str) -> dict:
 
 
 async def _amain(args: argparse.Namespace) -> str:
+    load_sources(args.imports)
     config = ShardConfig(
         shard=args.shard, num_shards=args.num_shards, total_size=args.size, algorithm=args.algorithm,
         params=_parse_params(args.params), checkpoint_dir=args.checkpoint_dir,

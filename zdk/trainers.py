@@ -18,6 +18,7 @@ import numpy as np
 
 from zdk import algorithms
 from zdk.algorithms.base import Algorithm, Params
+from zdk.algorithms.sources import sources
 from zdk.client import PSClient
 from zdk.errors import ConfigError, ZdkError
 from zdk.launcher import ShardGroup, start_shards
@@ -205,7 +206,7 @@ class Trainer:
                 endpoints=tuple(endpoints), features=self.features_col, labels=self.label_col,
                 batch_size=self.batch_size, num_epoch=self.num_epoch, exchange_per_epoch=self.exchange_per_epoch,
                 shuffle=shuffle, seed=self.seed, learning_rate=self.learning_rate, timeout=self.timeout,
-                prefetch=self.max_prefetch,
+                prefetch=self.max_prefetch, algorithm_sources=tuple(sources(self.algorithm)),
             )
             records = self._run(data, config, endpoints)
             self.training_time = time.perf_counter() - started

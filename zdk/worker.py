@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 
 from zdk import algorithms
+from zdk.algorithms.sources import load_sources
 from zdk.client import PSClient
 from zdk.data import MinibatchStream, fit_to_shapes
 from zdk.exchange import Exchange
@@ -49,6 +50,7 @@ class WorkerConfig:
         learning_rate: overrides the worker optimizer's learning rate.
         timeout: seconds for every PS request.
         prefetch: minibatches prepared ahead.
+        algorithm_sources: modules or files to import so a run-time-registered algorithm exists.
     """
 
     spec: str
@@ -65,7 +67,7 @@ class WorkerConfig:
     learning_rate: float | None = None
     timeout: float = 60.0
     prefetch: int = 8
-    extra: dict[str, Any] = field(default_factory=dict)
+    algorithm_sources: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -73,7 +75,8 @@ class WorkerConfig:
     @classmethod
     def from_json(cls, text: str) -> "WorkerConfig":
         d = json.loads(text)
-        d["endpoints"], d["features"], d["labels"] = tuple(d["endpoints"]), tuple(d["features"]), tuple(d["labels"])
+        for key in ("endpoints", "features", "labels", "algorithm_sources"):
+            d[key] = tuple(d[key])
         return cls(**d)
 
 
@@ -98,6 +101,7 @@ class WorkerRun:
         self.config = config
         self.worker_id = worker_id
         self.attempt = attempt
+        load_sources(config.algorithm_sources)
         self.algorithm = algorithms.get(config.algorithm)
         self.spec = ModelSpec.from_json(config.spec)
         self.layout = self.spec.layout

@@ -1,0 +1,63 @@
+"""Every example runs as a user would run it, on a reduced size."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+pytestmark = pytest.mark.spark
+
+
+def run(script: str, *args: str, timeout: float = 600) -> str:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_ENABLE_ONEDNN_OPTS="0")
+    result = subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True,
+                            timeout=timeout, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout
+
+
+@pytest.mark.parametrize("script", ["demo.py", "fashion_mnist.py", "tabular.py", "custom_algorithm.py", "ps_demo.py"])
+def test_examples_have_help(script):
+    out = run(script, "--help", timeout=60)
+    assert out.startswith("usage:")
+
+
+def test_fashion_mnist_workflow_compares_trainers_and_plots(tmp_path):
+    plot = tmp_path / "loss.png"
+    out = run("fashion_mnist.py", "--rows", "3000", "--test-rows", "1000", "--epochs", "2", "--plot", str(plot))
+    table = [line for line in out.splitlines() if line.startswith("| ") and "accuracy" not in line]
+    names = [line.split("|")[1].strip() for line in table]
+    assert names == ["SingleTrainer", "ADAG", "DOWNPOUR", "AEASGD", "AveragingTrainer"]
+    accuracies = [float(line.split("|")[2]) for line in table]
+    assert min(accuracies) > 0.5, out
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_tabular_reports_f1():
+    out = run("tabular.py", "--epochs", "10")
+    f1 = float(re.search(r"F1 \(malignant\) ([0-9.]+)", out).group(1))
+    assert f1 > 0.8, out
+
+
+def test_custom_algorithm_trains_with_a_runtime_registered_algorithm():
+    out = run("custom_algorithm.py", "--epochs", "8")
+    accuracy = float(re.search(r"test accuracy ([0-9.]+)", out).group(1))
+    assert accuracy > 0.75, out
+
+
+def test_ps_demo_runs():
+    out = run("ps_demo.py", "--workers", "2", "--steps", "100", "--dim", "1000")
+    assert "final MSE" in out and "PS wait" in out
+
+
+def test_demo_reaches_the_accuracy_bar_on_a_reduced_run():
+    out = run("demo.py", "--rows", "6000", "--epochs", "2", "--no-progress")
+    accuracy = float(re.search(r"test accuracy: ([0-9.]+)", out).group(1))
+    assert accuracy > 0.7, out
+    assert "PS wait" in out and re.search(r"^\s+1\s+3000\s", out, re.M), out
