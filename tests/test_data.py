@@ -92,3 +92,14 @@ def test_stream_stops_its_thread_when_the_consumer_stops_early():
     next(it)
     it.close()
     assert not any(t.name == "zdk-prefetch" and t.is_alive() for t in threading.enumerate())
+
+
+def test_spark_ml_vector_structs_dense_and_sparse():
+    vector = pa.struct([("type", pa.int8()), ("size", pa.int32()), ("indices", pa.list_(pa.int32())),
+                        ("values", pa.list_(pa.float64()))])
+    array = pa.array([{"type": 1, "size": None, "indices": None, "values": [1.0, 2.0, 3.0]},
+                      {"type": 0, "size": 3, "indices": [2], "values": [5.0]},
+                      {"type": 0, "size": 3, "indices": [0, 1], "values": [7.0, 8.0]}], vector)
+    assert column_to_numpy(array, "v").tolist() == [[1, 2, 3], [0, 0, 5], [7, 8, 0]]
+    dense_only = pa.array([{"type": 1, "size": None, "indices": None, "values": [1.0, 2.0]}], vector)
+    assert column_to_numpy(dense_only, "v").tolist() == [[1.0, 2.0]]

@@ -27,6 +27,8 @@ def column_to_numpy(array, name: str) -> np.ndarray:
 
     if array.null_count:
         raise ConfigError(f"column `{name}` must have no nulls. Received: {array.null_count} null rows")
+    if pa.types.is_struct(array.type) and {"type", "size", "indices", "values"} <= {f.name for f in array.type}:
+        return _ml_vectors(array, name)
     rows = len(array)
     shape: list[int] = [rows]
     values = array
@@ -49,6 +51,38 @@ def column_to_numpy(array, name: str) -> np.ndarray:
         raise ConfigError(f"column `{name}` must be numeric or a (nested) list of numbers. Received: {array.type}")
     flat = values.to_numpy(zero_copy_only=False)
     return np.ascontiguousarray(flat, dtype=np.float32).reshape(shape)
+
+
+def _ml_vectors(array, name: str) -> np.ndarray:
+    """Spark ML vectors as Arrow gives them (struct<type, size, indices, values>; type 1 = dense)."""
+    rows = len(array)
+    kinds = array.field("type").to_numpy(zero_copy_only=False)
+    values = array.field("values")
+    if (kinds == 1).all():
+        return column_to_numpy(values, name)
+    sizes = array.field("size").to_numpy(zero_copy_only=False)
+    width = int(sizes[kinds == 0].max()) if (kinds == 0).any() else 0
+    if (kinds == 1).any():
+        width = max(width, int(np.diff(values.offsets.to_numpy())[kinds == 1].max()))
+    out = np.zeros((rows, width), dtype=np.float32)
+    offsets = values.offsets.to_numpy()
+    flat = values.flatten().to_numpy(zero_copy_only=False)
+    counts = np.diff(offsets)
+    row_of = np.repeat(np.arange(rows), counts)
+    dense = kinds[row_of] == 1
+    position = np.arange(len(flat)) - np.repeat(offsets[:-1] - offsets[0], counts)
+    index_offsets = array.field("indices").offsets.to_numpy()
+    sparse_idx = array.field("indices").flatten().to_numpy(zero_copy_only=False)
+    columns = np.empty(len(flat), dtype=np.int64)
+    columns[dense] = position[dense]
+    if (~dense).any():
+        # Sparse rows: their indices list runs parallel to their values list.
+        idx_counts = np.diff(index_offsets)
+        if not (idx_counts[kinds == 0] == counts[kinds == 0]).all():
+            raise ConfigError(f"column `{name}` holds a sparse vector whose indices and values differ in length")
+        columns[~dense] = sparse_idx
+    out[row_of, columns] = flat
+    return out
 
 
 def record_batch_arrays(batch, features: Sequence[str], labels: Sequence[str]) -> Batch:

@@ -52,8 +52,7 @@ def _predict_batches(batches: Iterator, *, key: str, payload: Any, features: Seq
     model = _cached_model(key, spec["model"], spec["shapes"], spec["weights"], spec["modules"])
     shapes = [tuple(t.shape) for t in model.inputs]
     for batch in batches:
-        xs = fit_to_shapes([column_to_numpy(batch.column(_TMP.format(i)), f) for i, f in enumerate(features)],
-                           shapes, features)
+        xs = fit_to_shapes([column_to_numpy(batch.column(f), f) for f in features], shapes, features)
         parts = []
         for start in range(0, batch.num_rows, batch_size):
             chunk = [x[start:start + batch_size] for x in xs]
@@ -94,7 +93,7 @@ class ModelPredictor:
         from pyspark.sql import functions as F
         from pyspark.sql import types as T
 
-        from zdk.columns import as_array
+        from zdk.columns import SCALAR, as_array, column_kind
 
         if self.output_col in dataframe.columns:
             raise ConfigError(f"`output_col` must be a new column. Received: output_col={self.output_col!r} exists")
@@ -107,17 +106,22 @@ class ModelPredictor:
                 "modules": list(self.custom_modules)}
         payload = dataframe.sparkSession.sparkContext.broadcast(spec)
         staged = dataframe
+        renamed = []
         for i, name in enumerate(self.features_col):
-            staged = staged.withColumn(_TMP.format(i), as_array(dataframe, name).cast("array<float>"))
+            if column_kind(dataframe, name) == SCALAR:
+                staged = staged.withColumn(_TMP.format(i), as_array(dataframe, name).cast("array<float>"))
+                renamed.append(_TMP.format(i))
+            else:  # vectors and arrays are read from Arrow as they are, without a copy column
+                renamed.append(name)
         schema = T.StructType(staged.schema.fields + [T.StructField(self.output_col, T.ArrayType(T.FloatType()))])
-        features, output, batch_size = self.features_col, self.output_col, self.batch_size
+        output, batch_size = self.output_col, self.batch_size
 
         def run(batches: Iterator) -> Iterator:
-            return _predict_batches(batches, key=key, payload=payload, features=features, output=output,
+            return _predict_batches(batches, key=key, payload=payload, features=renamed, output=output,
                                     batch_size=batch_size)
 
         predicted = staged.mapInArrow(run, schema)
-        predicted = predicted.drop(*[_TMP.format(i) for i in range(len(self.features_col))])
+        predicted = predicted.drop(*[c for c in renamed if c.startswith("__zdk_")])
         return predicted.withColumn(self.output_col, array_to_vector(F.col(self.output_col)))
 
     transform = predict
