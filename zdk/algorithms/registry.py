@@ -27,19 +27,10 @@ def _from_class(name: str, cls: type) -> Algorithm:
     return Algorithm(name=name, doc=(cls.__doc__ or "").strip(), **values)
 
 
-def _same_code(a: Algorithm, b: Algorithm) -> bool:
-    """Whether two registrations come from the same source code (a script loaded under two module names)."""
-    def code(fn: object) -> object:
-        return getattr(getattr(fn, "__code__", None), "co_code", fn)
-
-    return a.params.__name__ == b.params.__name__ and all(
-        code(getattr(a, f)) == code(getattr(b, f)) for f in ("server_update", "worker_delta", "worker_reset"))
-
-
 def _add(algorithm: Algorithm) -> Algorithm:
     with _lock:
         existing = _registry.get(algorithm.name)
-        if existing is not None and existing is not algorithm and not _same_code(existing, algorithm):
+        if existing is not None and existing is not algorithm:
             raise ConfigError(
                 f"`name` must be unique. Received: name={algorithm.name!r}, already registered by "
                 f"{existing.server_update!r}"
