@@ -32,12 +32,7 @@ def main() -> None:
     from zdk.spark import get_session
     from zdk.trainers import ADAG
 
-    if datasets.fashion_mnist_available():
-        name = "Fashion-MNIST"
-        x_train, y_train, x_test, y_test = datasets.load_fashion_mnist()
-    else:
-        name = "sklearn digits (Fashion-MNIST is not installed: apt-get install dataset-fashion-mnist)"
-        x_train, y_train, x_test, y_test = datasets.load_digits_split()
+    name, x_train, y_train, x_test, y_test = datasets.load_images()
     if args.rows:
         x_train, y_train = x_train[: args.rows], y_train[: args.rows]
     features = int(x_train[0].size)

@@ -43,12 +43,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from zdk.spark import get_session
     from zdk.transformers import DenseTransformer, LabelIndexTransformer, MinMaxTransformer, OneHotTransformer
 
-    if datasets.fashion_mnist_available():
-        source = "Fashion-MNIST"
-        x_train, y_train, x_test, y_test = datasets.load_fashion_mnist()
-    else:
-        source = "sklearn digits (Fashion-MNIST is not installed)"
-        x_train, y_train, x_test, y_test = datasets.load_digits_split()
+    source, x_train, y_train, x_test, y_test = datasets.load_images()
     if args.rows:
         x_train, y_train = x_train[: args.rows], y_train[: args.rows]
     if args.test_rows:

@@ -62,6 +62,16 @@ def load_digits_split(test_size: float = 0.25, seed: int = 0) -> tuple[np.ndarra
     return x_train, y_train, x_test, y_test
 
 
+def load_images() -> tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(name, x_train, y_train, x_test, y_test): Fashion-MNIST, or sklearn's digits when the Debian
+    package is missing (the name then says so)."""
+    if fashion_mnist_available():
+        return ("Fashion-MNIST", *load_fashion_mnist())
+    logger.warning("Fashion-MNIST is not installed; using sklearn digits")
+    return ("sklearn digits (Fashion-MNIST is not installed: apt-get install dataset-fashion-mnist)",
+            *load_digits_split())
+
+
 def to_dataframe(spark, features: np.ndarray, labels: np.ndarray, *, features_col: str = "features",
                  label_col: str = "label"):
     """A Spark DataFrame with an ``array<float>`` feature column and a ``long`` label, built through Arrow."""

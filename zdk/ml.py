@@ -15,21 +15,18 @@ from typing import Any, Sequence
 
 from pyspark import keyword_only
 from pyspark.ml import Estimator, Model
-from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param import Params, TypeConverters
 from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReadable, MLReader, MLWritable, MLWriter
 
 from zdk import io
 from zdk.errors import ConfigError
 from zdk.models import serialize_optimizer
+from zdk.params import param as _param
 from zdk.predictors import ModelPredictor
 
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.keras"
-
-
-def _param(name: str, doc: str, converter: Any = TypeConverters.identity) -> Param:
-    return Param(Params._dummy(), name, doc, typeConverter=converter)
 
 
 class _ColumnParams(Params):

@@ -14,18 +14,16 @@ from typing import Any, Sequence
 from pyspark import keyword_only
 from pyspark.ml import Transformer
 from pyspark.ml.functions import array_to_vector
-from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param import TypeConverters
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import functions as F
 
 from zdk.columns import ARRAY, SCALAR, VECTOR, argmax, as_array, column_kind
 from zdk.errors import ConfigError
+from zdk.params import HasInputOutput
+from zdk.params import param as _param
 
 logger = logging.getLogger(__name__)
-
-
-def _param(name: str, doc: str, converter: Any = TypeConverters.identity) -> Param:
-    return Param(Params._dummy(), name, doc, typeConverter=converter)
 
 
 class _ZdkTransformer(Transformer, DefaultParamsReadable, DefaultParamsWritable):
@@ -48,7 +46,7 @@ class _ZdkTransformer(Transformer, DefaultParamsReadable, DefaultParamsWritable)
             self._value(name)
 
 
-class MinMaxTransformer(_ZdkTransformer):
+class MinMaxTransformer(_ZdkTransformer, HasInputOutput):
     """x' = (x − o_min)·(n_max − n_min)/(o_max − o_min) + n_min, elementwise on a vector or
     array column, or on a scalar column with ``is_vector=False``.
 
@@ -63,8 +61,6 @@ class MinMaxTransformer(_ZdkTransformer):
     o_max = _param("o_max", "old maximum", TypeConverters.toFloat)
     n_min = _param("n_min", "new minimum", TypeConverters.toFloat)
     n_max = _param("n_max", "new maximum", TypeConverters.toFloat)
-    input_col = _param("input_col", "input column", TypeConverters.toString)
-    output_col = _param("output_col", "output column", TypeConverters.toString)
     is_vector = _param("is_vector", "whether the input is a vector", TypeConverters.toBoolean)
     _required = ("o_min", "o_max", "n_min", "n_max", "input_col", "output_col")
 
@@ -164,11 +160,9 @@ class StandardTransformer(_ZdkTransformer):
         return out
 
 
-class DenseTransformer(_ZdkTransformer):
+class DenseTransformer(_ZdkTransformer, HasInputOutput):
     """A sparse (or dense) vector column as a dense vector column."""
 
-    input_col = _param("input_col", "input column", TypeConverters.toString)
-    output_col = _param("output_col", "output column", TypeConverters.toString)
     _required = ("input_col", "output_col")
 
     @keyword_only
@@ -182,7 +176,7 @@ class DenseTransformer(_ZdkTransformer):
         return dataframe.withColumn(self._value("output_col"), array_to_vector(as_array(dataframe, name)))
 
 
-class ReshapeTransformer(_ZdkTransformer):
+class ReshapeTransformer(_ZdkTransformer, HasInputOutput):
     """A vector or array as nested arrays of ``shape`` (row-major), e.g. (32, 32, 3) for images.
     A row of another size fails the job with an error naming the column and the sizes.
 
@@ -191,8 +185,6 @@ class ReshapeTransformer(_ZdkTransformer):
         shape: the target shape, without the row dimension.
     """
 
-    input_col = _param("input_col", "input column", TypeConverters.toString)
-    output_col = _param("output_col", "output column", TypeConverters.toString)
     shape = _param("shape", "target shape", TypeConverters.toListInt)
     _required = ("input_col", "output_col", "shape")
 
@@ -224,13 +216,11 @@ def _nest(array: Any, shape: list[int]) -> Any:
     return F.transform(rows, lambda row: _nest(row, shape[1:])) if len(shape) > 2 else rows
 
 
-class OneHotTransformer(_ZdkTransformer):
+class OneHotTransformer(_ZdkTransformer, HasInputOutput):
     """An integer label as a one-hot ``array<double>`` of length ``output_dim``; a label out of
     [0, output_dim) fails the job with an error naming the value."""
 
     output_dim = _param("output_dim", "number of classes", TypeConverters.toInt)
-    input_col = _param("input_col", "input column", TypeConverters.toString)
-    output_col = _param("output_col", "output column", TypeConverters.toString)
     _required = ("output_dim", "input_col", "output_col")
 
     @keyword_only
@@ -255,7 +245,7 @@ class OneHotTransformer(_ZdkTransformer):
         return dataframe.withColumn(self._value("output_col"), checked)
 
 
-class LabelIndexTransformer(_ZdkTransformer):
+class LabelIndexTransformer(_ZdkTransformer, HasInputOutput):
     """The first index whose value is ≥ ``activation_threshold``; otherwise the argmax; and
     ``default_index`` when no value is above 0. The output is a double.
 
@@ -267,8 +257,6 @@ class LabelIndexTransformer(_ZdkTransformer):
     """
 
     output_dim = _param("output_dim", "vector length", TypeConverters.toInt)
-    input_col = _param("input_col", "input column", TypeConverters.toString)
-    output_col = _param("output_col", "output column", TypeConverters.toString)
     default_index = _param("default_index", "index when no value is positive", TypeConverters.toInt)
     activation_threshold = _param("activation_threshold", "threshold", TypeConverters.toFloat)
     _required = ("output_dim",)
