@@ -206,3 +206,13 @@ def test_shards_exit_when_their_launcher_is_killed(tmp_path):
 def test_idle_shards_exit_by_themselves(shards):
     group = shards(num_shards=1, total_size=4, idle_timeout=0.5)
     poll_until(lambda: not any(group.alive()), timeout=10, what="the idle shard to exit")
+
+
+def test_ipc_endpoints_work_like_tcp(shards, tmp_path):
+    group = shards(num_shards=2, total_size=6, bind=f"ipc://{tmp_path}/zdk", initial=np.ones(6, np.float32))
+    assert group.endpoints == [f"ipc://{tmp_path}/zdk-0", f"ipc://{tmp_path}/zdk-1"]
+    with PSClient(group.endpoints, worker_id=1) as client:
+        client.hello()
+        client.pull()
+        client.commit(np.ones(6, np.float32))
+        np.testing.assert_array_equal(client.pull(), np.full(6, 2.0))

@@ -260,12 +260,27 @@ def as_frames(array: np.ndarray, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list
 
 def join_frames(frames: Sequence[memoryview | bytes], out: np.ndarray | None = None) -> np.ndarray:
     """The float32 array carried by ``frames``: a zero-copy view for one frame, else one copy into ``out``."""
+    return join_checked(frames, out)[0]
+
+
+def join_checked(frames: Sequence[memoryview | bytes], out: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
+    """:func:`join_frames`, and whether every value is finite, checked on each frame's copy while
+    it is still in cache (one pass over memory instead of two)."""
     if len(frames) == 1:
-        return np.frombuffer(frames[0], dtype=WIRE_DTYPE)
+        data = np.frombuffer(frames[0], dtype=WIRE_DTYPE)
+        return data, all_finite(data)
     parts = [np.frombuffer(f, dtype=WIRE_DTYPE) for f in frames]
     total = sum(p.size for p in parts)
     target = np.empty(total, dtype=WIRE_DTYPE) if out is None or out.size < total else out[:total]
-    return np.concatenate(parts, out=target)
+    finite = True
+    offset = 0
+    for part in parts:
+        block = target[offset : offset + part.size]
+        np.copyto(block, part)
+        if finite:
+            finite = all_finite(block)
+        offset += part.size
+    return target, finite
 
 
 def all_finite(array: np.ndarray, block: int = 1 << 18) -> bool:

@@ -23,7 +23,7 @@ from zdk.algorithms.sources import load_sources
 from zdk.allocator import tune_allocator
 from zdk.errors import ConfigError
 from zdk.protocol import DEFAULT_CHUNK_BYTES, DEFAULT_MAX_FRAME_BYTES
-from zdk.shard import ShardConfig, ShardCore
+from zdk.shard import Outgoing, ShardConfig, ShardCore
 from zdk.transports.base import ServerTransport
 from zdk.transports.zmq import ZmqRouterTransport
 
@@ -78,19 +78,26 @@ class ShardServer:
                 logger.warning("shard %d: message without a header frame from peer %s dropped",
                                self.core.config.shard, peer.hex()[:10])
                 continue
-            for out in self.core.handle(peer, header, frames):
-                await self.transport.send(out.peer, out.header, out.frames)
+            await self._send_all(self.core.handle(peer, header, frames))
+            del header, frames
             if self.core.stopping:
                 self.stop("shutdown requested")
                 return
+
+    async def _send_all(self, replies: list[Outgoing]) -> None:
+        # No reference to a reply may outlive its sending: the core copies the center on
+        # write only while something still holds a reply's zero-copy frames.
+        while replies:
+            out = replies.pop(0)
+            await self.transport.send(out.peer, out.header, out.frames)
+            del out
 
     async def _watch_loop(self) -> None:
         while True:
             deadline = self.core.next_deadline()
             delay = WATCH_INTERVAL if deadline is None else min(WATCH_INTERVAL, max(0.0, deadline - time.monotonic()))
             await asyncio.sleep(delay)
-            for out in self.core.expire():
-                await self.transport.send(out.peer, out.header, out.frames)
+            await self._send_all(self.core.expire())
             if self.parent_pid is not None and os.getppid() != self.parent_pid:
                 self.stop(f"parent process {self.parent_pid} is gone")
             if self.idle_timeout is not None and self.core.idle_seconds > self.idle_timeout:

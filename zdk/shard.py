@@ -25,7 +25,7 @@ from zdk.errors import ConfigError, ProtocolError, ZdkError
 from zdk.layout import DTYPE, ShardPlan
 from zdk.protocol import (
     DEFAULT_CHUNK_BYTES, DEFAULT_MAX_FRAME_BYTES, ERROR, MAX_WAIT_SECONDS, WIRE_DTYPE,
-    Reply, Request, all_finite, as_frames, decode_request, join_frames,
+    Reply, Request, as_frames, decode_request, join_checked,
 )
 
 logger = logging.getLogger(__name__)
@@ -279,8 +279,8 @@ class ShardCore:
                 "bad_length", f"`{request.op}` must carry {expected} bytes ({self.center.size} × {WIRE_DTYPE}) "
                 f"for shard range {list(self.config.range)}. Received: {received} bytes"
             )
-        data = join_frames(frames, out=self._recv_buffer)
-        if not all_finite(data):
+        data, finite = join_checked(frames, out=self._recv_buffer)
+        if not finite:
             bad = int(np.flatnonzero(~np.isfinite(data))[0])
             raise ProtocolError("non_finite", f"`{request.op}` data must be finite. Received: {data[bad]} at index {bad}")
         return data
