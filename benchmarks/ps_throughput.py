@@ -1,7 +1,8 @@
 """Parameter-server throughput: zdk commit+pull against a bare ZeroMQ echo and memcpy.
 
 For each model size it measures, in one run on this machine:
-  (a) zdk commit+pull round trips: 1 shard × 1 worker, and 2 shards × 2 workers (aggregate);
+  (a) zdk commit+pull round trips: 1 shard × 1 worker, 2 shards × 2 workers (aggregate), and
+      1 × 1 with CURVE encryption;
   (b) a bare pyzmq DEALER↔ROUTER echo of the same bytes (one frame, and 1 MiB frames):
       the transport's ceiling;
   (c) np.copyto of the same bytes: the memory bound.
@@ -25,6 +26,7 @@ import zmq
 from zdk.allocator import tune_allocator
 from zdk.client import PSClient
 from zdk.launcher import start_shards
+from zdk.security import CurveKeys
 from zdk.protocol import DEFAULT_CHUNK_BYTES
 
 
@@ -98,12 +100,13 @@ def _zdk_worker(endpoints, worker_id, size, repeats, barrier, result_queue) -> N
         result_queue.put(time.perf_counter() - t0)
 
 
-def zdk_roundtrip(nbytes: int, repeats: int, shards: int, workers: int) -> float:
+def zdk_roundtrip(nbytes: int, repeats: int, shards: int, workers: int, curve: bool = False) -> float:
     """Seconds per commit+pull round, all workers running at once (aggregate)."""
     size = nbytes // 4
-    with start_shards(num_shards=shards, total_size=size, algorithm="downpour") as group:
+    keys = CurveKeys.generate() if curve else None
+    with start_shards(num_shards=shards, total_size=size, algorithm="downpour", curve=keys) as group:
         if workers == 1:
-            with PSClient(group.endpoints, worker_id=0, timeout=120) as client:
+            with PSClient(group.endpoints, worker_id=0, timeout=120, curve=keys) as client:
                 client.hello()
                 delta = np.full(size, 1e-6, dtype=np.float32)
                 center = np.empty(size, dtype=np.float32)
@@ -140,7 +143,7 @@ def main() -> int:
     print(f"# zdk PS throughput — {time.strftime('%Y-%m-%d')} — {platform.node()}, {mp.cpu_count()} CPUs, "
           f"Python {platform.python_version()}, pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()}")
     print()
-    header = ("| MiB | zdk 1×1 GB/s | zdk 2×2 GB/s | echo 1 frame GB/s | echo 1 MiB frames GB/s | copyto GB/s "
+    header = ("| MiB | zdk 1×1 GB/s | zdk 2×2 GB/s | zdk 1×1 CURVE GB/s | echo 1 frame GB/s | echo 1 MiB frames GB/s | copyto GB/s "
               "| 1×1 / echo 1 frame | 1×1 / echo chunked | 1×1 / copyto | 1×1 / dist-keras 0.24 |")
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
@@ -149,10 +152,11 @@ def main() -> int:
         wire = 2 * nbytes
         a1 = wire / zdk_roundtrip(nbytes, args.repeats, 1, 1) / 1e9
         a2 = wire / zdk_roundtrip(nbytes, args.repeats, 2, 2) / 1e9
+        a3 = wire / zdk_roundtrip(nbytes, args.repeats, 1, 1, curve=True) / 1e9
         b1 = wire / bare_echo(nbytes, args.repeats, chunked=False) / 1e9
         b2 = wire / bare_echo(nbytes, args.repeats, chunked=True) / 1e9
         c = nbytes / copyto(nbytes, args.repeats) / 1e9
-        print(f"| {mib} | {a1:.2f} | {a2:.2f} | {b1:.2f} | {b2:.2f} | {c:.2f} | {a1 / b1:.2f} | {a1 / b2:.2f} "
+        print(f"| {mib} | {a1:.2f} | {a2:.2f} | {a3:.2f} | {b1:.2f} | {b2:.2f} | {c:.2f} | {a1 / b1:.2f} | {a1 / b2:.2f} "
               f"| {a1 / c:.2f} | {a1 / 0.24:.1f}× |", flush=True)
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -147,3 +148,15 @@ def test_ps_model_option_starts_the_center_at_the_model_weights(ps_process, tmp_
     with PSClient(endpoints, worker_id=1) as client:
         client.hello()
         np.testing.assert_array_equal(client.pull(), FlatLayout.of(weights).flatten(weights))
+
+
+def test_ps_with_curve_keys_serves_only_clients_holding_them(ps_process, tmp_path):
+    keys = str(tmp_path / "keys.json")
+    proc, endpoints = ps_process("--shards", "2", "--bind", "tcp://127.0.0.1:0", "--size", "10", "--curve-keys", keys)
+    assert oct(os.stat(keys).st_mode & 0o777) == "0o600"
+    ok = zdk("ps", "status", *endpoints, "--curve-keys", keys)
+    assert ok.returncode == 0 and ok.stdout.splitlines()[2].split()[0] == "0", ok.stderr
+    refused = zdk("ps", "status", *endpoints, "--timeout", "1")
+    assert refused.returncode == 1 and "`hello` got no reply" in refused.stderr
+    assert zdk("ps", "stop", *endpoints, "--curve-keys", keys).returncode == 0
+    assert proc.wait(timeout=20) == 0

@@ -134,6 +134,21 @@ def test_trainer_uses_a_separately_started_parameter_server(digits_df, digits):
     assert accuracy(trained, digits) >= 0.90
 
 
+def test_curve_protected_training_and_a_curve_parameter_server(digits_df, digits):
+    from zdk.security import CurveKeys
+
+    trainer = trainers.DOWNPOUR(mlp(), "adam", "sparse_categorical_crossentropy", num_epoch=10, num_workers=2,
+                                security="curve", progress=False)
+    assert accuracy(trainer.train(digits_df), digits) >= 0.90
+    keys = CurveKeys.generate()
+    model = mlp()
+    with start_shards(num_shards=1, total_size=sum(w.size for w in model.get_weights()), curve=keys) as group:
+        trainer = trainers.DOWNPOUR(model, "adam", "sparse_categorical_crossentropy", num_epoch=2, num_workers=2,
+                                    parameter_server=group.endpoints, curve_keys=keys, progress=False)
+        trainer.train(digits_df)
+        assert {r["worker"] for r in trainer.history} == {0, 1}
+
+
 def test_parameter_server_of_the_wrong_size_is_refused(digits_df):
     with start_shards(num_shards=1, total_size=10, algorithm="downpour") as group:
         trainer = trainers.DOWNPOUR(mlp(), "adam", "sparse_categorical_crossentropy", parameter_server=group.endpoints)

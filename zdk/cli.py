@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -41,6 +42,7 @@ def _start(args: argparse.Namespace) -> int:
         print("zdk ps: give exactly one of --model FILE.keras or --size N", file=sys.stderr)
         return 2
     params = json.loads(args.params)
+    curve = _curve_keys(args.curve_keys, create=True)
     initial = _model_vector(args.model) if args.model else None
     size = int(initial.size) if initial is not None else int(args.size)
     stop = threading.Event()
@@ -49,9 +51,10 @@ def _start(args: argparse.Namespace) -> int:
     group = start_shards(num_shards=args.shards, total_size=size, bind=args.bind, algorithm=args.algorithm,
                          params=params, initial=initial, checkpoint_dir=args.checkpoint_dir,
                          max_frame_bytes=args.max_frame_bytes, idle_timeout=args.idle_timeout,
-                         log_level=args.log_level)
+                         log_level=args.log_level, curve=curve)
     try:
-        print(f"zdk ps: {args.shards} shard(s) of {group.algorithm}, {size} parameters", flush=True)
+        security = f"CURVE, keys in {args.curve_keys}" if curve else "no encryption"
+        print(f"zdk ps: {args.shards} shard(s) of {group.algorithm}, {size} parameters, {security}", flush=True)
         for k, endpoint in enumerate(group.endpoints):
             print(f"shard {k}: {endpoint}", flush=True)
         print("zdk ps: serving; Ctrl-C or SIGTERM stops every shard", flush=True)
@@ -67,16 +70,28 @@ def _start(args: argparse.Namespace) -> int:
         group.stop()
 
 
-def _observe(endpoints: Sequence[str], timeout: float) -> Any:
+def _curve_keys(path: str | None, *, create: bool = False) -> Any:
+    from zdk.security import CurveKeys
+
+    if path is None:
+        return None
+    if create and not os.path.exists(path):
+        keys = CurveKeys.generate()
+        keys.save(path)
+        return keys
+    return CurveKeys.load(path)
+
+
+def _observe(endpoints: Sequence[str], timeout: float, curve_keys: str | None = None) -> Any:
     from zdk.client import PSClient
 
-    client = PSClient(endpoints, worker_id=2**32 - 1, timeout=timeout)
+    client = PSClient(endpoints, worker_id=2**32 - 1, timeout=timeout, curve=_curve_keys(curve_keys))
     client.hello(register=False)
     return client
 
 
 def _status(args: argparse.Namespace) -> int:
-    with _observe(args.endpoints, args.timeout) as client:
+    with _observe(args.endpoints, args.timeout, args.curve_keys) as client:
         stats = client.stats()
     cols = ("shard", "endpoint", "range", "version", "updates", "dropped", "errors", "workers", "max lag",
             "MB in", "MB out", "uptime s")
@@ -94,14 +109,14 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    with _observe(args.endpoints, args.timeout) as client:
+    with _observe(args.endpoints, args.timeout, args.curve_keys) as client:
         client.shutdown()
     print(f"zdk ps: asked {len(args.endpoints)} shard(s) to shut down")
     return 0
 
 
 def _checkpoint(args: argparse.Namespace) -> int:
-    with _observe(args.endpoints, args.timeout) as client:
+    with _observe(args.endpoints, args.timeout, args.curve_keys) as client:
         for path in client.checkpoint():
             print(path)
     return 0
@@ -147,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"largest data frame accepted (default: {DEFAULT_MAX_FRAME_BYTES})")
     ps.add_argument("--idle-timeout", type=float, default=None, help="shards exit after this many idle seconds "
                     "(default: never)")
+    ps.add_argument("--curve-keys", default=None, help="require CURVE with the keys in this file, created "
+                    "(mode 0600) when missing; clients need the same file (default: no encryption)")
     ps.set_defaults(func=_start)
     actions = ps.add_subparsers(dest="action")
     for name, func, text in (("status", _status, "print a table of each shard's stats"),
@@ -155,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         action = actions.add_parser(name, help=text, description=text)
         action.add_argument("endpoints", nargs="+", help="every shard's endpoint, shard 0 first")
         action.add_argument("--timeout", type=float, default=10.0, help="seconds to wait per request (default: 10)")
+        action.add_argument("--curve-keys", default=None, help="the server's CURVE key file (default: none)")
         action.set_defaults(func=func)
 
     algos = commands.add_parser("algorithms", help="list registered algorithms, plugins included")

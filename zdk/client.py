@@ -17,6 +17,7 @@ import zmq
 from zdk.allocator import tune_allocator
 from zdk.errors import ConfigError, DeadlineExceeded, ProtocolError, RemoteError, ShardRestarted
 from zdk.layout import DTYPE, ShardPlan
+from zdk.security import CurveKeys
 from zdk.protocol import (
     DEFAULT_CHUNK_BYTES, DEFAULT_MAX_FRAME_BYTES, ERROR, WIRE_DTYPE, Reply, Request, as_frames, decode_reply,
 )
@@ -75,11 +76,12 @@ class PSClient:
         timeout: seconds any request may take before :class:`DeadlineExceeded`.
         chunk_bytes: data frame size of commits.
         context: a ``zmq.Context``; the process-wide one when omitted.
+        curve: the server's CURVE keys, when its shards require CURVE.
     """
 
     def __init__(self, endpoints: Sequence[str], *, worker_id: int = 0, attempt: int = 0, timeout: float = 30.0,
                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, curve: CurveKeys | None = None) -> None:
         if not endpoints:
             raise ConfigError("`endpoints` must name at least one shard. Received: endpoints=[]")
         if not isinstance(worker_id, int) or not 0 <= worker_id < 2**32:
@@ -95,8 +97,8 @@ class PSClient:
         self.timeout = float(timeout)
         self.chunk_bytes = chunk_bytes
         self._rid = attempt << ATTEMPT_SHIFT
-        self._links = [ZmqDealerTransport(e, max_message_bytes=max_frame_bytes + (1 << 20), context=context)
-                       for e in self.endpoints]
+        self._links = [ZmqDealerTransport(e, max_message_bytes=max_frame_bytes + (1 << 20), context=context,
+                                          curve=curve) for e in self.endpoints]
         self.info: ClusterInfo | None = None
         self.plan: ShardPlan | None = None
         self._versions = [0] * len(self._links)

@@ -28,6 +28,7 @@ from zdk.algorithms.sources import sources
 from zdk.errors import ConfigError, LaunchError
 from zdk.layout import ShardPlan
 from zdk.protocol import DEFAULT_CHUNK_BYTES, DEFAULT_MAX_FRAME_BYTES
+from zdk.security import CurveKeys
 from zdk.transports.zmq import check_endpoint
 
 logger = logging.getLogger(__name__)
@@ -58,9 +59,10 @@ class ShardGroup:
     """
 
     def __init__(self, processes: list[subprocess.Popen], endpoints: list[str], plan: ShardPlan,
-                 algorithm: str) -> None:
+                 algorithm: str, curve: CurveKeys | None = None) -> None:
         self.processes = processes
         self.endpoints = endpoints
+        self.curve = curve
         self.plan = plan
         self.algorithm = algorithm
         with _live_lock:
@@ -107,7 +109,7 @@ def start_shards(*, num_shards: int = 1, total_size: int, bind: str = "tcp://127
                  initial: np.ndarray | None = None, checkpoint_dir: str | None = None,
                  max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                  idle_timeout: float | None = None, startup_timeout: float = 30.0, log_level: str = "WARNING",
-                 env: Mapping[str, str] | None = None) -> ShardGroup:
+                 env: Mapping[str, str] | None = None, curve: CurveKeys | None = None) -> ShardGroup:
     """Starts ``num_shards`` shard processes and waits until each has bound its endpoint.
 
     Args:
@@ -121,6 +123,8 @@ def start_shards(*, num_shards: int = 1, total_size: int, bind: str = "tcp://127
         idle_timeout: shards exit after this many seconds without a request.
         startup_timeout: seconds to wait for every shard to report ready.
         log_level: the shards' stderr logging level.
+        env: the shards' environment (default: this process's).
+        curve: require CURVE with these keys (secrets go through the environment, not argv).
 
     Raises:
         LaunchError: when a shard fails to start; already started ones are stopped first.
@@ -135,8 +139,10 @@ def start_shards(*, num_shards: int = 1, total_size: int, bind: str = "tcp://127
     # Shards must import this very zdk, even when it is not installed (tests, Spark drivers).
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     child_env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, child_env.get("PYTHONPATH")) if p)
+    if curve is not None:
+        child_env.update(curve.server_env())
     processes: list[subprocess.Popen] = []
-    group = ShardGroup(processes, [], plan, algo.name)
+    group = ShardGroup(processes, [], plan, algo.name, curve)
     try:
         for k, endpoint in enumerate(endpoints):
             cmd = [sys.executable, "-m", "zdk.server", "--shard", str(k), "--num-shards", str(num_shards),
@@ -155,7 +161,7 @@ def start_shards(*, num_shards: int = 1, total_size: int, bind: str = "tcp://127
         if initial is not None:
             from zdk.client import PSClient
 
-            with PSClient(group.endpoints, worker_id=2**32 - 1, timeout=startup_timeout) as client:
+            with PSClient(group.endpoints, worker_id=2**32 - 1, timeout=startup_timeout, curve=curve) as client:
                 client.hello(register=False)
                 client.init(np.ascontiguousarray(initial, dtype=np.float32))
     except BaseException:

@@ -9,6 +9,7 @@ import time
 from typing import Any, Sequence
 
 from zdk.client import PSClient
+from zdk.security import CurveKeys
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +26,9 @@ class ShardProgress:
     """
 
     def __init__(self, endpoints: Sequence[str], *, total_steps: int | None, enabled: bool = True,
-                 interval: float = 0.5) -> None:
+                 interval: float = 0.5, curve: CurveKeys | None = None) -> None:
         self.endpoints = list(endpoints)
+        self.curve = curve
         self.total_steps = total_steps
         self.enabled = enabled and bool(self.endpoints) and sys.stderr.isatty()
         self.interval = interval
@@ -53,7 +55,7 @@ class ShardProgress:
                    TextColumn("{task.fields[rate]}"), TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn())
         started = time.monotonic()
         try:
-            with PSClient(self.endpoints, worker_id=2**32 - 2, timeout=5.0) as client, \
+            with PSClient(self.endpoints, worker_id=2**32 - 2, timeout=5.0, curve=self.curve) as client, \
                     Progress(*columns, transient=False) as bar:
                 client.hello(register=False)
                 task = bar.add_task("train", total=self.total_steps, rate="-", loss="-")

@@ -23,6 +23,7 @@ from zdk.algorithms.sources import load_sources
 from zdk.allocator import tune_allocator
 from zdk.errors import ConfigError
 from zdk.protocol import DEFAULT_CHUNK_BYTES, DEFAULT_MAX_FRAME_BYTES
+from zdk.security import ServerCurve
 from zdk.shard import Outgoing, ShardConfig, ShardCore
 from zdk.transports.base import ServerTransport
 from zdk.transports.zmq import ZmqRouterTransport
@@ -148,7 +149,8 @@ async def _amain(args: argparse.Namespace) -> str:
     tune_allocator()
     # ZeroMQ itself cuts connections sending frames far over the protocol limit; between the
     # two limits the protocol answers with an error naming the frame.
-    transport = ZmqRouterTransport(max_message_bytes=2 * config.max_frame_bytes + (1 << 20))
+    curve = ServerCurve.from_env(os.environ)
+    transport = ZmqRouterTransport(max_message_bytes=2 * config.max_frame_bytes + (1 << 20), curve=curve)
     try:
         endpoint = transport.bind(args.bind)
         server = ShardServer(core, transport, parent_pid=args.parent_pid, idle_timeout=args.idle_timeout)
@@ -157,8 +159,8 @@ async def _amain(args: argparse.Namespace) -> str:
             loop.add_signal_handler(sig, server.stop, f"signal {signal.Signals(sig).name}")
         print(json.dumps({"endpoint": endpoint, "pid": os.getpid(), "shard": args.shard,
                           "generation": core.generation}), flush=True)
-        logger.info("shard %d/%d serving [%d, %d) at %s (%s)", args.shard, args.num_shards,
-                    *config.range, endpoint, core.algorithm.name)
+        logger.info("shard %d/%d serving [%d, %d) at %s (%s%s)", args.shard, args.num_shards,
+                    *config.range, endpoint, core.algorithm.name, ", CURVE" if curve else "")
         await server.serve()
         return server.exit_reason
     finally:

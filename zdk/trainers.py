@@ -24,6 +24,7 @@ from zdk.errors import ConfigError, ZdkError
 from zdk.launcher import ShardGroup, start_shards
 from zdk.models import ModelSpec, build_model, make_spec, set_flat_weights
 from zdk.progress import ShardProgress
+from zdk.security import CurveKeys, is_loopback
 from zdk.spark import task_slots
 from zdk.worker import HISTORY_SCHEMA, WorkerConfig, train_partition
 
@@ -72,6 +73,10 @@ class Trainer:
         custom_modules: modules executors import before rebuilding the model.
         parallelism_factor: k; the data is cut into num_workers × k partitions (tasks).
         seed: seeds shuffles.
+        security: ``"curve"`` encrypts PS traffic and admits only this job's workers;
+            ``"none"`` talks in the clear; ``"auto"`` (default) is CURVE unless ``ps_host``
+            is a loopback address.
+        curve_keys: the keys of a CURVE-protected ``parameter_server``.
         **algorithm_params: further algorithm hyperparameters (``rho``, ``momentum``,
             ``eta``, a plugin's own); ``learning_rate`` goes to the algorithm when it has
             one, else to the worker optimizer.
@@ -86,7 +91,8 @@ class Trainer:
                  communication_window: int | None = None, loss_weights: Any = None, master_port: int | None = None,
                  num_shards: int = 1, parameter_server: Sequence[str] | None = None, progress: bool = True,
                  ps_host: str = "127.0.0.1", timeout: float = 120.0, custom_modules: Sequence[str] = (),
-                 parallelism_factor: int = 1, seed: int = 0, **algorithm_params: Any) -> None:
+                 parallelism_factor: int = 1, seed: int = 0, security: str = "auto",
+                 curve_keys: CurveKeys | None = None, **algorithm_params: Any) -> None:
         if self.default_algorithm is not None and algorithm is not None and algorithm != self.default_algorithm:
             raise ConfigError(f"`algorithm` is fixed to {self.default_algorithm!r} in {type(self).__name__}; use "
                               f"zdk.trainers.Trainer for another. Received: algorithm={algorithm!r}")
@@ -115,6 +121,10 @@ class Trainer:
         self.timeout = float(timeout)
         self.custom_modules = tuple(custom_modules)
         self.seed = seed
+        if security not in ("auto", "curve", "none"):
+            raise ConfigError(f"`security` must be 'auto', 'curve' or 'none'. Received: security={security!r}")
+        self.security = security
+        self.curve_keys = curve_keys
         self.learning_rate: float | None = None
         fields = {f.name for f in dataclasses.fields(self.algorithm.params)}
         if "learning_rate" in algorithm_params and "learning_rate" not in fields:
@@ -128,6 +138,7 @@ class Trainer:
         self.worker_summaries: list[dict[str, Any]] = []
         self.training_time = 0.0
         self._spec: ModelSpec | None = None
+        self._curve: CurveKeys | None = None
 
     # ------------------------------------------------------------------ dist-keras compatible aliases
 
@@ -197,6 +208,7 @@ class Trainer:
         self._check_slots(dataframe.sparkSession)
         started = time.perf_counter()
         group: ShardGroup | None = None
+        self._curve = self._job_keys()
         try:
             endpoints: list[str] = []
             if self.algorithm.uses_ps:
@@ -207,6 +219,7 @@ class Trainer:
                 batch_size=self.batch_size, num_epoch=self.num_epoch, exchange_per_epoch=self.exchange_per_epoch,
                 shuffle=shuffle, seed=self.seed, learning_rate=self.learning_rate, timeout=self.timeout,
                 prefetch=self.max_prefetch, algorithm_sources=tuple(sources(self.algorithm)),
+                curve=self._curve.to_dict() if self._curve else None,
             )
             records = self._run(data, config, endpoints)
             self.training_time = time.perf_counter() - started
@@ -220,6 +233,13 @@ class Trainer:
 
     def _worker_optimizer(self) -> Any:
         return self.worker_optimizer
+
+    def _job_keys(self) -> CurveKeys | None:
+        if self.parameter_server:
+            return self.curve_keys
+        if self.security == "curve" or (self.security == "auto" and not is_loopback(self.ps_host)):
+            return CurveKeys.generate()
+        return None
 
     def _prepare(self, dataframe: Any, shuffle: bool) -> Any:
         from pyspark.ml.functions import vector_to_array
@@ -264,7 +284,8 @@ class Trainer:
         assert self._spec is not None
         initial = self._spec.layout.flatten(self.keras_model.get_weights())
         if self.parameter_server:
-            with PSClient(self.parameter_server, worker_id=2**32 - 3, timeout=self.timeout) as client:
+            with PSClient(self.parameter_server, worker_id=2**32 - 3, timeout=self.timeout,
+                          curve=self._curve) as client:
                 info = client.hello(register=False)
                 if info.total_size != initial.size:
                     raise ConfigError(f"`parameter_server` holds {info.total_size} parameters; the model has "
@@ -277,7 +298,7 @@ class Trainer:
         port = self.master_port or 0
         group = start_shards(num_shards=self.num_shards, total_size=initial.size,
                              bind=f"tcp://{self.ps_host}:{port}", algorithm=self.algorithm.name,
-                             params=self._shard_params(), initial=initial)
+                             params=self._shard_params(), initial=initial, curve=self._curve)
         return group, group.endpoints
 
     def _shard_params(self) -> dict[str, Any]:
@@ -294,7 +315,7 @@ class Trainer:
         config_json = config.to_json()
         job = data.mapInArrow(lambda batches: train_partition(config_json, batches), HISTORY_SCHEMA,
                               barrier=self.algorithm.synchronous)
-        progress = ShardProgress(endpoints, total_steps=None, enabled=self.progress)
+        progress = ShardProgress(endpoints, total_steps=None, enabled=self.progress, curve=self._curve)
         if progress.enabled:  # a count is one more Spark job: only when the bar is shown
             rows = data.count()
             per_task = -(-rows // self.num_tasks)
@@ -338,7 +359,7 @@ class Trainer:
         return model
 
     def _model_from_ps(self, endpoints: list[str]) -> Any:
-        with PSClient(endpoints, worker_id=2**32 - 3, timeout=self.timeout) as client:
+        with PSClient(endpoints, worker_id=2**32 - 3, timeout=self.timeout, curve=self._curve) as client:
             client.hello(register=False)
             center = client.pull()
         return self._compiled_model(center)

@@ -21,6 +21,7 @@ from zdk.algorithms.sources import load_sources
 from zdk.client import PSClient
 from zdk.data import MinibatchStream, fit_to_shapes
 from zdk.exchange import Exchange
+from zdk.security import CurveKeys
 from zdk.models import ModelSpec, build_model, get_flat_weights, set_flat_weights
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class WorkerConfig:
         timeout: seconds for every PS request.
         prefetch: minibatches prepared ahead.
         algorithm_sources: modules or files to import so a run-time-registered algorithm exists.
+        curve: the job's CURVE keys (see :class:`zdk.security.CurveKeys`) when shards require it.
     """
 
     spec: str
@@ -68,6 +70,7 @@ class WorkerConfig:
     timeout: float = 60.0
     prefetch: int = 8
     algorithm_sources: tuple[str, ...] = ()
+    curve: dict[str, str] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -121,7 +124,9 @@ class WorkerRun:
         started = time.perf_counter()
         try:
             if self.algorithm.uses_ps:
-                client = PSClient(cfg.endpoints, worker_id=self.worker_id, attempt=self.attempt, timeout=cfg.timeout)
+                curve = CurveKeys(**cfg.curve) if cfg.curve else None
+                client = PSClient(cfg.endpoints, worker_id=self.worker_id, attempt=self.attempt, timeout=cfg.timeout,
+                                  curve=curve)
                 client.hello()
                 exchange = Exchange(client, local, params=self.algorithm.make_params(cfg.params))
                 exchange.start()

@@ -13,8 +13,10 @@ from typing import Sequence
 
 import zmq
 import zmq.asyncio
+from zmq.auth.asyncio import AsyncioAuthenticator
 
 from zdk.errors import ConfigError, DeadlineExceeded
+from zdk.security import AllowedKeys, CurveKeys, ServerCurve
 from zdk.transports.base import Buffer
 
 logger = logging.getLogger(__name__)
@@ -47,14 +49,26 @@ class ZmqRouterTransport:
     Args:
         max_message_bytes: frames larger than this make ZeroMQ drop the peer's connection.
         context: a ``zmq.asyncio.Context``; a private one is made (and closed) when omitted.
+        curve: require CURVE with this key pair, admitting only its client keys.
     """
 
-    def __init__(self, *, max_message_bytes: int, context: zmq.asyncio.Context | None = None) -> None:
+    def __init__(self, *, max_message_bytes: int, context: zmq.asyncio.Context | None = None,
+                 curve: ServerCurve | None = None) -> None:
         self._own_context = context is None
         self._context = context or zmq.asyncio.Context()
+        self._auth: AsyncioAuthenticator | None = None
+        if curve is not None:
+            # The authenticator must run before the socket binds, or early peers skip it.
+            self._auth = AsyncioAuthenticator(self._context)
+            self._auth.start()
+            self._auth.configure_curve_callback(domain="*", credentials_provider=AllowedKeys(curve.allowed_clients))
         self._socket = self._context.socket(zmq.ROUTER)
         _tune(self._socket, max_message_bytes)
         self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        if curve is not None:
+            self._socket.curve_secretkey = curve.secret.encode()
+            self._socket.curve_publickey = curve.public.encode()
+            self._socket.curve_server = True
         self.endpoint: str | None = None
 
     def bind(self, endpoint: str) -> str:
@@ -85,6 +99,8 @@ class ZmqRouterTransport:
 
     def close(self) -> None:
         self._socket.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
         if self._own_context:
             self._context.term()
 
@@ -96,12 +112,18 @@ class ZmqDealerTransport:
         endpoint: the shard's endpoint.
         max_message_bytes: frames larger than this are refused by ZeroMQ.
         context: a ``zmq.Context``; the process-wide one when omitted.
+        curve: talk CURVE with these keys (the shards must require it).
     """
 
-    def __init__(self, endpoint: str, *, max_message_bytes: int, context: zmq.Context | None = None) -> None:
+    def __init__(self, endpoint: str, *, max_message_bytes: int, context: zmq.Context | None = None,
+                 curve: CurveKeys | None = None) -> None:
         self.endpoint = check_endpoint(endpoint)
         self._socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
         _tune(self._socket, max_message_bytes)
+        if curve is not None:
+            self._socket.curve_secretkey = curve.client_secret.encode()
+            self._socket.curve_publickey = curve.client_public.encode()
+            self._socket.curve_serverkey = curve.server_public.encode()
         self.connect(endpoint)
 
     @property
