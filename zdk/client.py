@@ -146,7 +146,7 @@ class PSClient:
         self.plan = plan
         self.info = ClusterInfo(total_size=total, ranges=ranges, algorithm=algos.pop(),
                                 params=dict(replies[0].fields["params"]), versions=tuple(self._versions),
-                                generations=tuple(self._gens))
+                                generations=tuple(r.gen for r in replies))
         return self.info
 
     def pull(self, out: np.ndarray | None = None, *, min_version: int | Sequence[int] | None = None,
@@ -167,7 +167,7 @@ class PSClient:
             raise ConfigError(f"`out` must be a C-contiguous float32 vector of size {info.total_size}. "
                               f"Received: dtype={out.dtype}, shape={out.shape}")
         assert self.plan is not None
-        targets = [memoryview(s).cast("B") for s in self.plan.slices(out)]
+        targets = [s.data.cast("B") for s in self.plan.slices(out)]
         n = len(self._links)
         minimums = [min_version] * n if min_version is None or isinstance(min_version, int) else list(min_version)
         if len(minimums) != n:
@@ -283,7 +283,7 @@ class PSClient:
                     raise DeadlineExceeded(
                         f"`{op}` got no reply within {self.timeout + extra_time:.1f} s from {late}"
                     )
-                for sock, _ in poller.poll(remaining * 1000):
+                for sock, _ in poller.poll(max(1, int(remaining * 1000))):
                     k = by_socket[sock]
                     reply = self._receive(k, pending.get(k), op, None if targets is None else targets[k])
                     if reply is not None:

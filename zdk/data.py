@@ -109,8 +109,11 @@ def fit_to_shapes(arrays: list[np.ndarray], shapes: Sequence[tuple[int | None, .
                           f"{len(arrays)} columns were given: {list(names)}")
     out = []
     for a, shape, name in zip(arrays, shapes, names):
-        target = tuple(d for d in shape[1:])
-        if None in target or a.shape[1:] == target:
+        if any(d is None for d in shape[1:]):
+            out.append(a)
+            continue
+        target = tuple(int(d) for d in shape[1:] if d is not None)
+        if a.shape[1:] == target:
             out.append(a)
             continue
         size = int(np.prod(target)) if target else 1

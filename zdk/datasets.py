@@ -14,7 +14,7 @@ from zdk.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_TYPES: dict[int, str] = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
 def load_idx(path: str) -> np.ndarray:
@@ -26,7 +26,7 @@ def load_idx(path: str) -> np.ndarray:
         raise ConfigError(f"{path} is not an IDX file (magic {data[:4]!r})")
     ndim = data[3]
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
-    array = np.frombuffer(data, dtype=_IDX_TYPES[data[2]], offset=4 + 4 * ndim)
+    array = np.frombuffer(data, dtype=np.dtype(_IDX_TYPES[data[2]]), offset=4 + 4 * ndim)
     if array.size != int(np.prod(shape)):
         raise ConfigError(f"{path}: header says shape {shape}, file holds {array.size} values")
     return array.reshape(shape)

@@ -30,6 +30,8 @@ MODEL_FILE = "model.keras"
 
 
 class _ColumnParams(Params):
+    _input_kwargs: dict[str, Any]  # set by pyspark's @keyword_only
+
     featuresCols = _param("featuresCols", "feature columns, one per model input", TypeConverters.toListString)
     predictionCol = _param("predictionCol", "the prediction column added", TypeConverters.toString)
 

@@ -250,7 +250,7 @@ def as_frames(array: np.ndarray, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list
             "bad_dtype", f"arrays on the wire must be C-contiguous {WIRE_DTYPE}. "
             f"Received: dtype={array.dtype.str}, c_contiguous={array.flags.c_contiguous}"
         )
-    view = memoryview(array.reshape(-1)).cast("B")
+    view = array.reshape(-1).data.cast("B")
     out, offset = [], 0
     for n in chunk_lengths(view.nbytes, chunk_bytes):
         out.append(view[offset : offset + n])

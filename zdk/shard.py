@@ -371,6 +371,7 @@ class ShardCore:
         data = self._payload(request, frames)
         slot.report = report or slot.report
         slot.staleness = self.version - request.base
+        assert self.algorithm.server_update is not None  # checked in __init__: the algorithm uses the PS
         result = self.algorithm.server_update(self._writable_state(), slot, data, self.params)
         out = self._after_update(result, slot)
         reply = self._reply(peer, request, applied=result.applied, staleness=slot.staleness, info=dict(result.info))

@@ -12,12 +12,13 @@ import dataclasses
 import logging
 import time
 import uuid
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Sequence, cast
 
 import numpy as np
 
 from zdk import algorithms
 from zdk.algorithms.base import Algorithm, Params
+from zdk.algorithms.easgd import EAMSGDParams
 from zdk.algorithms.sources import sources
 from zdk.client import PSClient
 from zdk.errors import ConfigError, ZdkError
@@ -337,7 +338,8 @@ class Trainer:
     def _collect_history(self, records: list[dict[str, Any]]) -> None:
         import json
 
-        steps, summaries = [], []
+        steps: list[dict[str, Any]] = []
+        summaries: list[dict[str, Any]] = []
         for r in records:
             r = dict(r)
             r["metrics"] = json.loads(r["metrics"]) if r["metrics"] else {}
@@ -438,7 +440,7 @@ class EAMSGD(Trainer):
         if isinstance(self.worker_optimizer, str) and self.worker_optimizer.lower() == "sgd":
             import keras
 
-            p = self.params
+            p = cast(EAMSGDParams, self.params)
             return keras.optimizers.SGD(learning_rate=p.learning_rate, momentum=p.momentum, nesterov=True)
         return self.worker_optimizer
 

@@ -30,6 +30,7 @@ class _ZdkTransformer(Transformer, DefaultParamsReadable, DefaultParamsWritable)
     """Common plumbing: keyword-only params, required-param checks, error wording."""
 
     _required: tuple[str, ...] = ()
+    _input_kwargs: dict[str, Any]  # set by pyspark's @keyword_only
 
     def _configure(self, values: dict[str, Any]) -> None:
         for name, value in values.items():
