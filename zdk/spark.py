@@ -28,6 +28,9 @@ def embedded_conf(master: str = "local[*]") -> dict[str, str]:
         "spark.scheduler.barrier.maxConcurrentTasksCheck.interval": "1s",
         "spark.scheduler.barrier.maxConcurrentTasksCheck.maxFailures": "1",
         "spark.python.worker.reuse": "true",
+        # local mode runs executors in the driver JVM: Spark's 1 GiB default is too small
+        # for image data sets such as Fashion-MNIST held as ML vectors.
+        "spark.driver.memory": os.environ.get("ZDK_DRIVER_MEMORY", "4g"),
     }
     for key, value in EXECUTOR_ENV.items():
         conf[f"spark.executorEnv.{key}"] = value
