@@ -58,6 +58,7 @@ def test_every_trainer_learns_digits(name, optimizer, kwargs, digits_df, digits)
                                       progress=False, **kwargs)
     model = trainer.train(digits_df)
     acc = accuracy(model, digits)
+    print(f"{name}: test accuracy {acc:.3f}, PS wait {trainer.ps_wait_fraction:.3f}")
     assert acc >= 0.90, f"{name}: test accuracy {acc:.3f}"
     workers = {r["worker"] for r in trainer.history}
     assert workers == set(range(kwargs.get("num_workers", 1)))
