@@ -10,7 +10,8 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 #: Environment every Python worker gets: quiet TensorFlow, no oneDNN rounding differences.
-EXECUTOR_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0", "KERAS_BACKEND": "tensorflow"}
+EXECUTOR_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0",
+                "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "tensorflow")}
 
 
 def embedded_conf(master: str = "local[*]") -> dict[str, str]:
