@@ -150,6 +150,16 @@ def test_curve_protected_training_and_a_curve_parameter_server(digits_df, digits
         assert {r["worker"] for r in trainer.history} == {0, 1}
 
 
+def test_master_port_picks_the_first_shard_port(digits_df):
+    from test_cli import free_port_pair
+
+    port = free_port_pair()
+    trainer = trainers.DOWNPOUR(mlp(), "adam", "sparse_categorical_crossentropy", num_shards=2, master_port=port,
+                                progress=False)
+    trainer.train(digits_df)
+    assert trainer.endpoints == [f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{port + 1}"]
+
+
 def test_parameter_server_of_the_wrong_size_is_refused(digits_df):
     with start_shards(num_shards=1, total_size=10, algorithm="downpour") as group:
         trainer = trainers.DOWNPOUR(mlp(), "adam", "sparse_categorical_crossentropy", parameter_server=group.endpoints)

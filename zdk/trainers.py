@@ -140,6 +140,7 @@ class Trainer:
         self.training_time = 0.0
         self._spec: ModelSpec | None = None
         self._curve: CurveKeys | None = None
+        self.endpoints: list[str] = []
 
     # ------------------------------------------------------------------ dist-keras compatible aliases
 
@@ -214,6 +215,7 @@ class Trainer:
             endpoints: list[str] = []
             if self.algorithm.uses_ps:
                 group, endpoints = self._parameter_server()
+                self.endpoints = list(endpoints)
             config = WorkerConfig(
                 spec=self._spec.to_json(), algorithm=self.algorithm.name, params=self.params.to_dict(),
                 endpoints=tuple(endpoints), features=self.features_col, labels=self.label_col,
