@@ -28,6 +28,17 @@ def poll_until(predicate: Callable[[], T], *, timeout: float = 10.0, interval: f
         time.sleep(interval)
 
 
+def assert_logged(capfd, text: str, timeout: float = 10.0) -> None:
+    """Polls the shards' stderr (inherited from the test process) until ``text`` appears."""
+    seen: list[str] = []
+
+    def logged() -> bool:
+        seen.append(capfd.readouterr().err)
+        return text in "".join(seen)
+
+    poll_until(logged, timeout=timeout, what=f"a shard to log {text!r}")
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

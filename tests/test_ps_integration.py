@@ -17,7 +17,7 @@ from zdk.client import PSClient
 from zdk.errors import ConfigError, DeadlineExceeded, LaunchError, RemoteError, ShardRestarted
 from zdk.protocol import Request, decode_reply
 
-from conftest import pid_alive, poll_until
+from conftest import assert_logged, pid_alive, poll_until
 
 
 def test_pull_commit_round_trip_through_two_shards(shards, rng):
@@ -92,8 +92,8 @@ def test_malformed_messages_over_the_wire_get_errors_and_the_server_keeps_servin
         np.testing.assert_array_equal(client.pull(), np.arange(8))
 
 
-def test_frames_far_over_the_limit_are_dropped_by_zeromq_and_the_shard_survives(shards, raw_dealer):
-    group = shards(num_shards=1, total_size=8, max_frame_bytes=1024)
+def test_frames_far_over_the_limit_are_dropped_by_zeromq_and_the_shard_survives(shards, raw_dealer, capfd):
+    group = shards(num_shards=1, total_size=8, max_frame_bytes=1024, log_level="INFO")
     hog = raw_dealer(group.endpoints[0])
     hog.send_multipart([Request(op="commit", rid=1, shard=0, worker=1, dtype="<f4", lens=(8 << 20,)).encode(),
                         b"\0" * (8 << 20)])
@@ -102,6 +102,7 @@ def test_frames_far_over_the_limit_are_dropped_by_zeromq_and_the_shard_survives(
         assert client.pull().shape == (8,)
         assert client.stats()[0]["updates"] == 0
     assert all(group.alive())
+    assert_logged(capfd, "a peer disconnected")
 
 
 def test_client_deadline_names_the_endpoint_and_op(shards):

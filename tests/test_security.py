@@ -12,6 +12,8 @@ from zdk.client import PSClient
 from zdk.errors import ConfigError, DeadlineExceeded
 from zdk.security import CurveKeys, is_loopback
 
+from conftest import assert_logged
+
 
 def test_keys_round_trip_through_an_owner_only_file(tmp_path):
     keys = CurveKeys.generate()
@@ -42,7 +44,7 @@ def test_curve_shards_serve_clients_with_the_keys(shards):
         np.testing.assert_array_equal(client.pull(), np.arange(8) + 1)
 
 
-def test_curve_shards_ignore_plain_clients_and_strangers(shards):
+def test_curve_shards_ignore_plain_clients_and_strangers(shards, capfd):
     keys = CurveKeys.generate()
     group = shards(num_shards=1, total_size=4, curve=keys)
     with PSClient(group.endpoints, worker_id=1, timeout=1.0) as plain:
@@ -56,6 +58,7 @@ def test_curve_shards_ignore_plain_clients_and_strangers(shards):
             client.hello()
     with PSClient(group.endpoints, worker_id=1, curve=keys) as client:  # still serving
         assert client.hello().total_size == 4
+    assert_logged(capfd, "failed the handshake")
 
 
 @pytest.mark.parametrize("host,expected", [("127.0.0.1", True), ("127.1.2.3", True), ("localhost", True),

@@ -60,16 +60,19 @@ class ShardServer:
     async def serve(self) -> None:
         receiver = asyncio.ensure_future(self._receive_loop())
         watcher = asyncio.ensure_future(self._watch_loop())
+        monitor = asyncio.ensure_future(self.transport.watch())
         stopper = asyncio.ensure_future(self._stop.wait())
+        tasks = (receiver, watcher, monitor, stopper)
         try:
-            done, _ = await asyncio.wait({receiver, watcher, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(set(tasks), return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                if task is not stopper and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
+                error = task.exception()
+                if task is not stopper and error is not None:
+                    raise error
         finally:
-            for task in (receiver, watcher, stopper):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(receiver, watcher, stopper, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
         logger.info("shard %d stopping: %s", self.core.config.shard, self.exit_reason)
 
     async def _receive_loop(self) -> None:

@@ -22,6 +22,9 @@ class ServerTransport(Protocol):
     async def send(self, peer: bytes, header: bytes, frames: Sequence[Buffer] = ()) -> None:
         """Sends a reply to ``peer``; drops it with a log line when the peer is gone."""
 
+    async def watch(self) -> None:
+        """Logs connection events no reply can carry (cut-off peers, failed handshakes); runs until cancelled."""
+
     def close(self) -> None: ...
 
 

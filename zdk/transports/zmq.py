@@ -14,6 +14,7 @@ from typing import Sequence
 import zmq
 import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
+from zmq.utils.monitor import parse_monitor_message
 
 from zdk.errors import ConfigError, DeadlineExceeded
 from zdk.security import AllowedKeys, CurveKeys, ServerCurve
@@ -96,6 +97,28 @@ class ZmqRouterTransport:
         except asyncio.TimeoutError:
             logger.warning("%s: reply to peer %s dropped: its queue stayed full for %.0f s",
                            self.endpoint, peer.hex()[:10], SEND_TIMEOUT)
+
+    async def watch(self) -> None:
+        """Logs connections that end without a reply being possible: peers cut off by ZeroMQ
+        (e.g. for a frame over MAXMSGSIZE) and failed CURVE handshakes. Runs until cancelled."""
+        events = (zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                  | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+        monitor = self._socket.get_monitor_socket(events)
+        try:
+            while True:
+                event = parse_monitor_message(await monitor.recv_multipart())
+                kind = event["event"]
+                if kind == zmq.EVENT_ACCEPTED:
+                    logger.debug("%s: connection accepted", self.endpoint)
+                elif kind == zmq.EVENT_DISCONNECTED:
+                    logger.info("%s: a peer disconnected (it left, or ZeroMQ cut it off, e.g. for a frame "
+                                "over MAXMSGSIZE)", self.endpoint)
+                else:
+                    logger.warning("%s: a peer failed the handshake (%s): wrong or missing CURVE keys?",
+                                   self.endpoint, zmq.Event(kind).name)
+        finally:
+            self._socket.disable_monitor()
+            monitor.close(linger=0)
 
     def close(self) -> None:
         self._socket.close(linger=0)
