@@ -52,3 +52,7 @@ class AlgorithmNotFound(ZdkError, KeyError):
 
 class LaunchError(ZdkError):
     """Shard processes could not be started or stopped."""
+
+
+class WorkerFailed(ZdkError):
+    """A training task failed; the message carries the worker's own error."""

@@ -21,7 +21,7 @@ from zdk.algorithms.base import Algorithm, Params
 from zdk.algorithms.easgd import EAMSGDParams
 from zdk.algorithms.sources import sources
 from zdk.client import PSClient
-from zdk.errors import ConfigError, ZdkError
+from zdk.errors import ConfigError, WorkerFailed
 from zdk.launcher import ShardGroup, start_shards
 from zdk.models import ModelSpec, build_model, make_spec, set_flat_weights
 from zdk.progress import ShardProgress
@@ -30,10 +30,6 @@ from zdk.spark import task_slots
 from zdk.worker import HISTORY_SCHEMA, WorkerConfig, train_partition
 
 logger = logging.getLogger(__name__)
-
-
-class WorkerFailed(ZdkError):
-    """A training task failed; the message carries the worker's own error."""
 
 
 def _columns(value: str | Sequence[str], name: str) -> tuple[str, ...]:
