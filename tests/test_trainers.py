@@ -114,6 +114,26 @@ def test_multi_input_model_trains_on_two_feature_columns(spark, digits):
     assert acc >= 0.85
 
 
+def test_multi_output_model_trains_on_two_label_columns(spark, digits):
+    x_train, x_test, y_train, y_test = digits
+    df = spark.createDataFrame([(x.tolist(), int(y), int(y % 2)) for x, y in zip(x_train, y_train)],
+                               "features array<double>, label long, parity long")
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((64,))
+    hidden = keras.layers.Dense(64, activation="relu")(inputs)
+    digit = keras.layers.Dense(10, activation="softmax", name="digit")(hidden)
+    parity = keras.layers.Dense(1, activation="sigmoid", name="parity")(hidden)
+    model = keras.Model(inputs, [digit, parity])
+    trainer = trainers.DOWNPOUR(model, "adam", ["sparse_categorical_crossentropy", "binary_crossentropy"],
+                                metrics=[["accuracy"], ["accuracy"]], label_col=["label", "parity"], num_epoch=10,
+                                num_workers=2, progress=False)
+    trained = trainer.train(df)
+    digit_p, parity_p = trained.predict(x_test, verbose=0)
+    assert float((digit_p.argmax(1) == y_test).mean()) >= 0.85
+    assert float(((parity_p[:, 0] > 0.5) == (y_test % 2 == 1)).mean()) >= 0.85
+    assert len(trainer.history[0]["metrics"]) >= 2
+
+
 def test_worker_error_reaches_the_caller_and_no_shard_is_left(spark):
     before = shard_pids()
     df = spark.createDataFrame([([0.0] * 10, 1)] * 20, "features array<double>, label long")
