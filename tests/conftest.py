@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 import sys
 import time
 from typing import Callable, Iterator, TypeVar
@@ -130,3 +132,29 @@ def digits_df(spark, digits):
                                ["features", "label"]).cache()
     df.count()
     return df
+
+
+@pytest.fixture
+def ps_process():
+    procs: list[subprocess.Popen] = []
+
+    def start(*args: str) -> tuple[subprocess.Popen, list[str]]:
+        proc = subprocess.Popen([sys.executable, "-m", "zdk.cli", "ps", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        procs.append(proc)
+        endpoints = []
+        for line in proc.stdout:
+            match = re.match(r"shard \d+: (\S+)", line)
+            if match:
+                endpoints.append(match.group(1))
+            if line.startswith("zdk ps: serving"):
+                return proc, endpoints
+        pytest.fail(f"zdk ps exited early: {proc.wait()} {proc.stderr.read()}")
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()

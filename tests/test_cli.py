@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -38,32 +37,6 @@ def free_port_pair() -> int:
 def shard_pids() -> set[int]:
     out = subprocess.run(["pgrep", "-f", "zdk.server"], capture_output=True, text=True).stdout
     return {int(p) for p in out.split()}
-
-
-@pytest.fixture
-def ps_process():
-    procs: list[subprocess.Popen] = []
-
-    def start(*args: str) -> tuple[subprocess.Popen, list[str]]:
-        proc = subprocess.Popen([sys.executable, "-m", "zdk.cli", "ps", *args], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        procs.append(proc)
-        endpoints = []
-        for line in proc.stdout:
-            match = re.match(r"shard \d+: (\S+)", line)
-            if match:
-                endpoints.append(match.group(1))
-            if line.startswith("zdk ps: serving"):
-                return proc, endpoints
-        pytest.fail(f"zdk ps exited early: {proc.wait()} {proc.stderr.read()}")
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
 
 
 def test_ps_start_status_and_sigint_stop_leave_no_process(ps_process):

@@ -144,14 +144,15 @@ def test_worker_error_reaches_the_caller_and_no_shard_is_left(spark):
     assert shard_pids() <= before
 
 
-def test_trainer_uses_a_separately_started_parameter_server(digits_df, digits):
+def test_trainer_uses_a_separately_started_parameter_server(digits_df, digits, ps_process):
     model = mlp()
     size = sum(w.size for w in model.get_weights())
-    with start_shards(num_shards=2, total_size=size, algorithm="downpour") as group:
-        trainer = trainers.DOWNPOUR(model, "adam", "sparse_categorical_crossentropy", num_epoch=10, num_workers=2,
-                                    parameter_server=group.endpoints, progress=False)
-        trained = trainer.train(digits_df)
-        assert all(group.alive())  # the trainer does not stop shards it did not start
+    proc, endpoints = ps_process("--shards", "2", "--bind", "tcp://127.0.0.1:0", "--size", str(size),
+                                 "--algorithm", "downpour")
+    trainer = trainers.DOWNPOUR(model, "adam", "sparse_categorical_crossentropy", num_epoch=10, num_workers=2,
+                                parameter_server=endpoints, progress=False)
+    trained = trainer.train(digits_df)
+    assert proc.poll() is None  # the trainer does not stop shards it did not start
     assert accuracy(trained, digits) >= 0.90
 
 
