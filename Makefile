@@ -22,6 +22,7 @@ data:
 	fi
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 demo: $(STAMP) data

@@ -23,11 +23,11 @@ import time
 import numpy as np
 import zmq
 
-from zdk.allocator import tune_allocator
-from zdk.client import PSClient
-from zdk.launcher import start_shards
-from zdk.security import CurveKeys
-from zdk.protocol import DEFAULT_CHUNK_BYTES
+from zdk.ps.allocator import tune_allocator
+from zdk.ps.client import PSClient
+from zdk.ps.launcher import start_shards
+from zdk.transports.curve import CurveKeys
+from zdk.ps.protocol import DEFAULT_CHUNK_BYTES
 
 
 def _median_seconds(fn, repeats: int) -> float:

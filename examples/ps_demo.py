@@ -11,9 +11,9 @@ import time
 
 import numpy as np
 
-from zdk.client import PSClient
-from zdk.exchange import Exchange
-from zdk.launcher import start_shards
+from zdk.ps.client import PSClient
+from zdk.ps.exchange import Exchange
+from zdk.ps.launcher import start_shards
 
 
 def worker(endpoints, worker_id, x, y, steps, lr, results):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import zmq
 
-from zdk.launcher import ShardGroup, start_shards
+from zdk.ps.launcher import ShardGroup, start_shards
 
 T = TypeVar("T")
 
@@ -105,7 +105,7 @@ def python() -> str:
 def spark():
     """One local[2] Spark session for the whole test session."""
     pytest.importorskip("pyspark")
-    from zdk.spark import get_session
+    from zdk.runtime.session import get_session
 
     session = get_session("local[2]")
     yield session

@@ -10,9 +10,9 @@ import pytest
 from zdk import algorithms
 from zdk.algorithms import Algorithm, Params, ShardState, UpdateResult, WorkerSlot, WorkerWindow
 from zdk.errors import AlgorithmNotFound, ConfigError, ProtocolError
-from zdk.layout import ShardPlan
-from zdk.protocol import Request, as_frames, decode_reply
-from zdk.shard import ShardConfig, ShardCore
+from zdk.ps.layout import ShardPlan
+from zdk.ps.protocol import Request, as_frames, decode_reply
+from zdk.ps.shard import ShardConfig, ShardCore
 
 ASYNC = ["downpour", "agn", "adag", "dynsgd", "aeasgd", "eamsgd"]
 

@@ -7,8 +7,8 @@ import threading
 import numpy as np
 import pytest
 
-from zdk.client import PSClient
-from zdk.exchange import Exchange
+from zdk.ps.client import PSClient
+from zdk.ps.exchange import Exchange
 
 DIM = 20
 ROWS = 2000

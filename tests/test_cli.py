@@ -35,7 +35,7 @@ def free_port_pair() -> int:
 
 
 def shard_pids() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "zdk.server"], capture_output=True, text=True).stdout
+    out = subprocess.run(["pgrep", "-f", "zdk.ps.server"], capture_output=True, text=True).stdout
     return {int(p) for p in out.split()}
 
 
@@ -110,8 +110,8 @@ def test_ps_model_option_starts_the_center_at_the_model_weights(ps_process, tmp_
     import numpy as np
 
     keras = pytest.importorskip("keras")
-    from zdk.client import PSClient
-    from zdk.layout import FlatLayout
+    from zdk.ps.client import PSClient
+    from zdk.ps.layout import FlatLayout
 
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), keras.layers.Dense(2)])
     path = str(tmp_path / "m.keras")

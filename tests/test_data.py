@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from zdk.data import MinibatchStream, column_to_numpy, fit_to_shapes, record_batch_arrays
+from zdk.runtime.minibatches import MinibatchStream, column_to_numpy, fit_to_shapes, record_batch_arrays
 from zdk.errors import ConfigError
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from zdk.errors import ConfigError
-from zdk.layout import FlatLayout, ShardPlan
+from zdk.ps.layout import FlatLayout, ShardPlan
 
 
 def test_flatten_and_views_round_trip_in_order(rng):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from zdk import algorithms
-from zdk.client import PSClient
+from zdk.ps.client import PSClient
 
 PLUGIN_SRC = Path(__file__).resolve().parents[1] / "examples" / "plugin"
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from zdk.errors import ProtocolError
-from zdk.protocol import (
+from zdk.ps.protocol import (
     PROTOCOL_VERSION, Reply, Request, all_finite, as_frames, chunk_lengths, decode_reply, decode_request, join_frames,
 )
 

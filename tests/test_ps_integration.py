@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import zmq
 
-from zdk.client import PSClient
+from zdk.ps.client import PSClient
 from zdk.errors import ConfigError, DeadlineExceeded, LaunchError, RemoteError, ShardRestarted
-from zdk.protocol import Request, decode_reply
+from zdk.ps.protocol import Request, decode_reply
 
 from conftest import assert_logged, pid_alive, poll_until
 
@@ -171,7 +171,7 @@ def test_shutdown_op_stops_the_shards(shards):
 
 
 def test_invalid_algorithm_params_fail_before_any_process_starts():
-    from zdk.launcher import start_shards
+    from zdk.ps.launcher import start_shards
 
     with pytest.raises(ConfigError, match="eta"):
         start_shards(total_size=4, algorithm="adag", params={"eta": -1.0})
@@ -186,7 +186,7 @@ def test_bind_failure_is_a_launch_error(shards):
 def test_shards_exit_when_their_launcher_is_killed(tmp_path):
     script = (
         "import sys, time\n"
-        "from zdk.launcher import start_shards\n"
+        "from zdk.ps.launcher import start_shards\n"
         "g = start_shards(num_shards=2, total_size=10)\n"
         "print(' '.join(map(str, g.pids)), flush=True)\n"
         "time.sleep(60)\n"

@@ -8,9 +8,9 @@ import stat
 import numpy as np
 import pytest
 
-from zdk.client import PSClient
+from zdk.ps.client import PSClient
 from zdk.errors import ConfigError, DeadlineExceeded
-from zdk.security import CurveKeys, is_loopback
+from zdk.transports.curve import CurveKeys, is_loopback
 
 from conftest import assert_logged
 

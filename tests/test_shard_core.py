@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from zdk.errors import ConfigError
-from zdk.protocol import Request, as_frames, decode_reply
-from zdk.shard import ShardConfig, ShardCore
+from zdk.ps.protocol import Request, as_frames, decode_reply
+from zdk.ps.shard import ShardConfig, ShardCore
 
 SIZE = 12
 

@@ -15,7 +15,7 @@ pytest.importorskip("pyspark")
 
 from zdk import trainers  # noqa: E402
 from zdk.errors import ConfigError  # noqa: E402
-from zdk.launcher import start_shards  # noqa: E402
+from zdk.ps.launcher import start_shards  # noqa: E402
 
 from conftest import pid_alive  # noqa: E402
 
@@ -34,7 +34,7 @@ def accuracy(model, digits) -> float:
 
 
 def shard_pids() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "zdk.server"], capture_output=True, text=True).stdout
+    out = subprocess.run(["pgrep", "-f", "zdk.ps.server"], capture_output=True, text=True).stdout
     return {int(p) for p in out.split()}
 
 
@@ -157,7 +157,7 @@ def test_trainer_uses_a_separately_started_parameter_server(digits_df, digits, p
 
 
 def test_curve_protected_training_and_a_curve_parameter_server(digits_df, digits):
-    from zdk.security import CurveKeys
+    from zdk.transports.curve import CurveKeys
 
     trainer = trainers.DOWNPOUR(mlp(), "adam", "sparse_categorical_crossentropy", num_epoch=10, num_workers=2,
                                 security="curve", progress=False)
@@ -228,7 +228,7 @@ def test_adag_on_local_cluster_with_separate_executor_jvms(tmp_path):
     script = textwrap.dedent("""
         import numpy as np, keras
         from sklearn.datasets import load_digits
-        from zdk.spark import get_session
+        from zdk.runtime.session import get_session
         from zdk.trainers import ADAG
         spark = get_session("local-cluster[2,1,1024]")
         d = load_digits()
@@ -258,7 +258,7 @@ def test_ctrl_c_during_training_stops_every_shard(tmp_path):
 
     script = textwrap.dedent("""
         import keras, numpy as np
-        from zdk.spark import get_session
+        from zdk.runtime.session import get_session
         from zdk.trainers import DOWNPOUR
         spark = get_session("local[2]")
         rng = np.random.default_rng(0)

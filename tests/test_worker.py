@@ -8,9 +8,9 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from zdk.client import PSClient  # noqa: E402
-from zdk.models import make_spec  # noqa: E402
-from zdk.worker import WorkerConfig, WorkerRun  # noqa: E402
+from zdk.ps.client import PSClient  # noqa: E402
+from zdk.runtime.models import make_spec  # noqa: E402
+from zdk.runtime.worker import WorkerConfig, WorkerRun  # noqa: E402
 
 
 def regression_batches(rows=256, per_batch=64, seed=0):

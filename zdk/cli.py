@@ -21,7 +21,7 @@ import numpy as np
 
 from zdk import algorithms
 from zdk.errors import ZdkError
-from zdk.protocol import DEFAULT_MAX_FRAME_BYTES
+from zdk.ps.protocol import DEFAULT_MAX_FRAME_BYTES
 
 logger = logging.getLogger("zdk.cli")
 
@@ -29,14 +29,14 @@ logger = logging.getLogger("zdk.cli")
 def _model_vector(path: str) -> np.ndarray:
     import keras  # only this option needs Keras
 
-    from zdk.layout import FlatLayout
+    from zdk.ps.layout import FlatLayout
 
     weights = keras.saving.load_model(path, compile=False).get_weights()
     return FlatLayout.of(weights).flatten(weights)
 
 
 def _start(args: argparse.Namespace) -> int:
-    from zdk.launcher import start_shards
+    from zdk.ps.launcher import start_shards
 
     if (args.model is None) == (args.size is None):
         print("zdk ps: give exactly one of --model FILE.keras or --size N", file=sys.stderr)
@@ -71,7 +71,7 @@ def _start(args: argparse.Namespace) -> int:
 
 
 def _curve_keys(path: str | None, *, create: bool = False) -> Any:
-    from zdk.security import CurveKeys
+    from zdk.transports.curve import CurveKeys
 
     if path is None:
         return None
@@ -83,7 +83,7 @@ def _curve_keys(path: str | None, *, create: bool = False) -> Any:
 
 
 def _observe(endpoints: Sequence[str], timeout: float, curve_keys: str | None = None) -> Any:
-    from zdk.client import PSClient
+    from zdk.ps.client import PSClient
 
     client = PSClient(endpoints, worker_id=2**32 - 1, timeout=timeout, curve=_curve_keys(curve_keys))
     client.hello(register=False)

@@ -15,7 +15,7 @@ import numpy as np
 from pyspark.ml.evaluation import Evaluator
 from pyspark.sql import functions as F
 
-from zdk.columns import as_array, as_index
+from zdk.runtime.columns import as_array, as_index
 from zdk.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def _loss_batches(batches: Iterator, *, loss: Any, label: str, prediction: str) 
     import keras
     import pyarrow as pa
 
-    from zdk.data import column_to_numpy
+    from zdk.runtime.minibatches import column_to_numpy
 
     fn = keras.losses.get(loss)
     for batch in batches:

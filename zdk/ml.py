@@ -20,8 +20,8 @@ from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReadable
 
 from zdk import io
 from zdk.errors import ConfigError
-from zdk.models import serialize_optimizer
-from zdk.params import param as _param
+from zdk.runtime.models import serialize_optimizer
+from zdk.runtime.mlparams import param as _param
 from zdk.predictors import ModelPredictor
 
 logger = logging.getLogger(__name__)

@@ -14,9 +14,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from zdk.data import column_to_numpy, fit_to_shapes
+from zdk.runtime.minibatches import column_to_numpy, fit_to_shapes
 from zdk.errors import ConfigError
-from zdk.layout import FlatLayout
+from zdk.ps.layout import FlatLayout
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class ModelPredictor:
         from pyspark.sql import functions as F
         from pyspark.sql import types as T
 
-        from zdk.columns import SCALAR, as_array, column_kind
+        from zdk.runtime.columns import SCALAR, as_array, column_kind
 
         if self.output_col in dataframe.columns:
             raise ConfigError(f"`output_col` must be a new column. Received: output_col={self.output_col!r} exists")

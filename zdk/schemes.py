@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from zdk.errors import ConfigError
-from zdk.models import serialize_optimizer
+from zdk.runtime.models import serialize_optimizer
 
 logger = logging.getLogger(__name__)
 

@@ -20,14 +20,14 @@ from zdk import algorithms
 from zdk.algorithms.base import Algorithm, Params
 from zdk.algorithms.easgd import EAMSGDParams
 from zdk.algorithms.sources import sources
-from zdk.client import PSClient
+from zdk.ps.client import PSClient
 from zdk.errors import ConfigError, WorkerFailed
-from zdk.launcher import ShardGroup, start_shards
-from zdk.models import ModelSpec, build_model, make_spec, set_flat_weights
-from zdk.progress import ShardProgress
-from zdk.security import CurveKeys, is_loopback
-from zdk.spark import task_slots
-from zdk.worker import HISTORY_SCHEMA, WorkerConfig, train_partition
+from zdk.ps.launcher import ShardGroup, start_shards
+from zdk.runtime.models import ModelSpec, build_model, make_spec, set_flat_weights
+from zdk.runtime.progress import ShardProgress
+from zdk.transports.curve import CurveKeys, is_loopback
+from zdk.runtime.session import task_slots
+from zdk.runtime.worker import HISTORY_SCHEMA, WorkerConfig, train_partition
 
 logger = logging.getLogger(__name__)
 

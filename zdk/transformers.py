@@ -18,10 +18,10 @@ from pyspark.ml.param import TypeConverters
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import functions as F
 
-from zdk.columns import ARRAY, SCALAR, VECTOR, argmax, as_array, column_kind
+from zdk.runtime.columns import ARRAY, SCALAR, VECTOR, argmax, as_array, column_kind
 from zdk.errors import ConfigError
-from zdk.params import HasInputOutput
-from zdk.params import param as _param
+from zdk.runtime.mlparams import HasInputOutput
+from zdk.runtime.mlparams import param as _param
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
 from zdk.errors import ConfigError, DeadlineExceeded
-from zdk.security import AllowedKeys, CurveKeys, ServerCurve
+from zdk.transports.curve import AllowedKeys, CurveKeys, ServerCurve
 from zdk.transports.base import Buffer
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Starting and stopping shard processes: the Python API behind ``zdk ps`` and the trainers.
 
-Each shard runs ``python -m zdk.server`` in its own process and prints its endpoint
+Each shard runs ``python -m zdk.ps.server`` in its own process and prints its endpoint
 when ready. Shards watch their parent's pid, so they exit on their own when the
 launching process dies, even by SIGKILL; an ``atexit`` hook stops any group still
 running when the interpreter exits.
@@ -26,9 +26,9 @@ import numpy as np
 from zdk import algorithms
 from zdk.algorithms.sources import sources
 from zdk.errors import ConfigError, LaunchError
-from zdk.layout import ShardPlan
-from zdk.protocol import DEFAULT_CHUNK_BYTES, DEFAULT_MAX_FRAME_BYTES
-from zdk.security import CurveKeys
+from zdk.ps.layout import ShardPlan
+from zdk.ps.protocol import DEFAULT_CHUNK_BYTES, DEFAULT_MAX_FRAME_BYTES
+from zdk.transports.curve import CurveKeys
 from zdk.transports.zmq import check_endpoint
 
 logger = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def start_shards(*, num_shards: int = 1, total_size: int, bind: str = "tcp://127
     group = ShardGroup(processes, [], plan, algo.name, curve)
     try:
         for k, endpoint in enumerate(endpoints):
-            cmd = [sys.executable, "-m", "zdk.server", "--shard", str(k), "--num-shards", str(num_shards),
+            cmd = [sys.executable, "-m", "zdk.ps.server", "--shard", str(k), "--num-shards", str(num_shards),
                    "--size", str(total_size), "--bind", endpoint, "--algorithm", algo.name,
                    "--params", json.dumps(params_obj.to_dict()), "--max-frame-bytes", str(max_frame_bytes),
                    "--chunk-bytes", str(chunk_bytes), "--parent-pid", str(os.getpid()), "--log-level", log_level]
@@ -159,7 +159,7 @@ def start_shards(*, num_shards: int = 1, total_size: int, bind: str = "tcp://127
                                               start_new_session=True))
         group.endpoints = [_await_ready(p, k, startup_timeout) for k, p in enumerate(processes)]
         if initial is not None:
-            from zdk.client import PSClient
+            from zdk.ps.client import PSClient
 
             with PSClient(group.endpoints, worker_id=2**32 - 1, timeout=startup_timeout, curve=curve) as client:
                 client.hello(register=False)

@@ -1,6 +1,6 @@
-"""The shard process: an asyncio loop driving a :class:`~zdk.shard.ShardCore` over a ROUTER socket.
+"""The shard process: an asyncio loop driving a :class:`~zdk.ps.shard.ShardCore` over a ROUTER socket.
 
-Run as ``python -m zdk.server --shard K --num-shards N --size S --bind ENDPOINT``;
+Run as ``python -m zdk.ps.server --shard K --num-shards N --size S --bind ENDPOINT``;
 it prints one JSON line ``{"endpoint": ..., "pid": ..., "generation": ...}`` on
 stdout when it is ready, logs to stderr, and exits on `shutdown`, SIGTERM/SIGINT,
 when the process that started it dies, or after ``--idle-timeout`` seconds
@@ -20,11 +20,11 @@ import time
 from typing import Sequence
 
 from zdk.algorithms.sources import load_sources
-from zdk.allocator import tune_allocator
+from zdk.ps.allocator import tune_allocator
 from zdk.errors import ConfigError
-from zdk.protocol import DEFAULT_CHUNK_BYTES, DEFAULT_MAX_FRAME_BYTES
-from zdk.security import ServerCurve
-from zdk.shard import Outgoing, ShardConfig, ShardCore
+from zdk.ps.protocol import DEFAULT_CHUNK_BYTES, DEFAULT_MAX_FRAME_BYTES
+from zdk.transports.curve import ServerCurve
+from zdk.ps.shard import Outgoing, ShardConfig, ShardCore
 from zdk.transports.base import ServerTransport
 from zdk.transports.zmq import ZmqRouterTransport
 
@@ -109,7 +109,7 @@ class ShardServer:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m zdk.server", description="Run one zdk parameter-server shard.")
+    p = argparse.ArgumentParser(prog="python -m zdk.ps.server", description="Run one zdk parameter-server shard.")
     p.add_argument("--shard", type=int, default=0, help="this shard's index (default: 0)")
     p.add_argument("--num-shards", type=int, default=1, help="number of shards (default: 1)")
     p.add_argument("--size", type=int, required=True, help="length of the whole flat parameter vector")

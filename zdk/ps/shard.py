@@ -1,7 +1,7 @@
 """One shard's request handler: the protocol logic of the parameter server, with no event loop.
 
 :class:`ShardCore` takes a request's raw frames and returns the replies to send.
-The asyncio driver in :mod:`zdk.server` only moves bytes, so everything here can
+The asyncio driver in :mod:`zdk.ps.server` only moves bytes, so everything here can
 be tested by calling :meth:`ShardCore.handle` directly.
 """
 
@@ -22,8 +22,8 @@ import numpy as np
 from zdk import algorithms
 from zdk.algorithms.base import Algorithm, Params, ShardState, UpdateResult, WorkerSlot
 from zdk.errors import ConfigError, ProtocolError, ZdkError
-from zdk.layout import DTYPE, ShardPlan
-from zdk.protocol import (
+from zdk.ps.layout import DTYPE, ShardPlan
+from zdk.ps.protocol import (
     DEFAULT_CHUNK_BYTES, DEFAULT_MAX_FRAME_BYTES, ERROR, MAX_WAIT_SECONDS, WIRE_DTYPE,
     Reply, Request, as_frames, decode_request, join_checked,
 )

@@ -15,7 +15,7 @@ import numpy as np
 
 from zdk import algorithms
 from zdk.algorithms.base import Algorithm, Params, WorkerWindow
-from zdk.client import CommitReceipt, PSClient
+from zdk.ps.client import CommitReceipt, PSClient
 from zdk.errors import ConfigError
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from zdk.errors import ConfigError
-from zdk.layout import FlatLayout
+from zdk.ps.layout import FlatLayout
 
 
 @dataclass(frozen=True)

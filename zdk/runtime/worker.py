@@ -1,7 +1,7 @@
 """The executor side of training: one Spark task per worker, run through ``mapInArrow``.
 
 A task rebuilds the model from its JSON config, streams its partition into
-minibatches (:class:`~zdk.data.MinibatchStream`), runs Keras training steps and, every
+minibatches (:class:`~zdk.runtime.minibatches.MinibatchStream`), runs Keras training steps and, every
 communication window, the algorithm's exchange with the parameter server. It yields
 its history as Arrow rows, and its weights when the algorithm has no PS.
 """
@@ -18,11 +18,11 @@ import numpy as np
 
 from zdk import algorithms
 from zdk.algorithms.sources import load_sources
-from zdk.client import PSClient
-from zdk.data import MinibatchStream, fit_to_shapes
-from zdk.exchange import Exchange
-from zdk.security import CurveKeys
-from zdk.models import ModelSpec, build_model, get_flat_weights, set_flat_weights
+from zdk.ps.client import PSClient
+from zdk.runtime.minibatches import MinibatchStream, fit_to_shapes
+from zdk.ps.exchange import Exchange
+from zdk.transports.curve import CurveKeys
+from zdk.runtime.models import ModelSpec, build_model, get_flat_weights, set_flat_weights
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class WorkerConfig:
         timeout: seconds for every PS request.
         prefetch: minibatches prepared ahead.
         algorithm_sources: modules or files to import so a run-time-registered algorithm exists.
-        curve: the job's CURVE keys (see :class:`zdk.security.CurveKeys`) when shards require it.
+        curve: the job's CURVE keys (see :class:`zdk.transports.curve.CurveKeys`) when shards require it.
     """
 
     spec: str

@@ -14,11 +14,11 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import zmq
 
-from zdk.allocator import tune_allocator
+from zdk.ps.allocator import tune_allocator
 from zdk.errors import ConfigError, DeadlineExceeded, ProtocolError, RemoteError, ShardRestarted
-from zdk.layout import DTYPE, ShardPlan
-from zdk.security import CurveKeys
-from zdk.protocol import (
+from zdk.ps.layout import DTYPE, ShardPlan
+from zdk.transports.curve import CurveKeys
+from zdk.ps.protocol import (
     DEFAULT_CHUNK_BYTES, DEFAULT_MAX_FRAME_BYTES, ERROR, WIRE_DTYPE, Reply, Request, as_frames, decode_reply,
 )
 from zdk.transports.zmq import ZmqDealerTransport

@@ -8,8 +8,8 @@ import threading
 import time
 from typing import Any, Sequence
 
-from zdk.client import PSClient
-from zdk.security import CurveKeys
+from zdk.ps.client import PSClient
+from zdk.transports.curve import CurveKeys
 
 logger = logging.getLogger(__name__)
 
