@@ -16,6 +16,8 @@ from zdk.ps.shard import ShardConfig, ShardCore
 
 ASYNC = ["downpour", "agn", "adag", "dynsgd", "aeasgd", "eamsgd"]
 
+SESSION = 0x5E55
+
 
 def window(local, pulled, center=None, steps=4):
     local = np.asarray(local, np.float32).copy()
@@ -185,6 +187,7 @@ def test_averaging_round_sets_the_mean_and_advances_once():
     params = algo.make_params()
     shard = state([0.0, 0.0])
     shard.workers = {1: WorkerSlot(worker=1), 2: WorkerSlot(worker=2)}
+    shard.quorum = 2
     first = algo.server_update(shard, shard.workers[1], np.array([2.0, 4.0], np.float32), params)
     assert not first.advance and shard.center.tolist() == [0.0, 0.0]
     second = algo.server_update(shard, shard.workers[2], np.array([4.0, 8.0], np.float32), params)
@@ -196,6 +199,7 @@ def test_averaging_refuses_two_commits_in_one_round():
     algo = algorithms.get("averaging")
     shard = state([0.0])
     shard.workers = {1: WorkerSlot(worker=1), 2: WorkerSlot(worker=2)}
+    shard.quorum = 2
     algo.server_update(shard, shard.workers[1], np.array([1.0], np.float32), algo.make_params())
     with pytest.raises(ProtocolError, match="already committed to round 1"):
         algo.server_update(shard, shard.workers[1], np.array([1.0], np.float32), algo.make_params())
@@ -205,6 +209,7 @@ def test_averaging_round_closes_when_the_missing_worker_leaves():
     algo = algorithms.get("averaging")
     shard = state([0.0])
     shard.workers = {1: WorkerSlot(worker=1), 2: WorkerSlot(worker=2)}
+    shard.quorum = 2
     algo.server_update(shard, shard.workers[1], np.array([5.0], np.float32), algo.make_params())
     shard.workers[2].active = False
     result = algo.on_leave(shard, shard.workers[2], algo.make_params())
@@ -244,14 +249,14 @@ class InProcessCluster:
 
     def hello(self, worker: int) -> None:
         for k in range(len(self.cores)):
-            self.call(k, Request(op="hello", rid=0, shard=k, worker=worker))
+            self.call(k, Request(op="hello", rid=0, shard=k, worker=worker, session=SESSION))
         self.bases[worker] = [c.version for c in self.cores]
 
     def pull(self, worker: int) -> np.ndarray:
         parts = []
         for k in range(len(self.cores)):
             self.rid += 1
-            (reply, data), = self.call(k, Request(op="pull", rid=self.rid, shard=k, worker=worker))
+            (reply, data), = self.call(k, Request(op="pull", rid=self.rid, shard=k, worker=worker, session=SESSION))
             parts.append(np.frombuffer(data, "<f4"))
             self.bases[worker][k] = reply.version
         return np.concatenate(parts)
@@ -261,7 +266,7 @@ class InProcessCluster:
         for k, part in enumerate(self.plan.slices(delta.astype(np.float32))):
             self.rid += 1
             frames = as_frames(np.ascontiguousarray(part), 64)
-            req = Request(op="commit", rid=self.rid, shard=k, worker=worker, base=self.bases[worker][k],
+            req = Request(op="commit", rid=self.rid, shard=k, worker=worker, session=SESSION, base=self.bases[worker][k],
                           dtype="<f4", lens=tuple(f.nbytes for f in frames))
             replies = self.call(k, req, frames)
             assert replies[0][0].op == "commit", replies[0][0].fields
@@ -274,7 +279,7 @@ def test_one_shard_and_three_shards_give_the_same_center(name, rng):
     total = 101
     start = rng.normal(size=total).astype(np.float32)
     deltas = rng.normal(scale=0.1, size=(8, total)).astype(np.float32)
-    params = {"eta": 0.05} if name == "adag" else {}
+    params = {"eta": 0.05} if name == "adag" else {"num_workers": 2} if name == "averaging" else {}
     centers, infos = [], []
     for num_shards in (1, 3):
         cluster = InProcessCluster(name, total, num_shards, start, params)

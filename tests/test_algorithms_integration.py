@@ -27,11 +27,12 @@ def mse(w, x, y) -> float:
     return float(np.mean((x @ w - y) ** 2))
 
 
-def run_worker(endpoints, worker_id, x, y, errors, *, steps=300, batch=16, lr=0.02, momentum=0.0):
+def run_worker(endpoints, worker_id, x, y, errors, *, steps=300, batch=16, lr=0.02, momentum=0.0, timeout=30.0,
+               tries=3):
     """Plain minibatch SGD on ½‖Xw − y‖²/b; an algorithm's worker side every λ steps."""
     try:
         rng = np.random.default_rng(worker_id)
-        with PSClient(endpoints, worker_id=worker_id, timeout=30) as client:
+        with PSClient(endpoints, worker_id=worker_id, timeout=timeout, tries=tries) as client:
             client.hello()
             local = np.zeros(DIM, np.float32)
             exchange = Exchange(client, local)

@@ -9,19 +9,21 @@ from zdk.ps.protocol import (
 
 MAX = 1 << 20
 
+SESSION = 0x5E55
+
 
 def _decode(header: dict, lens=()):
     return decode_request(msgpack.packb(header), list(lens), max_frame_bytes=MAX)
 
 
 def test_request_round_trip_keeps_every_field():
-    req = Request(op="commit", rid=2**64 - 1, shard=3, worker=7, base=2**40, dtype="<f4", lens=(8, 4), gen=99,
+    req = Request(op="commit", rid=2**64 - 1, shard=3, worker=7, session=SESSION, base=2**40, dtype="<f4", lens=(8, 4), gen=99,
                   attempt=2, args={"x": 1})
     assert decode_request(req.encode(), [8, 4], max_frame_bytes=MAX) == req
 
 
 def test_pull_request_with_wait_round_trips():
-    req = Request(op="pull", rid=1, shard=0, worker=1, min_version=5, wait=2.5)
+    req = Request(op="pull", rid=1, shard=0, worker=1, session=SESSION, min_version=5, wait=2.5)
     assert decode_request(req.encode(), [], max_frame_bytes=MAX) == req
 
 
@@ -32,7 +34,7 @@ def test_reply_round_trip():
 
 
 def test_header_is_plain_msgpack_with_64_bit_sizes():
-    raw = Request(op="commit", rid=1, shard=0, dtype="<f4", lens=(2**33,)).encode()
+    raw = Request(op="commit", base=0, rid=1, shard=0, dtype="<f4", lens=(2**33,)).encode()
     header = msgpack.unpackb(raw)
     assert header["v"] == PROTOCOL_VERSION and header["lens"] == [2**33]
 

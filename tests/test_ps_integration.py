@@ -19,6 +19,8 @@ from zdk.ps.protocol import Request, decode_reply
 
 from conftest import assert_logged, pid_alive, poll_until
 
+SESSION = 0x5E55
+
 
 def test_pull_commit_round_trip_through_two_shards(shards, rng):
     start = rng.normal(size=1001).astype(np.float32)
@@ -58,9 +60,9 @@ def test_four_shards_equal_one_shard_bit_for_bit(shards, rng):
 def test_retried_commit_over_the_wire_is_applied_once(shards, raw_dealer):
     group = shards(num_shards=1, total_size=4, initial=np.zeros(4, np.float32))
     sock = raw_dealer(group.endpoints[0])
-    sock.send(Request(op="hello", rid=1, shard=0, worker=1).encode())
+    sock.send(Request(op="hello", rid=1, shard=0, worker=1, session=SESSION).encode())
     decode_reply(sock.recv())
-    commit = Request(op="commit", rid=7, shard=0, worker=1, dtype="<f4", lens=(16,)).encode()
+    commit = Request(op="commit", base=0, rid=7, shard=0, worker=1, session=SESSION, dtype="<f4", lens=(16,)).encode()
     payload = np.ones(4, np.float32).tobytes()
     sock.send_multipart([commit, payload])
     sock.send_multipart([commit, payload])  # the retry, as after a lost reply
@@ -78,8 +80,8 @@ def test_malformed_messages_over_the_wire_get_errors_and_the_server_keeps_servin
     cases = [
         ([b"\xc1garbage"], "bad_header"),
         ([msgpack.packb({"v": 1, "op": "explode", "rid": 3, "shard": 0})], "unknown_op"),
-        ([Request(op="commit", rid=4, shard=0, worker=1, dtype="<f4", lens=(32,)).encode(), b"\0" * 32], "unknown_worker"),
-        ([Request(op="commit", rid=5, shard=0, worker=1, dtype="<f4", lens=(128,)).encode(), b"\0" * 128], "frame_too_large"),
+        ([Request(op="commit", base=0, rid=4, shard=0, worker=1, session=SESSION, dtype="<f4", lens=(32,)).encode(), b"\0" * 32], "unknown_worker"),
+        ([Request(op="commit", base=0, rid=5, shard=0, worker=1, session=SESSION, dtype="<f4", lens=(128,)).encode(), b"\0" * 128], "frame_too_large"),
     ]
     for parts, code in cases:
         sock.send_multipart(parts)
@@ -95,7 +97,7 @@ def test_malformed_messages_over_the_wire_get_errors_and_the_server_keeps_servin
 def test_frames_far_over_the_limit_are_dropped_by_zeromq_and_the_shard_survives(shards, raw_dealer, capfd):
     group = shards(num_shards=1, total_size=8, max_frame_bytes=1024, log_level="INFO")
     hog = raw_dealer(group.endpoints[0])
-    hog.send_multipart([Request(op="commit", rid=1, shard=0, worker=1, dtype="<f4", lens=(8 << 20,)).encode(),
+    hog.send_multipart([Request(op="commit", base=0, rid=1, shard=0, worker=1, session=SESSION, dtype="<f4", lens=(8 << 20,)).encode(),
                         b"\0" * (8 << 20)])
     with PSClient(group.endpoints, worker_id=1, timeout=10) as client:
         client.hello()

@@ -14,6 +14,8 @@ from zdk.ps.shard import ShardConfig, ShardCore
 
 SIZE = 12
 
+SESSION = 0x5E55
+
 
 class FakeClock:
     def __init__(self) -> None:
@@ -39,19 +41,19 @@ def send(core: ShardCore, request: Request | bytes, frames=(), peer=b"w"):
 
 
 def hello(core: ShardCore, worker: int = 1, attempt: int = 0):
-    (_, reply, _), = send(core, Request(op="hello", rid=1, shard=core.config.shard, worker=worker, attempt=attempt))
+    (_, reply, _), = send(core, Request(op="hello", rid=1, shard=core.config.shard, worker=worker, session=SESSION, attempt=attempt))
     return reply
 
 
 def commit(core, delta, *, rid=10, worker=1, base=None, attempt=0):
     frames = as_frames(np.ascontiguousarray(delta, dtype=np.float32), 16)
-    req = Request(op="commit", rid=rid, shard=core.config.shard, worker=worker, attempt=attempt,
+    req = Request(op="commit", rid=rid, shard=core.config.shard, worker=worker, session=SESSION, attempt=attempt,
                   base=core.version if base is None else base, dtype="<f4", lens=tuple(f.nbytes for f in frames))
     return send(core, req, frames)
 
 
 def pull(core, *, rid=20, worker=1, **kw):
-    return send(core, Request(op="pull", rid=rid, shard=core.config.shard, worker=worker, **kw))
+    return send(core, Request(op="pull", rid=rid, shard=core.config.shard, worker=worker, session=SESSION, **kw))
 
 
 def test_hello_reports_range_algorithm_and_params():
@@ -102,7 +104,7 @@ def test_staleness_is_version_minus_base():
 def test_pull_reply_is_not_changed_by_a_later_commit():
     core = make_core()
     hello(core)
-    out = core.handle(b"w", Request(op="pull", rid=5, shard=0, worker=1).encode(), [])
+    out = core.handle(b"w", Request(op="pull", rid=5, shard=0, worker=1, session=SESSION).encode(), [])
     in_flight = out[0].frames  # what ZeroMQ would still be sending
     commit(core, np.full(SIZE, 100.0))
     np.testing.assert_array_equal(np.frombuffer(b"".join(bytes(f) for f in in_flight), "<f4"), np.arange(SIZE))
@@ -116,16 +118,16 @@ def bad_commit_cases():
     yield "garbage header", b"\x92\xc1\xff", [], "bad_header"
     yield "not a map", msgpack.packb([1, 2, 3]), [], "bad_header"
     yield "unknown op", msgpack.packb({"v": 1, "op": "drop_table", "rid": 1, "shard": 0}), [], "unknown_op"
-    yield "wrong shard", Request(op="commit", rid=1, shard=5, worker=1, dtype="<f4", lens=(48,)).encode(), [good.tobytes()], "wrong_shard"
-    yield "truncated", Request(op="commit", rid=1, shard=0, worker=1, dtype="<f4", lens=(16, 32)).encode(), [good[:4].tobytes()], "truncated"
-    yield "extra frame", Request(op="commit", rid=1, shard=0, worker=1, dtype="<f4", lens=(48,)).encode(), [good.tobytes(), b"x"], "extra_frame"
-    yield "wrong dtype", Request(op="commit", rid=1, shard=0, worker=1, dtype="<f8", lens=(96,)).encode(), [good.astype("<f8").tobytes()], "bad_dtype"
-    yield "wrong length", Request(op="commit", rid=1, shard=0, worker=1, dtype="<f4", lens=(44,)).encode(), [good[:11].tobytes()], "bad_length"
-    yield "frame over maximum", Request(op="commit", rid=1, shard=0, worker=1, dtype="<f4", lens=(2048,)).encode(), [b"\0" * 2048], "frame_too_large"
-    yield "unknown worker", Request(op="commit", rid=1, shard=0, worker=9, dtype="<f4", lens=(48,)).encode(), [good.tobytes()], "unknown_worker"
-    yield "non-finite", Request(op="commit", rid=1, shard=0, worker=1, dtype="<f4", lens=(48,)).encode(), [nan.tobytes()], "non_finite"
-    yield "future base", Request(op="commit", rid=1, shard=0, worker=1, base=99, dtype="<f4", lens=(48,)).encode(), [good.tobytes()], "bad_base"
-    yield "wrong generation", Request(op="commit", rid=1, shard=0, worker=1, gen=1, dtype="<f4", lens=(48,)).encode(), [good.tobytes()], "restarted"
+    yield "wrong shard", Request(op="commit", base=0, rid=1, shard=5, worker=1, session=SESSION, dtype="<f4", lens=(48,)).encode(), [good.tobytes()], "wrong_shard"
+    yield "truncated", Request(op="commit", base=0, rid=1, shard=0, worker=1, session=SESSION, dtype="<f4", lens=(16, 32)).encode(), [good[:4].tobytes()], "truncated"
+    yield "extra frame", Request(op="commit", base=0, rid=1, shard=0, worker=1, session=SESSION, dtype="<f4", lens=(48,)).encode(), [good.tobytes(), b"x"], "extra_frame"
+    yield "wrong dtype", Request(op="commit", base=0, rid=1, shard=0, worker=1, session=SESSION, dtype="<f8", lens=(96,)).encode(), [good.astype("<f8").tobytes()], "bad_dtype"
+    yield "wrong length", Request(op="commit", base=0, rid=1, shard=0, worker=1, session=SESSION, dtype="<f4", lens=(44,)).encode(), [good[:11].tobytes()], "bad_length"
+    yield "frame over maximum", Request(op="commit", base=0, rid=1, shard=0, worker=1, session=SESSION, dtype="<f4", lens=(2048,)).encode(), [b"\0" * 2048], "frame_too_large"
+    yield "unknown worker", Request(op="commit", base=0, rid=1, shard=0, worker=9, session=SESSION, dtype="<f4", lens=(48,)).encode(), [good.tobytes()], "unknown_worker"
+    yield "non-finite", Request(op="commit", base=0, rid=1, shard=0, worker=1, session=SESSION, dtype="<f4", lens=(48,)).encode(), [nan.tobytes()], "non_finite"
+    yield "future base", Request(op="commit", rid=1, shard=0, worker=1, session=SESSION, base=99, dtype="<f4", lens=(48,)).encode(), [good.tobytes()], "bad_base"
+    yield "wrong generation", Request(op="commit", base=0, rid=1, shard=0, worker=1, session=SESSION, gen=1, dtype="<f4", lens=(48,)).encode(), [good.tobytes()], "restarted"
 
 
 @pytest.mark.parametrize("name,header,frames,code", list(bad_commit_cases()), ids=[c[0] for c in bad_commit_cases()])
@@ -184,7 +186,7 @@ def test_observer_pull_needs_no_registration_and_changes_no_worker_state():
 def test_bye_marks_worker_inactive_and_refuses_its_commits():
     core = make_core()
     hello(core)
-    send(core, Request(op="bye", rid=3, shard=0, worker=1))
+    send(core, Request(op="bye", rid=3, shard=0, worker=1, session=SESSION))
     assert core.stats()["workers"]["1"]["active"] is False
     (_, reply, _), = commit(core, np.ones(SIZE))
     assert reply.fields["code"] == "left"
@@ -205,7 +207,7 @@ def test_parked_pull_is_released_by_the_version_it_waits_for():
 
 def test_parked_pull_expires_with_an_error_naming_the_missing_worker():
     clock = FakeClock()
-    core = make_core(algorithm="averaging", clock=clock)
+    core = make_core(algorithm="averaging", params={"num_workers": 2}, clock=clock)
     hello(core, worker=1)
     hello(core, worker=2)
     commit(core, np.ones(SIZE), worker=1, rid=1)

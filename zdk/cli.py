@@ -50,8 +50,8 @@ def _start(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     group = start_shards(num_shards=args.shards, total_size=size, bind=args.bind, algorithm=args.algorithm,
                          params=params, initial=initial, checkpoint_dir=args.checkpoint_dir,
-                         max_frame_bytes=args.max_frame_bytes, idle_timeout=args.idle_timeout,
-                         log_level=args.log_level, curve=curve)
+                         checkpoint_every=args.checkpoint_every, max_frame_bytes=args.max_frame_bytes,
+                         idle_timeout=args.idle_timeout, log_level=args.log_level, curve=curve)
     try:
         security = f"CURVE, keys in {args.curve_keys}" if curve else "no encryption"
         print(f"zdk ps: {args.shards} shard(s) of {group.algorithm}, {size} parameters, {security}", flush=True)
@@ -62,12 +62,34 @@ def _start(args: argparse.Namespace) -> int:
             dead = [k for k, alive in enumerate(group.alive()) if not alive]
             if dead:
                 codes = [group.processes[k].returncode for k in dead]
+                if not all(c == 0 for c in codes) and _restart(group, dead, args):
+                    continue
                 print(f"zdk ps: shard(s) {dead} exited (codes {codes}); stopping the rest", file=sys.stderr)
                 return 0 if all(c == 0 for c in codes) else 1
         print("zdk ps: stopping", flush=True)
         return 0
     finally:
         group.stop()
+
+
+def _restart(group: Any, dead: list[int], args: argparse.Namespace) -> bool:
+    """Restarts crashed shards from their checkpoints; False when one cannot be (no checkpoint,
+    or out of restarts), since a shard restarted without its state would hand workers zeros."""
+    for k in dead:
+        path = os.path.join(args.checkpoint_dir, f"shard-{k:03d}-of-{args.shards:03d}.npz") if args.checkpoint_dir else None
+        if path is None or not os.path.exists(path):
+            print(f"zdk ps: shard {k} died (code {group.processes[k].returncode}) and has no checkpoint to restart "
+                  "from (use --checkpoint-dir and --checkpoint-every)", file=sys.stderr)
+            return False
+        if group.restarts[k] >= args.max_restarts:
+            print(f"zdk ps: shard {k} died again after {group.restarts[k]} restarts (--max-restarts "
+                  f"{args.max_restarts})", file=sys.stderr)
+            return False
+        print(f"zdk ps: shard {k} died (code {group.processes[k].returncode}); restarting it from {path}",
+              file=sys.stderr, flush=True)
+        group.restart(k)
+        print(f"shard {k}: {group.endpoints[k]} (restarted)", flush=True)
+    return True
 
 
 def _curve_keys(path: str | None, *, create: bool = False) -> Any:
@@ -158,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--algorithm", default="downpour", help="registered algorithm name (default: downpour)")
     ps.add_argument("--params", default="{}", help="algorithm parameters as JSON (default: {})")
     ps.add_argument("--checkpoint-dir", default=None, help="where `checkpoint` writes; restored at start (default: none)")
+    ps.add_argument("--checkpoint-every", type=float, default=None,
+                    help="shards write a checkpoint every this many seconds (needs --checkpoint-dir; default: never)")
+    ps.add_argument("--max-restarts", type=int, default=3,
+                    help="restart a crashed shard from its checkpoint at most this many times (default: 3)")
     ps.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES,
                     help=f"largest data frame accepted (default: {DEFAULT_MAX_FRAME_BYTES})")
     ps.add_argument("--idle-timeout", type=float, default=None, help="shards exit after this many idle seconds "

@@ -218,7 +218,7 @@ class Trainer:
                 batch_size=self.batch_size, num_epoch=self.num_epoch, exchange_per_epoch=self.exchange_per_epoch,
                 shuffle=shuffle, seed=self.seed, learning_rate=self.learning_rate, timeout=self.timeout,
                 prefetch=self.max_prefetch, algorithm_sources=tuple(sources(self.algorithm)),
-                curve=self._curve.to_dict() if self._curve else None,
+                curve=self._curve.to_dict() if self._curve else None, quorum=self.num_tasks,
             )
             records = self._run(data, config, endpoints)
             self.training_time = time.perf_counter() - started

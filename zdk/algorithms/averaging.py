@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from zdk.algorithms.base import (
-    Params, ShardState, UpdateResult, WorkerSlot, _positive, check, reset_to_center,
+    Params, ShardState, UpdateResult, WorkerSlot, WorkerWindow, _positive, check, reset_to_center,
 )
 from zdk.algorithms.registry import register
 from zdk.errors import ProtocolError
@@ -19,7 +19,8 @@ class AveragingParams(Params):
 
     Args:
         communication_window: local steps per round (the trainer uses one epoch by default).
-        num_workers: workers expected in every round; 0 means every registered worker.
+        num_workers: K, the workers of every round (the quorum); 0 takes it from the workers'
+            `hello` (``args.quorum``), which zdk's trainers send.
         round_timeout: seconds a pull waits for the round to close before failing.
     """
 
@@ -34,48 +35,79 @@ class AveragingParams(Params):
         _positive("round_timeout", self.round_timeout)
 
 
+def quorum(shard: ShardState, params: AveragingParams) -> int:
+    """K: ``num_workers`` when set, else what the workers announced at `hello`.
+
+    Raises:
+        ProtocolError: when neither is known, since a round could then close on any partial set.
+    """
+    if params.num_workers:
+        return params.num_workers
+    if shard.quorum:
+        return shard.quorum
+    raise ProtocolError("no_quorum", "averaging needs the number of workers per round: start the shards with "
+                        "`num_workers` in their params, or send `args.quorum` with every worker's `hello`")
+
+
+def _round(shard: ShardState) -> tuple[dict[int, np.ndarray], set[int]]:
+    return shard.state.setdefault("contributions", {}), shard.state.setdefault("departed", set())
+
+
 def _close_round_if_complete(shard: ShardState, params: AveragingParams) -> UpdateResult:
-    state = shard.state
-    arrived: set[int] = state.setdefault("arrived", set())
-    if params.num_workers and len(shard.workers) < params.num_workers:
+    """Closes the round once every active worker has arrived and, with the workers that said
+    `bye`, they make the quorum: θ̃ ← (1/|A|)·Σ_{k∈A} θ_k, summed in worker order so every
+    shard adds in the same order."""
+    contributions, departed = _round(shard)
+    arrived = set(contributions)
+    complete = (arrived and set(shard.active_workers) <= arrived
+                and len(arrived | departed) >= quorum(shard, params))
+    if not complete:
         return UpdateResult(advance=False, info={"arrived": float(len(arrived))})
-    if not arrived or not set(shard.active_workers) <= arrived:
-        return UpdateResult(advance=False, info={"arrived": float(len(arrived))})
-    np.divide(state["sum"], np.float32(len(arrived)), out=shard.center)
-    state["sum"].fill(0.0)
-    size = len(arrived)
-    arrived.clear()
-    return UpdateResult(advance=True, info={"round_size": float(size)})
+    total = shard.center
+    total.fill(0.0)
+    for worker in sorted(contributions):
+        total += contributions[worker]
+    total /= np.float32(len(contributions))
+    contributions.clear()
+    return UpdateResult(advance=True, info={"round_size": float(len(arrived))})
 
 
 def averaging_update(shard: ShardState, worker: WorkerSlot, weights: np.ndarray, params: AveragingParams) -> UpdateResult:
-    """Adds θ_k to the round's sum; when every active worker has arrived, θ̃ ← (1/K)·Σ_k θ_k.
+    """Keeps θ_k for the open round; when the round is complete, θ̃ ← (1/K)·Σ_k θ_k.
 
     The version advances only when a round closes, so a pull waiting for
-    version ≥ base + 1 is released exactly then.
+    version ≥ base + 1 is released exactly then. Memory: one slice per worker of the round.
     """
-    state = shard.state
-    if "sum" not in state:
-        state["sum"] = np.zeros_like(shard.center)
-    arrived: set[int] = state.setdefault("arrived", set())
-    if worker.worker in arrived:
+    quorum(shard, params)  # refuses before anything is kept
+    contributions, departed = _round(shard)
+    if worker.worker in contributions:
         raise ProtocolError(
             "bad_round", f"worker {worker.worker} already committed to round {shard.version + 1}; "
             "pull with min_version before committing again"
         )
-    state["sum"] += weights
-    arrived.add(worker.worker)
+    contributions[worker.worker] = weights.copy()
+    departed.discard(worker.worker)
     return _close_round_if_complete(shard, params)
 
 
 def averaging_leave(shard: ShardState, worker: WorkerSlot, params: AveragingParams) -> UpdateResult:
-    """A worker that left no longer holds up the round."""
-    if not shard.state.get("arrived"):
+    """A worker that said `bye` counts towards the quorum and no longer holds up the round."""
+    contributions, departed = _round(shard)
+    departed.add(worker.worker)
+    if not contributions:
         return UpdateResult(applied=False, advance=False)
     return _close_round_if_complete(shard, params)
 
 
-def commit_weights(win, params: Params) -> np.ndarray:
+def averaging_reregister(shard: ShardState, old: WorkerSlot, params: AveragingParams) -> None:
+    """A retried attempt or a new client session starts clean: the old registration's share of
+    the open round is dropped, so a dead attempt's weights are never averaged in."""
+    contributions, departed = _round(shard)
+    contributions.pop(old.worker, None)
+    departed.discard(old.worker)
+
+
+def commit_weights(win: WorkerWindow, params: Params) -> np.ndarray:
     """The worker commits its weights θ_k themselves."""
     return win.local
 
@@ -84,7 +116,7 @@ def commit_weights(win, params: Params) -> np.ndarray:
 class Averaging:
     """Synchronous model averaging: every round, each worker trains λ steps (or an epoch)
     from θ̃, commits θ_k, and waits; the server sets θ̃ ← (1/K)·Σ_k θ_k once all K
-    active workers have arrived, then releases the pulls; θ_k ← θ̃.
+    workers of the quorum have arrived (or said `bye`), then releases the pulls; θ_k ← θ̃.
     """
 
     Params = AveragingParams
@@ -93,3 +125,4 @@ class Averaging:
     worker_reset = staticmethod(reset_to_center)
     synchronous = True
     on_leave = staticmethod(averaging_leave)
+    on_reregister = staticmethod(averaging_reregister)

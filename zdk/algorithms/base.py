@@ -60,6 +60,7 @@ class WorkerSlot:
     Args:
         worker: the worker id.
         attempt: the Spark task attempt that registered last; older attempts are refused.
+        session: the client session that registered last; requests from other sessions are refused.
         base_version: the shard version this worker last pulled.
         pulled: the slice it last pulled (read-only snapshot), when the algorithm keeps it.
         staleness: τ of the commit being applied: shard version − the commit's base version.
@@ -71,6 +72,7 @@ class WorkerSlot:
 
     worker: int
     attempt: int = 0
+    session: int = 0
     base_version: int = 0
     pulled: np.ndarray | None = None
     staleness: int = 0
@@ -89,12 +91,15 @@ class ShardState:
         version: u64, bumped by the runtime after each update that advances it.
         workers: every registered worker's slot.
         state: the algorithm's own per-shard bookkeeping.
+        quorum: the number of workers of the current job, when a client announced it at `hello`
+            (synchronous algorithms need it to know when a round is complete).
     """
 
     center: np.ndarray
     version: int = 0
     workers: dict[int, WorkerSlot] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
+    quorum: int | None = None
 
     @property
     def active_workers(self) -> list[int]:
@@ -144,6 +149,7 @@ ServerUpdate = Callable[[ShardState, WorkerSlot, np.ndarray, Any], UpdateResult]
 WorkerDelta = Callable[[WorkerWindow, Any], np.ndarray]
 WorkerReset = Callable[[WorkerWindow, Any], None]
 LeaveHook = Callable[[ShardState, WorkerSlot, Any], UpdateResult]
+RejoinHook = Callable[[ShardState, WorkerSlot, Any], None]
 
 
 def add_delta(shard: ShardState, worker: WorkerSlot, delta: np.ndarray, params: Any) -> UpdateResult:
@@ -177,6 +183,9 @@ class Algorithm:
         keeps_pulled: the server keeps each worker's pulled slice (ADAG).
         uses_ps: False for algorithms with no parameter-server traffic.
         on_leave: called when a worker says `bye`; lets synchronous rounds finish without it.
+        on_reregister: called with a worker's old slot when a new client session or attempt replaces
+            it, before the new slot exists: drop what the old one left in the shard's state (its
+            share of an open round). Its ``WorkerSlot.state`` and ``pulled`` go with the old slot.
         doc: one paragraph with the math, shown by ``zdk algorithms``.
     """
 
@@ -190,12 +199,13 @@ class Algorithm:
     keeps_pulled: bool = False
     uses_ps: bool = True
     on_leave: LeaveHook | None = None
+    on_reregister: RejoinHook | None = None
     doc: str = ""
 
     #: Attributes a class-style definition may set; see ``registry.register``.
     FIELDS: ClassVar[tuple[str, ...]] = (
         "params", "server_update", "worker_delta", "worker_reset", "pull_before_commit",
-        "synchronous", "keeps_pulled", "uses_ps", "on_leave",
+        "synchronous", "keeps_pulled", "uses_ps", "on_leave", "on_reregister",
     )
 
     def __post_init__(self) -> None:

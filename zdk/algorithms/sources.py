@@ -28,7 +28,8 @@ _lock = threading.Lock()
 def sources(algorithm: Algorithm) -> list[str]:
     """Module names or ``.py`` paths that define ``algorithm``'s functions, zdk's own excluded."""
     found: list[str] = []
-    for fn in (algorithm.server_update, algorithm.worker_delta, algorithm.worker_reset, algorithm.on_leave):
+    for fn in (algorithm.server_update, algorithm.worker_delta, algorithm.worker_reset, algorithm.on_leave,
+               algorithm.on_reregister):
         module = getattr(fn, "__module__", None)
         if module is None or module == "zdk" or module.startswith("zdk."):
             continue

@@ -1,12 +1,15 @@
 """The worker's client: one DEALER per shard, scatter commits, gather pulls, every wait bounded.
 
 Requests to all shards are sent first and the replies gathered after, so shards
-work concurrently; each client has at most one request in flight per shard.
+work concurrently; each client has at most one request in flight per shard. A request
+that gets no reply in time is resent with the same request id on a fresh socket, a
+bounded number of times: shards apply a commit once per (worker, session, rid).
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -25,7 +28,6 @@ from zdk.transports.zmq import ZmqDealerTransport
 
 logger = logging.getLogger(__name__)
 
-ATTEMPT_SHIFT = 40
 
 
 @dataclass(frozen=True)
@@ -72,39 +74,53 @@ class PSClient:
     Args:
         endpoints: the shards' endpoints, shard k at index k.
         worker_id: this worker's id (u32), unique among the workers of a job.
-        attempt: the Spark task attempt; request ids of later attempts never collide.
-        timeout: seconds any request may take before :class:`DeadlineExceeded`.
+        attempt: the Spark task attempt; shards refuse requests of older attempts.
+        timeout: seconds any request may take, resends included, before :class:`DeadlineExceeded`.
+        tries: how many times a request is sent (≥ 1); each try waits ``timeout / tries``.
         chunk_bytes: data frame size of commits.
         context: a ``zmq.Context``; the process-wide one when omitted.
         curve: the server's CURVE keys, when its shards require CURVE.
+        session: this client's session id (u64); a random one when omitted. A worker's `hello`
+            with a new session replaces its earlier registration on every shard.
     """
 
     def __init__(self, endpoints: Sequence[str], *, worker_id: int = 0, attempt: int = 0, timeout: float = 30.0,
-                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
-                 context: zmq.Context | None = None, curve: CurveKeys | None = None) -> None:
+                 tries: int = 3, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, context: zmq.Context | None = None,
+                 curve: CurveKeys | None = None, session: int | None = None) -> None:
         if not endpoints:
             raise ConfigError("`endpoints` must name at least one shard. Received: endpoints=[]")
         if not isinstance(worker_id, int) or not 0 <= worker_id < 2**32:
             raise ConfigError(f"`worker_id` must be an int in [0, 2^32). Received: worker_id={worker_id!r}")
-        if not isinstance(attempt, int) or not 0 <= attempt < 2**24:
-            raise ConfigError(f"`attempt` must be an int in [0, 2^24). Received: attempt={attempt!r}")
+        if not isinstance(attempt, int) or not 0 <= attempt < 2**32:
+            raise ConfigError(f"`attempt` must be an int in [0, 2^32). Received: attempt={attempt!r}")
         if not timeout > 0:
             raise ConfigError(f"`timeout` must be > 0 seconds. Received: timeout={timeout!r}")
+        if isinstance(tries, bool) or not isinstance(tries, int) or tries < 1:
+            raise ConfigError(f"`tries` must be an int ≥ 1. Received: tries={tries!r}")
+        if session is not None and not (isinstance(session, int) and 0 <= session < 2**64):
+            raise ConfigError(f"`session` must be an int in [0, 2^64). Received: session={session!r}")
         tune_allocator()
         self.endpoints = list(endpoints)
         self.worker_id = worker_id
         self.attempt = attempt
         self.timeout = float(timeout)
+        self.tries = tries
         self.chunk_bytes = chunk_bytes
-        self._rid = attempt << ATTEMPT_SHIFT
-        self._links = [ZmqDealerTransport(e, max_message_bytes=max_frame_bytes + (1 << 20), context=context,
-                                          curve=curve) for e in self.endpoints]
+        self.session = secrets.randbits(64) if session is None else session
+        self._rid = 0
+        self._context = context
+        self._curve = curve
+        self._max_message_bytes = max_frame_bytes + (1 << 20)
+        self._links = [self._connect(e) for e in self.endpoints]
         self.info: ClusterInfo | None = None
         self.plan: ShardPlan | None = None
         self._versions = [0] * len(self._links)
         self._gens: list[int | None] = [None] * len(self._links)
         self.wait_seconds = 0.0
+        self.resends = 0
         self._observer = False
+        self._quorum: int | None = None
 
     # ------------------------------------------------------------------ public API
 
@@ -117,15 +133,25 @@ class PSClient:
     def total_size(self) -> int:
         return self._require_info().total_size
 
-    def hello(self, *, register: bool = True) -> ClusterInfo:
+    def hello(self, *, register: bool = True, quorum: int | None = None, resync: bool = False) -> ClusterInfo:
         """Registers this worker with every shard and checks that their ranges tile the vector.
 
         Args:
             register: False to only observe (pull, stats, init, checkpoint, shutdown)
                 without joining as a worker.
+            quorum: the number of workers in the job, which synchronous algorithms need to
+                know when a round is complete.
+            resync: after :class:`ShardRestarted`: accept the shards' new generations.
         """
+        if resync:
+            self._gens = [None] * len(self._links)
+            register = not self._observer
         self._observer = not register
-        args = {} if register else {"role": "observer"}
+        if quorum is not None:
+            self._quorum = quorum
+        args: dict[str, Any] = {} if register else {"role": "observer"}
+        if self._quorum is not None:
+            args["quorum"] = self._quorum
         replies = self._roundtrip("hello", [self._request("hello", k, args=args) for k in range(len(self._links))])
         ranges = tuple((int(r.fields["range"][0]), int(r.fields["range"][1])) for r in replies)
         total = int(replies[0].fields["total"])
@@ -240,6 +266,10 @@ class PSClient:
             link.close()
         self._links = []
 
+    def _connect(self, endpoint: str) -> ZmqDealerTransport:
+        return ZmqDealerTransport(endpoint, max_message_bytes=self._max_message_bytes, context=self._context,
+                                  curve=self._curve)
+
     def __enter__(self) -> "PSClient":
         return self
 
@@ -258,41 +288,59 @@ class PSClient:
 
     def _request(self, op: str, shard: int, **fields: Any) -> Request:
         self._rid += 1
-        return Request(op=op, rid=self._rid, shard=shard, worker=self.worker_id, attempt=self.attempt,
-                       gen=self._gens[shard], **fields)
+        return Request(op=op, rid=self._rid, shard=shard, worker=self.worker_id, session=self.session,
+                       attempt=self.attempt, gen=self._gens[shard], **fields)
 
     def _roundtrip(self, op: str, requests: Sequence[Request | tuple[Request, Sequence[Any]]], *,
                    targets: Sequence[memoryview] | None = None, extra_time: float = 0.0) -> list[Reply]:
         started = time.perf_counter()
-        pending: dict[int, Request] = {}
-        for k, item in enumerate(requests):
-            request, frames = item if isinstance(item, tuple) else (item, ())
-            self._links[k].send(request.encode(), frames)
-            pending[k] = request
+        outgoing = [(item if isinstance(item, tuple) else (item, ())) for item in requests]
+        encoded = [(request.encode(), frames) for request, frames in outgoing]
+        pending: dict[int, Request] = {k: request for k, (request, _) in enumerate(outgoing)}
         replies: list[Reply | None] = [None] * len(requests)
-        deadline = time.monotonic() + self.timeout + extra_time
-        poller = zmq.Poller()
-        for k in pending:
-            poller.register(self._links[k].socket, zmq.POLLIN)
-        by_socket = {self._links[k].socket: k for k in pending}
+        per_try = self.timeout / self.tries + extra_time
         try:
-            while pending:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    late = ", ".join(f"shard {k} at {self.endpoints[k]}" for k in sorted(pending))
-                    raise DeadlineExceeded(
-                        f"`{op}` got no reply within {self.timeout + extra_time:.1f} s from {late}"
-                    )
-                for sock, _ in poller.poll(max(1, int(remaining * 1000))):
-                    k = by_socket[sock]
-                    reply = self._receive(k, pending.get(k), op, None if targets is None else targets[k])
-                    if reply is not None:
-                        replies[k] = reply
-                        pending.pop(k, None)
-                        poller.unregister(sock)
+            for attempt in range(self.tries):
+                for k in pending:
+                    if attempt:
+                        # A fresh socket: whatever the old one still had queued is dropped with it.
+                        self._links[k].close()
+                        self._links[k] = self._connect(self.endpoints[k])
+                        self.resends += 1
+                        logger.info("%s: no reply to `%s` (rid %d) within %.1f s; resending (try %d of %d)",
+                                    self.endpoints[k], op, pending[k].rid, per_try, attempt + 1, self.tries)
+                    self._links[k].send(*encoded[k])
+                self._gather(op, pending, replies, targets, time.monotonic() + per_try)
+                if not pending:
+                    return [r for r in replies if r is not None]
+            late = ", ".join(f"shard {k} at {self.endpoints[k]}" for k in sorted(pending))
+            raise DeadlineExceeded(
+                f"`{op}` got no reply within {self.timeout + self.tries * extra_time:.1f} s "
+                f"({self.tries} tries) from {late}: is the parameter server running and reachable? "
+                f"(`zdk ps status ENDPOINT...`)"
+            )
         finally:
             self.wait_seconds += time.perf_counter() - started
-        return [r for r in replies if r is not None]
+
+    def _gather(self, op: str, pending: dict[int, Request], replies: list[Reply | None],
+                targets: Sequence[memoryview] | None, deadline: float) -> None:
+        """Receives replies into ``replies`` until every pending shard answered or ``deadline``."""
+        poller = zmq.Poller()
+        by_socket = {}
+        for k in pending:
+            poller.register(self._links[k].socket, zmq.POLLIN)
+            by_socket[self._links[k].socket] = k
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            for sock, _ in poller.poll(max(1, int(remaining * 1000))):
+                k = by_socket[sock]
+                reply = self._receive(k, pending.get(k), op, None if targets is None else targets[k])
+                if reply is not None:
+                    replies[k] = reply
+                    pending.pop(k, None)
+                    poller.unregister(sock)
 
     def _receive(self, k: int, request: Request | None, op: str, target: memoryview | None) -> Reply | None:
         link = self._links[k]

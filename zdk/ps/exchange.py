@@ -16,7 +16,7 @@ import numpy as np
 from zdk import algorithms
 from zdk.algorithms.base import Algorithm, Params, WorkerWindow
 from zdk.ps.client import CommitReceipt, PSClient
-from zdk.errors import ConfigError
+from zdk.errors import ConfigError, ShardRestarted
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class Exchange:
         self.pulled = np.empty_like(local)
         self.state: dict[str, Any] = {}
         self.exchanges = 0
+        self.resyncs = 0
 
     @property
     def window(self) -> int:
@@ -62,10 +63,31 @@ class Exchange:
     def end_window(self, steps: int, *, report: dict[str, float] | None = None) -> CommitReceipt:
         """One exchange after ``steps`` local steps; returns the merged commit replies.
 
+        When a shard was restarted (a supervisor brought it back from its checkpoint), the
+        worker re-syncs instead of failing: it registers again with its session, pulls θ̃ and
+        continues from it, dropping this window's updates. Synchronous algorithms cannot
+        re-sync a round halfway, so for them the restart is an error.
+
         Args:
             steps: local steps since the last exchange (λ, or fewer at the end).
             report: progress numbers for the shards' `stats` (step, samples, loss).
         """
+        try:
+            return self._end_window(steps, report)
+        except ShardRestarted as exc:
+            if self.algorithm.synchronous:
+                raise
+            logger.warning("%s; re-syncing from the restarted shards' checkpoint", exc)
+            self.resync()
+            return CommitReceipt(applied=False, staleness=0, info={"resynced": 1.0})
+
+    def resync(self) -> None:
+        """Registers again with every shard (learning their new generations) and restarts from θ̃."""
+        self.client.hello(resync=True)
+        self.start()
+        self.resyncs += 1
+
+    def _end_window(self, steps: int, report: dict[str, float] | None) -> CommitReceipt:
         algo = self.algorithm
         if algo.pull_before_commit:
             self.client.pull(self.center)

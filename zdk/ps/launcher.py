@@ -65,6 +65,10 @@ class ShardGroup:
         self.curve = curve
         self.plan = plan
         self.algorithm = algorithm
+        self.commands: list[list[str]] = []
+        self.env: dict[str, str] = {}
+        self.startup_timeout = 30.0
+        self.restarts = [0] * plan.num_shards
         with _live_lock:
             _live_groups.add(self)
 
@@ -74,6 +78,35 @@ class ShardGroup:
 
     def alive(self) -> list[bool]:
         return [p.poll() is None for p in self.processes]
+
+    def restart(self, shard: int) -> str:
+        """Starts shard ``shard`` again on the endpoint it had; it restores its checkpoint, if
+        its group has a checkpoint directory, and announces a new generation, so workers re-sync.
+
+        Raises:
+            LaunchError: when it does not come up.
+        """
+        old = self.processes[shard]
+        if old.poll() is None:
+            raise LaunchError(f"shard {shard} (pid {old.pid}) is still running")
+        if old.stdout is not None:
+            old.stdout.close()
+        cmd = list(self.commands[shard])
+        cmd[cmd.index("--bind") + 1] = self.endpoints[shard]
+        process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=self.env,
+                                   start_new_session=True)
+        self.processes[shard] = process
+        try:
+            endpoint = _await_ready(process, shard, self.startup_timeout)
+        except BaseException:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            raise
+        self.restarts[shard] += 1
+        logger.warning("shard %d restarted at %s (pid %d, restart %d)", shard, endpoint, process.pid,
+                       self.restarts[shard])
+        return endpoint
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM every shard, wait up to ``timeout`` seconds, then SIGKILL the rest. Idempotent."""
@@ -107,6 +140,7 @@ class ShardGroup:
 def start_shards(*, num_shards: int = 1, total_size: int, bind: str = "tcp://127.0.0.1:0",
                  algorithm: str = "downpour", params: Mapping[str, Any] | None = None,
                  initial: np.ndarray | None = None, checkpoint_dir: str | None = None,
+                 checkpoint_every: float | None = None,
                  max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                  idle_timeout: float | None = None, startup_timeout: float = 30.0, log_level: str = "WARNING",
                  env: Mapping[str, str] | None = None, curve: CurveKeys | None = None) -> ShardGroup:
@@ -120,6 +154,7 @@ def start_shards(*, num_shards: int = 1, total_size: int, bind: str = "tcp://127
         params: its hyperparameters; validated here before anything starts.
         initial: the starting center (full flat vector); zeros when omitted.
         checkpoint_dir: enables `checkpoint`, and restores from it at start.
+        checkpoint_every: shards write a checkpoint every this many seconds (needs ``checkpoint_dir``).
         idle_timeout: shards exit after this many seconds without a request.
         startup_timeout: seconds to wait for every shard to report ready.
         log_level: the shards' stderr logging level.
@@ -132,6 +167,9 @@ def start_shards(*, num_shards: int = 1, total_size: int, bind: str = "tcp://127
     plan = ShardPlan(total_size, num_shards)
     algo = algorithms.get(algorithm)
     params_obj = algo.make_params(dict(params or {}))
+    if checkpoint_every is not None and (checkpoint_dir is None or not checkpoint_every > 0):
+        raise ConfigError(f"`checkpoint_every` must be > 0 seconds and needs `checkpoint_dir`. "
+                          f"Received: checkpoint_every={checkpoint_every!r}, checkpoint_dir={checkpoint_dir!r}")
     if initial is not None and (initial.ndim != 1 or initial.size != total_size):
         raise ConfigError(f"`initial` must be a flat vector of size {total_size}. Received: shape={initial.shape}")
     endpoints = shard_endpoints(bind, num_shards)
@@ -143,6 +181,8 @@ def start_shards(*, num_shards: int = 1, total_size: int, bind: str = "tcp://127
         child_env.update(curve.server_env())
     processes: list[subprocess.Popen] = []
     group = ShardGroup(processes, [], plan, algo.name, curve)
+    group.env = child_env
+    group.startup_timeout = startup_timeout
     try:
         for k, endpoint in enumerate(endpoints):
             cmd = [sys.executable, "-m", "zdk.ps.server", "--shard", str(k), "--num-shards", str(num_shards),
@@ -151,10 +191,13 @@ def start_shards(*, num_shards: int = 1, total_size: int, bind: str = "tcp://127
                    "--chunk-bytes", str(chunk_bytes), "--parent-pid", str(os.getpid()), "--log-level", log_level]
             if checkpoint_dir is not None:
                 cmd += ["--checkpoint-dir", checkpoint_dir]
+            if checkpoint_every is not None:
+                cmd += ["--checkpoint-every", str(checkpoint_every)]
             if idle_timeout is not None:
                 cmd += ["--idle-timeout", str(idle_timeout)]
             for source in sources(algo):
                 cmd += ["--import", source]
+            group.commands.append(cmd)
             processes.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=child_env,
                                               start_new_session=True))
         group.endpoints = [_await_ready(p, k, startup_timeout) for k, p in enumerate(processes)]

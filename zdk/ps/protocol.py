@@ -23,7 +23,7 @@ U32_MAX = 2**32 - 1
 
 #: Request ops. Each has a reply with the same ``op``, or an ``error`` reply.
 OPS = ("hello", "pull", "commit", "stats", "checkpoint", "shutdown", "init", "bye")
-#: Ops that must carry a registered worker id.
+#: Ops that must carry a worker id and its client session (a `pull` as observer need not).
 WORKER_OPS = frozenset({"pull", "commit", "bye"})
 #: Ops whose request carries array frames.
 DATA_OPS = frozenset({"commit", "init"})
@@ -37,7 +37,8 @@ MAX_WAIT_SECONDS = 3600.0
 
 # Optional request fields: name -> (type check, description for errors).
 _REQUEST_KEYS = frozenset(
-    {"v", "op", "rid", "shard", "worker", "base", "dtype", "lens", "gen", "min_version", "wait", "attempt", "args"}
+    {"v", "op", "rid", "shard", "worker", "session", "base", "dtype", "lens", "gen", "min_version", "wait", "attempt",
+     "args"}
 )
 
 
@@ -47,10 +48,12 @@ class Request:
 
     Args:
         op: one of :data:`OPS`.
-        rid: request id, u64, unique per (worker, attempt); replies echo it.
+        rid: request id, u64, unique within the sender's client session; replies echo it.
         shard: the shard the sender believes it talks to.
-        worker: the sender's worker id (u32).
-        base: the shard version the sender's data is based on (u64).
+        worker: the sender's worker id (u32); required for `pull`, `commit`, `bye` and a worker's `hello`.
+        session: the sender's client session (u64, random per client): commits are applied once
+            per (worker, session, rid), and a new session at `hello` replaces the old registration.
+        base: the shard version the sender's data is based on (u64); required for `commit`.
         dtype: dtype of the data frames (``"<f4"``), ``None`` without frames.
         lens: byte length of each data frame.
         gen: shard generation seen at ``hello``; a mismatch means the shard restarted.
@@ -63,8 +66,9 @@ class Request:
     op: str
     rid: int
     shard: int
-    worker: int = 0
-    base: int = 0
+    worker: int | None = None
+    session: int | None = None
+    base: int | None = None
     dtype: str | None = None
     lens: tuple[int, ...] = ()
     gen: int | None = None
@@ -75,11 +79,9 @@ class Request:
 
     def encode(self) -> bytes:
         header: dict[str, Any] = {"v": PROTOCOL_VERSION, "op": self.op, "rid": self.rid, "shard": self.shard}
-        for key in ("worker", "base", "attempt"):
-            value = getattr(self, key)
-            if value:
-                header[key] = value
-        for key in ("dtype", "gen", "min_version", "wait"):
+        if self.attempt:
+            header["attempt"] = self.attempt
+        for key in ("worker", "session", "base", "dtype", "gen", "min_version", "wait"):
             value = getattr(self, key)
             if value is not None:
                 header[key] = value
@@ -139,6 +141,15 @@ def _int_field(header: Mapping[str, Any], key: str, *, maximum: int, default: in
     value = header.get(key, default)
     if value is None:
         raise ProtocolError("bad_header", f"`{key}` is required. Received: no `{key}`")
+    return _check_int(key, value, maximum)
+
+
+def _optional_int(header: Mapping[str, Any], key: str, *, maximum: int) -> int | None:
+    value = header.get(key)
+    return None if value is None else _check_int(key, value, maximum)
+
+
+def _check_int(key: str, value: Any, maximum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
         raise ProtocolError("bad_header", f"`{key}` must be an int in [0, {maximum}]. Received: {key}={value!r}")
     return value
@@ -164,15 +175,12 @@ def decode_request(raw: bytes | memoryview, frame_lengths: Sequence[int], *, max
     if op not in OPS:
         raise ProtocolError("unknown_op", f"`op` must be one of {list(OPS)}. Received: op={op!r}")
     shard = _int_field(header, "shard", maximum=U32_MAX)
-    worker = _int_field(header, "worker", maximum=U32_MAX, default=0)
-    base = _int_field(header, "base", maximum=U64_MAX, default=0)
+    worker = _optional_int(header, "worker", maximum=U32_MAX)
+    session = _optional_int(header, "session", maximum=U64_MAX)
+    base = _optional_int(header, "base", maximum=U64_MAX)
     attempt = _int_field(header, "attempt", maximum=U32_MAX, default=0)
-    gen = header.get("gen")
-    if gen is not None:
-        gen = _int_field(header, "gen", maximum=U64_MAX)
-    min_version = header.get("min_version")
-    if min_version is not None:
-        min_version = _int_field(header, "min_version", maximum=U64_MAX)
+    gen = _optional_int(header, "gen", maximum=U64_MAX)
+    min_version = _optional_int(header, "min_version", maximum=U64_MAX)
     wait = header.get("wait")
     if wait is not None and (
         isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= MAX_WAIT_SECONDS
@@ -211,10 +219,32 @@ def decode_request(raw: bytes | memoryview, frame_lengths: Sequence[int], *, max
         raise ProtocolError("truncated", f"`{op}` needs data frames. Received: none")
     if op not in DATA_OPS and lens:
         raise ProtocolError("extra_frame", f"`{op}` takes no data frames. Received: {len(lens)}")
+    acts_as_worker = op in WORKER_OPS or op == "hello"
+    if acts_as_worker and args.get("role", "worker") == "worker":
+        for key, value in (("worker", worker), ("session", session)):
+            if value is None:
+                raise ProtocolError("bad_header", f"`{key}` is required for a worker's `{op}`. Received: no `{key}`")
+    if op == "commit" and base is None:
+        raise ProtocolError("bad_header", "`base` is required for `commit` (the version of the worker's last pull). "
+                            "Received: no `base`")
     return Request(
-        op=op, rid=rid, shard=shard, worker=worker, base=base, dtype=dtype, lens=tuple(lens),
+        op=op, rid=rid, shard=shard, worker=worker, session=session, base=base, dtype=dtype, lens=tuple(lens),
         gen=gen, min_version=min_version, wait=None if wait is None else float(wait), attempt=attempt, args=args,
     )
+
+
+def salvage(raw: Any) -> tuple[int, str]:
+    """The ``rid`` and ``op`` of a request whose header failed validation, for the error reply:
+    whatever of them parses, else ``0`` and ``"?"``."""
+    try:
+        value = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    except Exception:  # any garbage: nothing can be salvaged
+        return 0, "?"
+    if not isinstance(value, dict):
+        return 0, "?"
+    rid, op = value.get("rid", 0), value.get("op")
+    rid = rid if isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid <= U64_MAX else 0
+    return rid, op if op in OPS else "?"
 
 
 def decode_reply(raw: bytes | memoryview) -> Reply:

@@ -41,14 +41,16 @@ class ShardServer:
         transport: a bound server transport.
         parent_pid: exit when this process is gone (our parent changed); None disables it.
         idle_timeout: exit after this many seconds without a request; None disables it.
+        checkpoint_every: write a checkpoint every this many seconds; None disables it.
     """
 
     def __init__(self, core: ShardCore, transport: ServerTransport, *, parent_pid: int | None = None,
-                 idle_timeout: float | None = None) -> None:
+                 idle_timeout: float | None = None, checkpoint_every: float | None = None) -> None:
         self.core = core
         self.transport = transport
         self.parent_pid = parent_pid
         self.idle_timeout = idle_timeout
+        self.checkpoint_every = checkpoint_every
         self._stop = asyncio.Event()
         self.exit_reason = ""
 
@@ -89,12 +91,14 @@ class ShardServer:
                 return
 
     async def _send_all(self, replies: list[Outgoing]) -> None:
-        # No reference to a reply may outlive its sending: the core copies the center on
-        # write only while something still holds a reply's zero-copy frames.
-        while replies:
-            out = replies.pop(0)
-            await self.transport.send(out.peer, out.header, out.frames)
-            del out
+        for out in replies:
+            sent = await self.transport.send(out.peer, out.header, out.frames, track=out.lease is not None)
+            if out.lease is not None:
+                # The center stays frozen until ZeroMQ has let go of the zero-copy frames.
+                if sent is None:
+                    out.lease.release()
+                else:
+                    out.lease.track(sent)
 
     async def _watch_loop(self) -> None:
         while True:
@@ -102,6 +106,9 @@ class ShardServer:
             delay = WATCH_INTERVAL if deadline is None else min(WATCH_INTERVAL, max(0.0, deadline - time.monotonic()))
             await asyncio.sleep(delay)
             await self._send_all(self.core.expire())
+            if self.core.checkpoint_due(self.checkpoint_every):
+                # A few ms for a large slice; it runs between requests, so the state is consistent.
+                self.core.write_checkpoint()
             if self.parent_pid is not None and os.getppid() != self.parent_pid:
                 self.stop(f"parent process {self.parent_pid} is gone")
             if self.idle_timeout is not None and self.core.idle_seconds > self.idle_timeout:
@@ -118,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--algorithm", default="downpour", help="registered algorithm (default: downpour)")
     p.add_argument("--params", default="{}", help="algorithm parameters as a JSON object (default: {})")
     p.add_argument("--checkpoint-dir", default=None, help="checkpoint directory (default: none)")
+    p.add_argument("--checkpoint-every", type=float, default=None,
+                   help="write a checkpoint every this many seconds (needs --checkpoint-dir; default: never)")
     p.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES,
                    help=f"largest data frame accepted (default: {DEFAULT_MAX_FRAME_BYTES})")
     p.add_argument("--chunk-bytes", type=int, default=DEFAULT_CHUNK_BYTES,
@@ -148,6 +157,9 @@ async def _amain(args: argparse.Namespace) -> str:
         params=_parse_params(args.params), checkpoint_dir=args.checkpoint_dir,
         max_frame_bytes=args.max_frame_bytes, chunk_bytes=args.chunk_bytes,
     )
+    if args.checkpoint_every is not None and (args.checkpoint_every <= 0 or args.checkpoint_dir is None):
+        raise ConfigError(f"`--checkpoint-every` must be > 0 seconds and needs --checkpoint-dir. "
+                          f"Received: checkpoint_every={args.checkpoint_every}, checkpoint_dir={args.checkpoint_dir}")
     core = ShardCore(config)
     tune_allocator()
     # ZeroMQ itself cuts connections sending frames far over the protocol limit; between the
@@ -156,7 +168,8 @@ async def _amain(args: argparse.Namespace) -> str:
     transport = ZmqRouterTransport(max_message_bytes=2 * config.max_frame_bytes + (1 << 20), curve=curve)
     try:
         endpoint = transport.bind(args.bind)
-        server = ShardServer(core, transport, parent_pid=args.parent_pid, idle_timeout=args.idle_timeout)
+        server = ShardServer(core, transport, parent_pid=args.parent_pid, idle_timeout=args.idle_timeout,
+                             checkpoint_every=args.checkpoint_every)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, server.stop, f"signal {signal.Signals(sig).name}")
@@ -165,6 +178,8 @@ async def _amain(args: argparse.Namespace) -> str:
         logger.info("shard %d/%d serving [%d, %d) at %s (%s%s)", args.shard, args.num_shards,
                     *config.range, endpoint, core.algorithm.name, ", CURVE" if curve else "")
         await server.serve()
+        if args.checkpoint_every is not None and config.checkpoint_dir is not None:
+            core.write_checkpoint()  # a clean stop keeps everything up to the last request
         return server.exit_reason
     finally:
         transport.close()

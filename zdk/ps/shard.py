@@ -7,44 +7,73 @@ be tested by calling :meth:`ShardCore.handle` directly.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import sys
 import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-import msgpack
 import numpy as np
 
 from zdk import algorithms
 from zdk.algorithms.base import Algorithm, Params, ShardState, UpdateResult, WorkerSlot
 from zdk.errors import ConfigError, ProtocolError, ZdkError
+from zdk.ps import snapshot
 from zdk.ps.layout import DTYPE, ShardPlan
 from zdk.ps.protocol import (
     DEFAULT_CHUNK_BYTES, DEFAULT_MAX_FRAME_BYTES, ERROR, MAX_WAIT_SECONDS, WIRE_DTYPE,
-    Reply, Request, as_frames, decode_request, join_checked,
+    Reply, Request, as_frames, decode_request, join_checked, salvage,
 )
 
 logger = logging.getLogger(__name__)
 
-# References to a center nobody else holds: ShardState.center, the pool list, getrefcount's argument.
-_OWNED_REFS = 3
-# References to a pooled buffer that is free: the pool list, the loop variable, getrefcount's argument.
-_POOL_REFS = 3
-
 Frame = Any  # bytes, memoryview or zmq.Frame: anything with the buffer protocol
+
+
+class Lease:
+    """A buffer of the shard lent to a reply whose frames are sent zero-copy.
+
+    The buffer is not written while the lease is held. The driver ties the lease to the
+    transport's send tracker (:meth:`track`), or releases it when nothing was sent; a lease
+    nobody releases is held forever, which costs a copy per update but is never wrong.
+    """
+
+    __slots__ = ("buffer", "_tracker", "_released")
+
+    def __init__(self, buffer: np.ndarray) -> None:
+        self.buffer = buffer
+        self._tracker: Any = None
+        self._released = False
+
+    def track(self, tracker: Any) -> None:
+        """Held until ``tracker.done`` (pyzmq's ``MessageTracker``) is true."""
+        self._tracker = tracker
+
+    def release(self) -> None:
+        self._released = True
+
+    @property
+    def held(self) -> bool:
+        if self._released:
+            return False
+        if self._tracker is not None and self._tracker.done:
+            self._released = True
+            return False
+        return True
 
 
 @dataclass(frozen=True)
 class Outgoing:
-    """A reply to send: the peer's routing id, the header, and data frames."""
+    """A reply to send: the peer's routing id, the header, data frames, and the lease on the
+    buffer the frames point into (zero-copy pull replies)."""
 
     peer: bytes
     header: bytes
     frames: Sequence[Frame] = ()
+    lease: Lease | None = None
 
 
 @dataclass(frozen=True)
@@ -145,10 +174,14 @@ class ShardCore:
         self._started = clock()
         self._last_request = clock()
         self._pool: list[np.ndarray] = [center]
+        self._leases: list[Lease] = []
         self._recv_buffer = np.empty(center.size, dtype=DTYPE)
         self._dedupe: dict[int, OrderedDict[int, bytes]] = {}
         self._parked: list[_Parked] = []
         self._counters = _Counters()
+        self.last_checkpoint = clock()
+        self.restored_from: str | None = None
+        self.restored_progress: dict[int, dict[str, float]] = {}
         self._restore()
         self._handlers: dict[str, Callable[[bytes, Request, Sequence[Frame]], list[Outgoing]]] = {
             "hello": self._hello, "pull": self._pull, "commit": self._commit, "stats": self._stats,
@@ -183,7 +216,8 @@ class ShardCore:
         try:
             request = decode_request(header, lengths, max_frame_bytes=self.config.max_frame_bytes)
         except ProtocolError as exc:
-            return [self._error(peer, _salvage_rid(header), "?", exc.code, exc.message)]
+            rid, op = salvage(header)
+            return [self._error(peer, rid, op, exc.code, exc.message)]
         try:
             self._check_addressing(request)
             return self._handlers[request.op](peer, request, frames)
@@ -206,11 +240,14 @@ class ShardCore:
         self._parked = [p for p in self._parked if p.deadline > now]
         out = []
         for p in expired:
-            waiting = sorted(set(self.state.active_workers) - set(self.state.state.get("arrived", ())))
+            waiting = sorted(set(self.state.active_workers) - set(self.state.state.get("contributions", ())))
+            quorum = self.state.quorum or getattr(self.params, "num_workers", 0) or None
+            unseen = "" if quorum is None else (
+                f"; {max(0, quorum - len(self.state.workers))} of the {quorum} workers never said `hello`")
             out.append(self._error(
                 p.peer, p.request.rid, "pull", "deadline",
                 f"shard {self.config.shard} stayed at version {self.version} < min_version="
-                f"{p.request.min_version} for the whole wait; workers not yet committed: {waiting}",
+                f"{p.request.min_version} for the whole wait; workers not yet committed: {waiting}{unseen}",
             ))
         return out
 
@@ -224,8 +261,10 @@ class ShardCore:
             "updates": c.updates, "dropped": c.dropped, "duplicates": c.duplicates, "errors": c.errors,
             "requests": c.requests, "bytes_in": c.bytes_in, "bytes_out": c.bytes_out,
             "uptime": self._clock() - self._started, "parked": len(self._parked),
+            "quorum": self.state.quorum, "restored_from": self.restored_from,
+            "restored_progress": {str(w): r for w, r in self.restored_progress.items()},
             "workers": {
-                str(w): {"attempt": s.attempt, "base_version": s.base_version, "staleness": s.staleness,
+                str(w): {"attempt": s.attempt, "session": s.session, "base_version": s.base_version, "staleness": s.staleness,
                          "lag": self.version - s.base_version, "commits": s.commits, "active": s.active,
                          "report": dict(s.report)}
                 for w, s in self.state.workers.items()
@@ -259,7 +298,8 @@ class ShardCore:
                 "restarted", f"`gen` must be {self.generation} (this shard restarted since). Received: gen={request.gen}"
             )
 
-    def _slot(self, request: Request) -> WorkerSlot:
+    def _slot(self, request: Request, *, active: bool = True) -> WorkerSlot:
+        assert request.worker is not None and request.session is not None  # decode_request requires them
         slot = self.state.workers.get(request.worker)
         if slot is None:
             raise ProtocolError("unknown_worker", f"worker {request.worker} must say `hello` first. Received: "
@@ -267,7 +307,11 @@ class ShardCore:
         if request.attempt < slot.attempt:
             raise ProtocolError("stale_attempt", f"worker {request.worker} re-registered as attempt {slot.attempt}. "
                                 f"Received: attempt={request.attempt}")
-        if not slot.active:
+        if request.session != slot.session:
+            raise ProtocolError("stale_session", f"worker {request.worker} re-registered with another client "
+                                f"session ({slot.session}); this client's is superseded. Received: "
+                                f"session={request.session}")
+        if active and not slot.active:
             raise ProtocolError("left", f"worker {request.worker} said `bye`; say `hello` again to rejoin")
         return slot
 
@@ -291,8 +335,13 @@ class ShardCore:
         role = request.args.get("role", "worker")
         if role not in ("worker", "observer"):
             raise ProtocolError("bad_header", f"`args.role` must be 'worker' or 'observer'. Received: role={role!r}")
+        quorum = request.args.get("quorum")
+        if quorum is not None and (isinstance(quorum, bool) or not isinstance(quorum, int) or quorum < 1):
+            raise ProtocolError("bad_header", f"`args.quorum` must be an int ≥ 1. Received: quorum={quorum!r}")
         if role == "worker":
             self._register(request)
+        if quorum is not None:
+            self.state.quorum = quorum
         start, stop = self.config.range
         return [self._reply(
             peer, request, range=[start, stop], total=self.config.total_size, num_shards=self.config.num_shards,
@@ -301,16 +350,25 @@ class ShardCore:
         )]
 
     def _register(self, request: Request) -> None:
+        """Registers a worker's client session. The same session saying `hello` again (a resend,
+        or a re-sync after a shard restart) keeps its registration; a new session or a later
+        attempt replaces it: a fresh slot, a fresh dedupe window, and the algorithm drops what
+        the old registration left in the shard's state."""
+        assert request.worker is not None and request.session is not None
         old = self.state.workers.get(request.worker)
         if old is not None and request.attempt < old.attempt:
             raise ProtocolError("stale_attempt", f"worker {request.worker} is registered as attempt {old.attempt}. "
                                 f"Received: attempt={request.attempt}")
-        if old is None or request.attempt > old.attempt or not old.active:
-            self.state.workers[request.worker] = WorkerSlot(worker=request.worker, attempt=request.attempt,
-                                                            base_version=self.version)
-            if old is not None:
-                logger.info("shard %d: worker %d re-registered (attempt %d → %d)",
-                            self.config.shard, request.worker, old.attempt, request.attempt)
+        if old is not None and old.active and old.attempt == request.attempt and old.session == request.session:
+            return
+        if old is not None and self.algorithm.on_reregister is not None:
+            self.algorithm.on_reregister(self.state, old, self.params)
+        self.state.workers[request.worker] = WorkerSlot(worker=request.worker, attempt=request.attempt,
+                                                        session=request.session, base_version=self.version)
+        self._dedupe.pop(request.worker, None)
+        if old is not None:
+            logger.info("shard %d: worker %d re-registered (attempt %d → %d, a new client session)",
+                        self.config.shard, request.worker, old.attempt, request.attempt)
 
     def _pull(self, peer: bytes, request: Request, frames: Sequence[Frame]) -> list[Outgoing]:
         slot = None if request.args.get("role") == "observer" else self._slot(request)
@@ -330,16 +388,26 @@ class ShardCore:
             if self.algorithm.keeps_pulled:
                 slot.pulled = center
         frames = as_frames(center, self.config.chunk_bytes)
-        return self._reply(peer, request, frames, dtype=WIRE_DTYPE, lens=[f.nbytes for f in frames])
+        lease = Lease(center)
+        self._leases.append(lease)
+        reply = self._reply(peer, request, frames, dtype=WIRE_DTYPE, lens=[f.nbytes for f in frames])
+        return Outgoing(reply.peer, reply.header, reply.frames, lease)
+
+    def _lent(self, buffer: np.ndarray) -> bool:
+        """Whether ``buffer`` is still read by someone else: a reply being sent zero-copy, or a
+        worker's kept snapshot (ADAG's θ̃_{t−τ})."""
+        self._leases = [lease for lease in self._leases if lease.held]
+        return (any(lease.buffer is buffer for lease in self._leases)
+                or any(slot.pulled is buffer for slot in self.state.workers.values()))
 
     def _writable_state(self) -> ShardState:
-        """The state, with a center no one else references, ready for an update.
+        """The state, with a center no one else reads, ready for an update.
 
         Pull replies are sent zero-copy straight from the center by ZeroMQ's I/O thread,
-        and ADAG keeps pulled centers, so a center with any outside reference is frozen:
-        the update goes to a copy (copy-on-write) and pulls never see a half-applied update.
+        and ADAG keeps pulled centers, so a lent center is frozen: the update goes to a
+        copy (copy-on-write) and pulls never see a half-applied update.
         """
-        if sys.getrefcount(self.state.center) > _OWNED_REFS:
+        if self._lent(self.state.center):
             fresh = self._free_buffer()
             np.copyto(fresh, self.state.center)
             self.state.center = fresh
@@ -348,16 +416,18 @@ class ShardCore:
     def _free_buffer(self) -> np.ndarray:
         # Reusing buffers avoids page-faulting a fresh allocation for every copy.
         for buf in self._pool:
-            if sys.getrefcount(buf) <= _POOL_REFS and buf is not self.state.center:
+            if buf is not self.state.center and not self._lent(buf):
                 return buf
         buf = np.empty_like(self.state.center)
         self._pool.append(buf)
         if len(self._pool) > 4 + 2 * len(self.state.workers):
-            self._pool = [b for b in self._pool if b is buf or sys.getrefcount(b) > _POOL_REFS + 1]
+            # Lent buffers leave the pool; their leases keep them alive until released.
+            self._pool = [b for b in self._pool if b is buf or b is self.state.center or not self._lent(b)]
         return buf
 
     def _commit(self, peer: bytes, request: Request, frames: Sequence[Frame]) -> list[Outgoing]:
         slot = self._slot(request)
+        assert request.worker is not None and request.base is not None  # decode_request requires them
         seen = self._dedupe.setdefault(request.worker, OrderedDict())
         cached = seen.get(request.rid)
         if cached is not None:
@@ -401,15 +471,18 @@ class ShardCore:
         out = []
         for p in ready:
             observer = p.request.args.get("role") == "observer"
-            slot = self.state.workers.get(p.request.worker)
-            if slot is None and not observer:
-                out.append(self._error(p.peer, p.request.rid, "pull", "unknown_worker", "worker is gone"))
+            slot = None if p.request.worker is None else self.state.workers.get(p.request.worker)
+            if not observer and (slot is None or slot.session != p.request.session):
+                out.append(self._error(p.peer, p.request.rid, "pull", "stale_session",
+                                       f"worker {p.request.worker} re-registered while this pull waited"))
             else:
                 out.append(self._answer_pull(p.peer, p.request, None if observer else slot))
         return out
 
     def _bye(self, peer: bytes, request: Request, frames: Sequence[Frame]) -> list[Outgoing]:
-        slot = self._slot(request)
+        slot = self._slot(request, active=False)
+        if not slot.active:  # a resent `bye`
+            return [self._reply(peer, request)]
         slot.active = False
         out: list[Outgoing] = []
         if self.algorithm.on_leave is not None:
@@ -423,6 +496,7 @@ class ShardCore:
         data = self._payload(request, frames)
         np.copyto(self._writable_state().center, data)
         self.state.state.clear()
+        self.state.quorum = None
         self.state.version += 1
         return [self._reply(peer, request)]
 
@@ -437,22 +511,42 @@ class ShardCore:
         self.write_checkpoint(path)
         return [self._reply(peer, request, path=path)]
 
+    def checkpoint_due(self, every: float | None) -> bool:
+        """Whether a periodic checkpoint is due (every ``every`` seconds; None: never)."""
+        return (every is not None and self.config.checkpoint_path is not None
+                and self._clock() - self.last_checkpoint >= every)
+
     def _shutdown(self, peer: bytes, request: Request, frames: Sequence[Frame]) -> list[Outgoing]:
         self.stopping = True
         return [self._reply(peer, request)]
 
     # ------------------------------------------------------------------ checkpoints
 
-    def write_checkpoint(self, path: str) -> None:
-        """Writes the slice, its range and version to ``path`` atomically (temp file, fsync, rename)."""
+    def write_checkpoint(self, path: str | None = None) -> str:
+        """Writes the slice, its range, the version, the algorithm's shard state, the quorum and
+        the workers' last progress reports to ``path`` atomically (temp file, fsync, rename).
+
+        Returns:
+            the path written (the configured checkpoint path when ``path`` is None).
+        """
+        path = path or self.config.checkpoint_path
+        if path is None:
+            raise ConfigError("`checkpoint_dir` must be set to write checkpoints. Received: checkpoint_dir=None")
         directory = os.path.dirname(path) or "."
         os.makedirs(directory, exist_ok=True)
         start, stop = self.config.range
+        arrays: dict[str, np.ndarray] = {}
+        meta = {"algorithm": self.algorithm.name, "quorum": self.state.quorum,
+                "state": snapshot.pack(self.state.state, arrays),
+                "progress": {str(w): dict(slot.report) for w, slot in self.state.workers.items() if slot.report}}
+        meta_bytes = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         fd, tmp = tempfile.mkstemp(prefix=".shard-", suffix=".npz.tmp", dir=directory)
         try:
             with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, center=self.center, version=np.array([self.version], dtype=np.uint64),
-                         range=np.array([start, stop, self.config.total_size], dtype=np.int64))
+                entries: dict[str, Any] = {f"state_{k}": v for k, v in arrays.items()}
+                entries.update(center=self.center, version=np.array([self.version], dtype=np.uint64),
+                               range=np.array([start, stop, self.config.total_size], dtype=np.int64), meta=meta_bytes)
+                np.savez(fh, **entries)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
@@ -460,6 +554,8 @@ class ShardCore:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+        self.last_checkpoint = self._clock()
+        return path
 
     def _restore(self) -> None:
         path = self.config.checkpoint_path
@@ -473,8 +569,18 @@ class ShardCore:
                     f"checkpoint {path} holds range {saved_range[:2]} of {saved_range[2]}; this shard is "
                     f"[{start}, {stop}) of {self.config.total_size}"
                 )
+            meta = json.loads(bytes(data["meta"]).decode()) if "meta" in data.files else {}
+            if meta.get("algorithm", self.algorithm.name) != self.algorithm.name:
+                raise ConfigError(f"checkpoint {path} was written by algorithm {meta['algorithm']!r}; this shard "
+                                  f"runs {self.algorithm.name!r}")
             np.copyto(self.state.center, data["center"])
             self.state.version = int(data["version"][0])
+            if "state" in meta:
+                arrays = {k[len("state_"):]: data[k] for k in data.files if k.startswith("state_")}
+                self.state.state = snapshot.unpack(meta["state"], arrays)
+            self.state.quorum = meta.get("quorum")
+            self.restored_progress = {int(w): r for w, r in meta.get("progress", {}).items()}
+        self.restored_from = path
         logger.info("shard %d: restored version %d from %s", self.config.shard, self.version, path)
 
 
@@ -489,15 +595,6 @@ def _check_report(report: Any) -> dict[str, float]:
         raise ProtocolError("bad_header", f"`args.report` must map ≤ {MAX_REPORT_KEYS} names to numbers. "
                             f"Received: report={report!r}"[:300])
     return {k: float(v) for k, v in report.items()}
-
-
-def _salvage_rid(header: Frame) -> int:
-    try:
-        value = msgpack.unpackb(header, raw=False, strict_map_key=False)
-        rid = value.get("rid", 0) if isinstance(value, dict) else 0
-        return rid if isinstance(rid, int) and 0 <= rid < 2**64 else 0
-    except Exception:
-        return 0
 
 
 def _hex(peer: bytes) -> str:

@@ -53,6 +53,7 @@ class WorkerConfig:
         prefetch: minibatches prepared ahead.
         algorithm_sources: modules or files to import so a run-time-registered algorithm exists.
         curve: the job's CURVE keys (see :class:`zdk.transports.curve.CurveKeys`) when shards require it.
+        quorum: the number of workers (tasks) of the job, announced at `hello` for synchronous rounds.
     """
 
     spec: str
@@ -71,6 +72,7 @@ class WorkerConfig:
     prefetch: int = 8
     algorithm_sources: tuple[str, ...] = ()
     curve: dict[str, str] | None = None
+    quorum: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -125,9 +127,11 @@ class WorkerRun:
         try:
             if self.algorithm.uses_ps:
                 curve = CurveKeys(**cfg.curve) if cfg.curve else None
+                # Resend every ~10 s: long enough for a large pull, short enough to recover quickly
+                # from a lost message or a restarted shard.
                 client = PSClient(cfg.endpoints, worker_id=self.worker_id, attempt=self.attempt, timeout=cfg.timeout,
-                                  curve=curve)
-                client.hello()
+                                  tries=max(3, int(cfg.timeout // 10)), curve=curve)
+                client.hello(quorum=cfg.quorum)
                 exchange = Exchange(client, local, params=self.algorithm.make_params(cfg.params))
                 exchange.start()
                 set_flat_weights(model, self.layout, local)

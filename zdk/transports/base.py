@@ -19,8 +19,11 @@ class ServerTransport(Protocol):
     async def recv(self) -> tuple[bytes, Buffer | None, list[Buffer]]:
         """The next message as (peer, header or None when absent, data frames)."""
 
-    async def send(self, peer: bytes, header: bytes, frames: Sequence[Buffer] = ()) -> None:
-        """Sends a reply to ``peer``; drops it with a log line when the peer is gone."""
+    async def send(self, peer: bytes, header: bytes, frames: Sequence[Buffer] = (), *, track: bool = False) -> Any:
+        """Sends a reply to ``peer``; drops it with a log line when the peer is gone (then None).
+
+        With ``track``, returns an object whose ``done`` turns true once the transport no
+        longer reads the frames (they are sent zero-copy); without it, None."""
 
     async def watch(self) -> None:
         """Logs connection events no reply can carry (cut-off peers, failed handshakes); runs until cancelled."""

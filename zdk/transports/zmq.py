@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Sequence
+from typing import Any, Sequence
 
 import zmq
 import zmq.asyncio
@@ -24,6 +24,15 @@ logger = logging.getLogger(__name__)
 
 HWM = 16
 SEND_TIMEOUT = 30.0
+
+
+class _NeverDone:
+    """A tracker for a send whose fate is unknown (it timed out): its buffers stay lent."""
+
+    done = False
+
+
+_NEVER_DONE = _NeverDone()
 
 
 def check_endpoint(endpoint: str) -> str:
@@ -87,9 +96,10 @@ class ZmqRouterTransport:
             return peer, None, []
         return peer, parts[1], parts[2:]
 
-    async def send(self, peer: bytes, header: bytes, frames: Sequence[Buffer] = ()) -> None:
+    async def send(self, peer: bytes, header: bytes, frames: Sequence[Buffer] = (), *, track: bool = False) -> Any:
         try:
-            await asyncio.wait_for(self._socket.send_multipart([peer, header, *frames], copy=False), SEND_TIMEOUT)
+            return await asyncio.wait_for(
+                self._socket.send_multipart([peer, header, *frames], copy=False, track=track), SEND_TIMEOUT)
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
@@ -97,6 +107,8 @@ class ZmqRouterTransport:
         except asyncio.TimeoutError:
             logger.warning("%s: reply to peer %s dropped: its queue stayed full for %.0f s",
                            self.endpoint, peer.hex()[:10], SEND_TIMEOUT)
+            return _NEVER_DONE
+        return None
 
     async def watch(self) -> None:
         """Logs connections that end without a reply being possible: peers cut off by ZeroMQ

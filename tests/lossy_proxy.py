@@ -1,0 +1,91 @@
+"""A ZeroMQ proxy that drops and delays messages, for testing the client's resends.
+
+Clients connect their DEALERs to the proxy's ROUTER; for each client connection the proxy
+opens its own DEALER to the shard, so replies find their way back. Each message, in each
+direction, is dropped with probability ``drop`` or held for ``delay`` seconds with
+probability ``late``. It runs on a thread until stopped, and only on loopback.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import zmq
+
+
+class LossyProxy:
+    def __init__(self, target: str, *, drop: float, late: float = 0.0, delay: float = 0.05, seed: int = 0) -> None:
+        self.target = target
+        self.drop, self.late, self.delay = drop, late, delay
+        self._rng = np.random.default_rng(seed)
+        self._context = zmq.Context()
+        self._front = self._context.socket(zmq.ROUTER)
+        self._front.setsockopt(zmq.LINGER, 0)
+        port = self._front.bind_to_random_port("tcp://127.0.0.1")
+        self.endpoint = f"tcp://127.0.0.1:{port}"
+        self._backs: dict[bytes, zmq.Socket] = {}
+        self._owner: dict[zmq.Socket, bytes] = {}
+        self._held: list[tuple[float, int, Any, list[bytes]]] = []
+        self._order = itertools.count()
+        self._stop = threading.Event()
+        self.counts = {"forwarded": 0, "dropped": 0, "delayed": 0}
+        self._thread = threading.Thread(target=self._run, name="lossy-proxy", daemon=True)
+
+    def __enter__(self) -> "LossyProxy":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        for sock in [self._front, *self._backs.values()]:
+            sock.close(linger=0)
+        self._context.term()
+
+    def _back(self, peer: bytes, poller: zmq.Poller) -> zmq.Socket:
+        sock = self._backs.get(peer)
+        if sock is None:
+            sock = self._context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(self.target)
+            self._backs[peer] = sock
+            self._owner[sock] = peer
+            poller.register(sock, zmq.POLLIN)
+        return sock
+
+    def _route(self, send: Any, parts: list[bytes]) -> None:
+        roll = self._rng.random()
+        if roll < self.drop:
+            self.counts["dropped"] += 1
+        elif roll < self.drop + self.late:
+            self.counts["delayed"] += 1
+            heapq.heappush(self._held, (time.monotonic() + self.delay, next(self._order), send, parts))
+        else:
+            self.counts["forwarded"] += 1
+            send(parts)
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._front, zmq.POLLIN)
+        while not self._stop.is_set():
+            for sock, _ in poller.poll(10):
+                if sock is self._front:
+                    peer, *parts = self._front.recv_multipart()
+                    back = self._back(peer, poller)
+                    self._route(back.send_multipart, parts)
+                else:
+                    parts = sock.recv_multipart()
+                    peer = self._owner[sock]
+                    self._route(lambda p, peer=peer: self._front.send_multipart([peer, *p]), parts)
+            now = time.monotonic()
+            while self._held and self._held[0][0] <= now:
+                _, _, send, parts = heapq.heappop(self._held)
+                try:
+                    send(parts)
+                except zmq.ZMQError:  # the client went away meanwhile: a loss like any other
+                    pass

@@ -1,0 +1,74 @@
+"""The client resends on a fresh socket when a reply does not come; shards apply each commit once.
+
+A lossy proxy between clients and shards drops 20% of the messages in each direction
+and delays another 10%."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from lossy_proxy import LossyProxy
+from test_algorithms_integration import ROWS, DIM, LOSS_THRESHOLD, make_problem, mse, run_worker
+from zdk.errors import DeadlineExceeded
+from zdk.ps.client import PSClient
+
+SIZE = 64
+
+
+def test_every_commit_is_applied_exactly_once_through_a_lossy_network(shards):
+    group = shards(num_shards=2, total_size=SIZE, algorithm="downpour")
+    commits = 25
+    with LossyProxy(group.endpoints[0], drop=0.2, late=0.1, seed=1) as p0, \
+            LossyProxy(group.endpoints[1], drop=0.2, late=0.1, seed=2) as p1:
+        with PSClient([p0.endpoint, p1.endpoint], worker_id=0, timeout=3.0, tries=12) as client:
+            client.hello()
+            for _ in range(commits):
+                assert client.commit(np.ones(SIZE, np.float32)).applied
+                client.pull()
+            resends = client.resends
+        dropped = p0.counts["dropped"] + p1.counts["dropped"]
+    with PSClient(group.endpoints, worker_id=99, timeout=10) as observer:
+        observer.hello(register=False)
+        center = observer.pull()
+        stats = observer.stats()
+    print(f"{commits} commits: {dropped} messages dropped, {resends} resends, "
+          f"{sum(s['duplicates'] for s in stats)} duplicates answered from the cache")
+    assert dropped > 0 and resends > 0
+    np.testing.assert_array_equal(center, np.full(SIZE, float(commits)))
+    assert [s["updates"] for s in stats] == [commits, commits]
+
+
+def test_training_converges_through_a_lossy_network(shards):
+    x, y = make_problem()
+    group = shards(num_shards=2, total_size=DIM, algorithm="downpour", params={"communication_window": 5})
+    with LossyProxy(group.endpoints[0], drop=0.15, late=0.1, seed=3) as p0, \
+            LossyProxy(group.endpoints[1], drop=0.15, late=0.1, seed=4) as p1:
+        endpoints = [p0.endpoint, p1.endpoint]
+        errors: list[BaseException] = []
+        halves = [(x[: ROWS // 2], y[: ROWS // 2]), (x[ROWS // 2:], y[ROWS // 2:])]
+        threads = [threading.Thread(target=run_worker, args=(endpoints, w, *halves[w], errors),
+                                    kwargs={"steps": 150, "timeout": 4.0, "tries": 16}) for w in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not any(t.is_alive() for t in threads), "a worker hung"
+        if errors:
+            raise errors[0]
+    with PSClient(group.endpoints, worker_id=99, timeout=10) as observer:
+        observer.hello(register=False)
+        final = mse(observer.pull(), x, y)
+        stats = observer.stats()
+    sent = 2 * (150 // 5)
+    assert [s["updates"] for s in stats] == [sent, sent], "a commit was lost or applied twice"
+    assert final < LOSS_THRESHOLD
+
+
+def test_an_unreachable_shard_fails_after_the_tries_naming_it():
+    with PSClient(["tcp://127.0.0.1:9"], worker_id=0, timeout=0.6, tries=3) as client:
+        with pytest.raises(DeadlineExceeded, match=r"3 tries.*tcp://127.0.0.1:9.*zdk ps status"):
+            client.hello()
+        assert client.resends == 2
