@@ -1,0 +1,166 @@
+"""Checkpoints carry the algorithm's state; shards checkpoint periodically; `zdk ps` restarts a
+crashed shard from its checkpoint and workers re-sync instead of failing."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest import pid_alive, poll_until
+from test_algorithms_integration import DIM, LOSS_THRESHOLD, ROWS, make_problem, mse
+from zdk.errors import ConfigError
+from zdk.ps.client import PSClient
+from zdk.ps.exchange import Exchange
+from zdk.ps.protocol import Request, as_frames
+from zdk.ps.shard import ShardConfig, ShardCore
+
+SIZE = 6
+
+
+def core_with(tmp_path, **params) -> ShardCore:
+    return ShardCore(ShardConfig(shard=0, num_shards=1, total_size=SIZE, algorithm="averaging", params=params,
+                                 checkpoint_dir=str(tmp_path)), initial=np.zeros(SIZE, np.float32))
+
+
+def send(core, op, worker, rid, data=None, **fields):
+    frames = [] if data is None else as_frames(np.full(SIZE, data, np.float32), 64)
+    if frames:
+        fields.update(dtype="<f4", lens=tuple(f.nbytes for f in frames), base=core.version)
+    core.handle(b"p", Request(op=op, rid=rid, shard=0, worker=worker, session=worker + 100, **fields).encode(),
+                [bytes(f) for f in frames])
+
+
+def test_a_checkpoint_holds_the_open_round_and_the_quorum(tmp_path):
+    core = core_with(tmp_path)
+    send(core, "hello", 0, 1, args={"quorum": 2})
+    send(core, "hello", 1, 1)
+    send(core, "commit", 0, 2, data=4.0)
+    assert core.version == 0
+    core.write_checkpoint()
+    restored = core_with(tmp_path)
+    assert restored.state.quorum == 2 and set(restored.state.state["contributions"]) == {0}
+    send(restored, "hello", 1, 1)
+    send(restored, "commit", 1, 2, data=2.0)
+    assert restored.version == 1 and restored.center.tolist() == [3.0] * SIZE
+
+
+def test_a_checkpoint_of_another_algorithm_is_refused(tmp_path):
+    core_with(tmp_path, num_workers=1).write_checkpoint()
+    with pytest.raises(ConfigError, match="written by algorithm 'averaging'"):
+        ShardCore(ShardConfig(shard=0, num_shards=1, total_size=SIZE, algorithm="downpour",
+                              checkpoint_dir=str(tmp_path)))
+
+
+def test_shards_checkpoint_periodically(shards, tmp_path):
+    group = shards(num_shards=2, total_size=SIZE, algorithm="downpour", checkpoint_dir=str(tmp_path),
+                   checkpoint_every=0.2)
+    with PSClient(group.endpoints, worker_id=0, timeout=10) as client:
+        client.hello()
+        client.commit(np.ones(SIZE, np.float32))
+    paths = [tmp_path / f"shard-{k:03d}-of-002.npz" for k in range(2)]
+
+    def saved_version_one() -> bool:
+        try:
+            return all(int(np.load(p)["version"][0]) == 1 for p in paths)
+        except (OSError, ValueError, KeyError):
+            return False
+
+    poll_until(saved_version_one, timeout=10, what="both shards to checkpoint version 1")
+
+
+def _worker(endpoints, x, y, results, errors, steps=400):
+    try:
+        rng = np.random.default_rng(0)
+        with PSClient(endpoints, worker_id=0, timeout=6.0, tries=12) as client:
+            client.hello()
+            local = np.zeros(DIM, np.float32)
+            exchange = Exchange(client, local)
+            exchange.start()
+            for step in range(steps):
+                idx = rng.integers(0, len(x), 16)
+                local -= 0.02 * x[idx].T @ (x[idx] @ local - y[idx]) / 16
+                if (step + 1) % exchange.window == 0:
+                    exchange.end_window(exchange.window)
+                time.sleep(0.005)  # long enough for the test to kill a shard halfway
+            exchange.finish()
+            results["resyncs"] = exchange.resyncs
+    except BaseException as exc:
+        errors.append(exc)
+
+
+def _zdk_ps(*args: str) -> tuple[subprocess.Popen, list[str]]:
+    proc = subprocess.Popen([sys.executable, "-m", "zdk.cli", "ps", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    endpoints = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        match = re.match(r"shard \d+: (\S+)", line)
+        if match:
+            endpoints.append(match.group(1))
+        if line.startswith("zdk ps: serving"):
+            return proc, endpoints
+    pytest.fail(f"zdk ps exited early: {proc.wait()}")
+
+
+def _shard_pids(parent: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(parent), "-f", "zdk.ps.server"], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def test_zdk_ps_restarts_a_killed_shard_from_its_checkpoint_and_training_completes(tmp_path):
+    x, y = make_problem()
+    proc, endpoints = _zdk_ps("--shards", "2", "--bind", "tcp://127.0.0.1:0", "--size", str(DIM),
+                              "--checkpoint-dir", str(tmp_path), "--checkpoint-every", "0.2")
+    try:
+        results: dict = {}
+        errors: list[BaseException] = []
+        thread = threading.Thread(target=_worker, args=(endpoints, x[: ROWS // 2], y[: ROWS // 2], results, errors))
+        thread.start()
+        victim = poll_until(lambda: _shard_pids(proc.pid)[:1], timeout=10, what="shard pids")[0]
+        poll_until(lambda: (tmp_path / "shard-000-of-002.npz").exists(), timeout=10, what="a first checkpoint")
+        time.sleep(0.5)
+        killed_at = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        thread.join(120)
+        assert not thread.is_alive(), "the worker hung after the shard was killed"
+        if errors:
+            raise errors[0]
+        print(f"worker finished {time.monotonic() - killed_at:.1f} s after the kill, {results['resyncs']} re-sync(s)")
+        assert results["resyncs"] >= 1
+        with PSClient(endpoints, worker_id=99, timeout=10) as observer:
+            observer.hello(register=False)
+            final = mse(observer.pull(), x, y)
+            restored = [s["restored_from"] for s in observer.stats()]
+        assert restored[0] is not None and restored[1] is None
+        assert final < LOSS_THRESHOLD
+        assert proc.poll() is None, "zdk ps stopped instead of restarting the shard"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+        err = proc.stderr.read() if proc.stderr else ""
+        proc.stdout.close(), proc.stderr.close()
+    assert "restarting it from" in err, err[-2000:]
+
+
+def test_zdk_ps_without_a_checkpoint_stops_when_a_shard_dies():
+    proc, endpoints = _zdk_ps("--shards", "2", "--bind", "tcp://127.0.0.1:0", "--size", str(DIM))
+    try:
+        pids = poll_until(lambda: _shard_pids(proc.pid), timeout=10, what="shard pids")
+        os.kill(pids[0], signal.SIGKILL)
+        assert proc.wait(20) == 1
+        err = proc.stderr.read()
+        assert "has no checkpoint to restart from" in err
+        poll_until(lambda: not any(pid_alive(p) for p in pids), timeout=10, what="every shard to exit")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close(), proc.stderr.close()
