@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 import uuid
 from typing import Any, ClassVar, Sequence, cast
@@ -74,6 +75,9 @@ class Trainer:
             ``"none"`` talks in the clear; ``"auto"`` (default) is CURVE unless ``ps_host``
             is a loopback address.
         curve_keys: the keys of a CURVE-protected ``parameter_server``.
+        checkpoint_dir: where the shards write checkpoints (any local or shared directory of
+            the driver's host); ``train(df, resume=True)`` continues from them.
+        checkpoint_every: seconds between checkpoints (default 30 with a ``checkpoint_dir``).
         **algorithm_params: further algorithm hyperparameters (``rho``, ``momentum``,
             ``eta``, a plugin's own); ``learning_rate`` goes to the algorithm when it has
             one, else to the worker optimizer.
@@ -89,7 +93,8 @@ class Trainer:
                  num_shards: int = 1, parameter_server: Sequence[str] | None = None, progress: bool = True,
                  ps_host: str = "127.0.0.1", timeout: float = 120.0, custom_modules: Sequence[str] = (),
                  parallelism_factor: int = 1, seed: int = 0, security: str = "auto",
-                 curve_keys: CurveKeys | None = None, **algorithm_params: Any) -> None:
+                 curve_keys: CurveKeys | None = None, checkpoint_dir: str | None = None,
+                 checkpoint_every: float | None = None, **algorithm_params: Any) -> None:
         if self.default_algorithm is not None and algorithm is not None and algorithm != self.default_algorithm:
             raise ConfigError(f"`algorithm` is fixed to {self.default_algorithm!r} in {type(self).__name__}; use "
                               f"zdk.trainers.Trainer for another. Received: algorithm={algorithm!r}")
@@ -122,6 +127,13 @@ class Trainer:
             raise ConfigError(f"`security` must be 'auto', 'curve' or 'none'. Received: security={security!r}")
         self.security = security
         self.curve_keys = curve_keys
+        if checkpoint_every is not None and (checkpoint_dir is None or not checkpoint_every > 0):
+            raise ConfigError(f"`checkpoint_every` must be > 0 seconds and needs `checkpoint_dir`. "
+                              f"Received: checkpoint_every={checkpoint_every!r}, checkpoint_dir={checkpoint_dir!r}")
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every if checkpoint_every is not None else (
+            30.0 if checkpoint_dir is not None else None)
+        self.resumed: dict[str, Any] | None = None
         self.learning_rate: float | None = None
         fields = {f.name for f in dataclasses.fields(self.algorithm.params)}
         if "learning_rate" in algorithm_params and "learning_rate" not in fields:
@@ -192,13 +204,23 @@ class Trainer:
     def num_tasks(self) -> int:
         return 1 if self.algorithm.name == "sequential" else self.num_workers * self.parallelism_factor
 
-    def train(self, dataframe: Any, shuffle: bool = False) -> Any:
+    def train(self, dataframe: Any, shuffle: bool = False, resume: bool = False) -> Any:
         """Trains on ``dataframe`` and returns the trained, compiled ``keras.Model``.
 
         Args:
             dataframe: a Spark DataFrame with the feature and label columns.
             shuffle: shuffle the rows before they are split among workers, and every epoch.
+            resume: continue a job that was interrupted (a driver crash) from the shards' last
+                checkpoint in ``checkpoint_dir``: the center, version and algorithm state are
+                restored, and only the epochs not completed by every worker are trained
+                (the epoch in progress at the crash starts over from the checkpointed weights).
         """
+        if resume and not self.algorithm.uses_ps:
+            raise ConfigError(f"`resume` needs an algorithm with a parameter server. Received: resume=True with "
+                              f"{self.algorithm.name!r}")
+        if resume and self.checkpoint_dir is None and not self.parameter_server:
+            raise ConfigError("`resume=True` needs the `checkpoint_dir` the interrupted job wrote. "
+                              "Received: checkpoint_dir=None")
         self._spec = make_spec(self.keras_model, optimizer=self._worker_optimizer(), loss=self.loss,
                                metrics=self.metrics, loss_weights=self.loss_weights,
                                custom_modules=self.custom_modules)
@@ -209,9 +231,12 @@ class Trainer:
         self._curve = self._job_keys()
         try:
             endpoints: list[str] = []
+            first_epoch = 0
             if self.algorithm.uses_ps:
-                group, endpoints = self._parameter_server()
+                group, endpoints = self._parameter_server(resume)
                 self.endpoints = list(endpoints)
+                if resume:
+                    first_epoch = self._resume_point(endpoints)
             config = WorkerConfig(
                 spec=self._spec.to_json(), algorithm=self.algorithm.name, params=self.params.to_dict(),
                 endpoints=tuple(endpoints), features=self.features_col, labels=self.label_col,
@@ -219,8 +244,9 @@ class Trainer:
                 shuffle=shuffle, seed=self.seed, learning_rate=self.learning_rate, timeout=self.timeout,
                 prefetch=self.max_prefetch, algorithm_sources=tuple(sources(self.algorithm)),
                 curve=self._curve.to_dict() if self._curve else None, quorum=self.num_tasks,
+                first_epoch=first_epoch,
             )
-            records = self._run(data, config, endpoints)
+            records = self._run(data, config, endpoints) if first_epoch < self.num_epoch else []
             self.training_time = time.perf_counter() - started
             self._collect_history(records)
             if self.algorithm.uses_ps:
@@ -279,7 +305,7 @@ class Trainer:
                 f"Received: num_workers={self.num_tasks}"
             )
 
-    def _parameter_server(self) -> tuple[ShardGroup | None, list[str]]:
+    def _parameter_server(self, resume: bool = False) -> tuple[ShardGroup | None, list[str]]:
         assert self._spec is not None
         initial = self._spec.layout.flatten(self.keras_model.get_weights())
         if self.parameter_server:
@@ -292,13 +318,35 @@ class Trainer:
                 if info.algorithm != self.algorithm.name:
                     raise ConfigError(f"`parameter_server` runs {info.algorithm!r}; this trainer needs "
                                       f"{self.algorithm.name!r}. Received: parameter_server={self.parameter_server}")
-                client.init(initial)
+                if not resume:
+                    client.init(initial)
             return None, list(self.parameter_server)
+        if resume:
+            assert self.checkpoint_dir is not None
+            missing = [p for p in (os.path.join(self.checkpoint_dir, f"shard-{k:03d}-of-{self.num_shards:03d}.npz")
+                                   for k in range(self.num_shards)) if not os.path.exists(p)]
+            if missing:
+                raise ConfigError(f"`resume=True` needs a checkpoint of each of the {self.num_shards} shards in "
+                                  f"checkpoint_dir={self.checkpoint_dir!r}. Received: {missing} missing")
         port = self.master_port or 0
         group = start_shards(num_shards=self.num_shards, total_size=initial.size,
                              bind=f"tcp://{self.ps_host}:{port}", algorithm=self.algorithm.name,
-                             params=self._shard_params(), initial=initial, curve=self._curve)
+                             params=self._shard_params(), initial=None if resume else initial, curve=self._curve,
+                             checkpoint_dir=self.checkpoint_dir, checkpoint_every=self.checkpoint_every)
         return group, group.endpoints
+
+    def _resume_point(self, endpoints: list[str]) -> int:
+        """The first epoch not completed by every worker, from the checkpoint's progress reports."""
+        with PSClient(endpoints, worker_id=2**32 - 3, timeout=self.timeout, curve=self._curve) as client:
+            client.hello(register=False)
+            stats = client.stats()[0]
+        progress = {int(w): r for w, r in stats.get("restored_progress", {}).items() if int(w) < self.num_tasks}
+        done = [int(r.get("epoch", 0)) + (0 if r.get("active", 1.0) else 1) for r in progress.values()]
+        first = min(done) if len(done) == self.num_tasks else 0
+        self.resumed = {"version": int(stats["version"]), "first_epoch": first, "from": stats.get("restored_from")}
+        logger.info("resuming from %s at version %d: epochs %d..%d remain", stats.get("restored_from"),
+                    stats["version"], first, self.num_epoch - 1)
+        return first
 
     def _shard_params(self) -> dict[str, Any]:
         params = self.params.to_dict()

@@ -538,7 +538,8 @@ class ShardCore:
         arrays: dict[str, np.ndarray] = {}
         meta = {"algorithm": self.algorithm.name, "quorum": self.state.quorum,
                 "state": snapshot.pack(self.state.state, arrays),
-                "progress": {str(w): dict(slot.report) for w, slot in self.state.workers.items() if slot.report}}
+                "progress": {str(w): {**slot.report, "active": float(slot.active)}
+                             for w, slot in self.state.workers.items() if slot.report}}
         meta_bytes = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         fd, tmp = tempfile.mkstemp(prefix=".shard-", suffix=".npz.tmp", dir=directory)
         try:

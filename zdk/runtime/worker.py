@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Iterator
@@ -54,6 +55,8 @@ class WorkerConfig:
         algorithm_sources: modules or files to import so a run-time-registered algorithm exists.
         curve: the job's CURVE keys (see :class:`zdk.transports.curve.CurveKeys`) when shards require it.
         quorum: the number of workers (tasks) of the job, announced at `hello` for synchronous rounds.
+        first_epoch: the epoch to start at (a resumed job skips those already done); epochs are
+            numbered from 0 to ``num_epoch - 1`` in records and progress reports either way.
     """
 
     spec: str
@@ -73,6 +76,7 @@ class WorkerConfig:
     algorithm_sources: tuple[str, ...] = ()
     curve: dict[str, str] | None = None
     quorum: int | None = None
+    first_epoch: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -136,7 +140,7 @@ class WorkerRun:
                 exchange.start()
                 set_flat_weights(model, self.layout, local)
             step, in_window, samples = 0, 0, 0
-            for epoch in range(cfg.num_epoch):
+            for epoch in range(cfg.first_epoch, cfg.num_epoch):
                 model.reset_metrics()
                 for xs, ys in stream.epoch():
                     xs = fit_to_shapes(xs, input_shapes, cfg.features)
@@ -173,7 +177,8 @@ class WorkerRun:
     def _exchange(self, model: Any, exchange: Exchange, local: np.ndarray, steps: int, record: dict[str, Any],
                   samples: int) -> None:
         get_flat_weights(model, self.layout, local)
-        report = {"step": float(record.get("step", 0)), "samples": float(samples), "epoch": float(record.get("epoch", 0))}
+        report = {"step": float(record.get("step", 0)), "samples": float(samples), "epoch": float(record.get("epoch", 0)),
+                  "pid": float(os.getpid())}
         if record.get("loss") is not None:
             report["loss"] = float(record["loss"])
         receipt = exchange.end_window(steps, report=report)
