@@ -59,7 +59,7 @@ def test_a_killed_python_worker_is_retried_and_training_completes(master, conf):
 
 def test_a_driver_crash_resumes_from_the_last_checkpoint(tmp_path):
     ckpt = str(tmp_path / "ckpt")
-    proc = subprocess.Popen([sys.executable, DRIVER, "--epochs", "12", "--checkpoint-dir", ckpt,
+    proc = subprocess.Popen([sys.executable, DRIVER, "--epochs", "40", "--checkpoint-dir", ckpt,
                              "--checkpoint-every", "0.3"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         def progress() -> int:
@@ -71,7 +71,7 @@ def test_a_driver_crash_resumes_from_the_last_checkpoint(tmp_path):
             epochs = [int(r.get("epoch", 0)) for r in meta.get("progress", {}).values()]
             return min(epochs) if len(epochs) == 2 else -1
 
-        poll_until(lambda: progress() >= 3, timeout=300, interval=0.1, what="a checkpoint past epoch 3")
+        poll_until(lambda: progress() >= 2, timeout=300, interval=0.05, what="a checkpoint past epoch 2")
         descendants = children(proc.pid)
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
@@ -86,11 +86,11 @@ def test_a_driver_crash_resumes_from_the_last_checkpoint(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    out = run_driver("--epochs", "12", "--checkpoint-dir", ckpt, "--resume")
+    out = run_driver("--epochs", "40", "--checkpoint-dir", ckpt, "--resume")
     print(f"resumed from version {out['resumed']['version']} at epoch {out['resumed']['first_epoch']}: "
-          f"trained epochs {out['epochs']}, accuracy {out['accuracy']:.3f}")
-    assert out["resumed"]["first_epoch"] >= 3 and out["resumed"]["version"] > 0
-    assert min(out["epochs"]) == out["resumed"]["first_epoch"] and max(out["epochs"]) == 11
+          f"trained epochs {out['epochs'][:1]}..{out['epochs'][-1:]}, accuracy {out['accuracy']:.3f}")
+    assert 2 <= out["resumed"]["first_epoch"] < 40 and out["resumed"]["version"] > 0
+    assert out["epochs"] == list(range(out["resumed"]["first_epoch"], 40))
     assert out["accuracy"] > BAR
 
 
