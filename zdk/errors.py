@@ -56,3 +56,7 @@ class LaunchError(ZdkError):
 
 class WorkerFailed(ZdkError):
     """A training task failed; the message carries the worker's own error."""
+
+
+class NonFiniteError(ZdkError):
+    """Training produced NaN or infinite values (a loss, or weights the PS refused)."""

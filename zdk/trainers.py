@@ -11,9 +11,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
+import tempfile
 import time
 import uuid
-from typing import Any, ClassVar, Sequence, cast
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
@@ -22,9 +24,10 @@ from zdk.algorithms.base import Algorithm, Params
 from zdk.algorithms.easgd import EAMSGDParams
 from zdk.algorithms.sources import sources
 from zdk.ps.client import PSClient
-from zdk.errors import ConfigError, WorkerFailed
+from zdk.errors import ConfigError, DeadlineExceeded, WorkerFailed
 from zdk.ps.launcher import ShardGroup, start_shards
 from zdk.runtime.models import ModelSpec, build_model, make_spec, set_flat_weights
+from zdk.runtime import preflight
 from zdk.runtime.progress import ShardProgress
 from zdk.transports.curve import CurveKeys, is_loopback
 from zdk.runtime.session import task_slots
@@ -32,12 +35,31 @@ from zdk.runtime.worker import HISTORY_SCHEMA, WorkerConfig, train_partition
 
 logger = logging.getLogger(__name__)
 
+#: Seconds a running ``zdk ps`` (``parameter_server=``) has to answer the first `hello`.
+PROBE_SECONDS = 5.0
+
 
 def _columns(value: str | Sequence[str], name: str) -> tuple[str, ...]:
     cols = (value,) if isinstance(value, str) else tuple(value)
     if not cols or not all(isinstance(c, str) and c for c in cols):
         raise ConfigError(f"`{name}` must be a column name or a list of them. Received: {name}={value!r}")
     return cols
+
+
+def _by_name(cls: type, args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Names dist-keras-style positional arguments after ``loss`` by the class's ``positional`` order."""
+    order: tuple[str, ...] = getattr(cls, "positional", ())
+    if len(args) > len(order):
+        names = ", ".join(("keras_model", "worker_optimizer", "loss", *order))
+        raise ConfigError(f"{cls.__name__} takes at most {3 + len(order)} positional arguments ({names}); pass "
+                          f"the rest by name. Received: {3 + len(args)} positional arguments")
+    named = dict(kwargs)
+    for name, value in zip(order, args):
+        if name in named:
+            raise ConfigError(f"`{name}` was given both by position and by name to {cls.__name__}. "
+                              f"Received: {name}={value!r} and {name}={named[name]!r}")
+        named[name] = value
+    return named
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -78,14 +100,22 @@ class Trainer:
         checkpoint_dir: where the shards write checkpoints (any local or shared directory of
             the driver's host); ``train(df, resume=True)`` continues from them.
         checkpoint_every: seconds between checkpoints (default 30 with a ``checkpoint_dir``).
+        on_nan: ``"raise"`` (default) stops training at the first NaN or infinite loss with an
+            error naming the worker, epoch and step; ``"warn"`` logs it and trains on.
         **algorithm_params: further algorithm hyperparameters (``rho``, ``momentum``,
             ``eta``, a plugin's own); ``learning_rate`` goes to the algorithm when it has
             one, else to the worker optimizer.
     """
 
     default_algorithm: ClassVar[str | None] = None
+    #: dist-keras's positional order of the arguments after ``loss`` (scripts pass them so).
+    positional: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, keras_model: Any, worker_optimizer: Any = "adam", loss: Any = None, *,
+    def __init__(self, keras_model: Any, worker_optimizer: Any = "adam", loss: Any = None, *args: Any,
+                 **kwargs: Any) -> None:
+        self._setup(keras_model, worker_optimizer, loss, **_by_name(type(self), args, kwargs))
+
+    def _setup(self, keras_model: Any, worker_optimizer: Any, loss: Any, *,
                  algorithm: str | Algorithm | None = None, metrics: Sequence[Any] | None = ("accuracy",),
                  features_col: str | Sequence[str] = "features", label_col: str | Sequence[str] = "label",
                  num_epoch: int = 1, batch_size: int = 32, num_workers: int = 2,
@@ -94,7 +124,7 @@ class Trainer:
                  ps_host: str = "127.0.0.1", timeout: float = 120.0, custom_modules: Sequence[str] = (),
                  parallelism_factor: int = 1, seed: int = 0, security: str = "auto",
                  curve_keys: CurveKeys | None = None, checkpoint_dir: str | None = None,
-                 checkpoint_every: float | None = None, **algorithm_params: Any) -> None:
+                 checkpoint_every: float | None = None, on_nan: str = "raise", **algorithm_params: Any) -> None:
         if self.default_algorithm is not None and algorithm is not None and algorithm != self.default_algorithm:
             raise ConfigError(f"`algorithm` is fixed to {self.default_algorithm!r} in {type(self).__name__}; use "
                               f"zdk.trainers.Trainer for another. Received: algorithm={algorithm!r}")
@@ -134,12 +164,27 @@ class Trainer:
         self.checkpoint_every = checkpoint_every if checkpoint_every is not None else (
             30.0 if checkpoint_dir is not None else None)
         self.resumed: dict[str, Any] | None = None
+        self.reinitialize = False
+        if on_nan not in ("raise", "warn"):
+            raise ConfigError(f"`on_nan` must be 'raise' or 'warn'. Received: on_nan={on_nan!r}")
+        self.on_nan = on_nan
         self.learning_rate: float | None = None
         fields = {f.name for f in dataclasses.fields(self.algorithm.params)}
         if "learning_rate" in algorithm_params and "learning_rate" not in fields:
             self.learning_rate = float(algorithm_params.pop("learning_rate"))
         if communication_window is not None:
             algorithm_params["communication_window"] = communication_window
+        if not self.algorithm.uses_ps:
+            ignored = {"communication_window": communication_window, "master_port": master_port,
+                       "parameter_server": parameter_server, "checkpoint_dir": checkpoint_dir,
+                       "curve_keys": curve_keys, "num_shards": None if num_shards == 1 else num_shards,
+                       "security": None if security == "auto" else security,
+                       "ps_host": None if ps_host == "127.0.0.1" else ps_host, **algorithm_params}
+            given = {k: v for k, v in ignored.items() if v is not None}
+            if given:
+                name, value = next(iter(given.items()))
+                raise ConfigError(f"`{name}` has no effect on {type(self).__name__} ({self.algorithm.name!r} trains "
+                                  f"without a parameter server); remove it. Received: {name}={value!r}")
         self.exchange_per_epoch = self.algorithm.synchronous and communication_window is None
         self.params: Params = self.algorithm.make_params(algorithm_params)
         self.max_prefetch = 8
@@ -228,15 +273,19 @@ class Trainer:
         self._check_slots(dataframe.sparkSession)
         started = time.perf_counter()
         group: ShardGroup | None = None
+        staging: str | None = None
         self._curve = self._job_keys()
         try:
             endpoints: list[str] = []
             first_epoch = 0
+            initial_file = None
             if self.algorithm.uses_ps:
                 group, endpoints = self._parameter_server(resume)
                 self.endpoints = list(endpoints)
                 if resume:
                     first_epoch = self._resume_point(endpoints)
+            elif not self.reinitialize:
+                initial_file, staging = self._ship_initial_weights(dataframe.sparkSession)
             config = WorkerConfig(
                 spec=self._spec.to_json(), algorithm=self.algorithm.name, params=self.params.to_dict(),
                 endpoints=tuple(endpoints), features=self.features_col, labels=self.label_col,
@@ -244,7 +293,8 @@ class Trainer:
                 shuffle=shuffle, seed=self.seed, learning_rate=self.learning_rate, timeout=self.timeout,
                 prefetch=self.max_prefetch, algorithm_sources=tuple(sources(self.algorithm)),
                 curve=self._curve.to_dict() if self._curve else None, quorum=self.num_tasks,
-                first_epoch=first_epoch,
+                first_epoch=first_epoch, initial_file=initial_file, reinitialize=self.reinitialize,
+                on_nan=self.on_nan,
             )
             records = self._run(data, config, endpoints) if first_epoch < self.num_epoch else []
             self.training_time = time.perf_counter() - started
@@ -255,8 +305,28 @@ class Trainer:
         finally:
             if group is not None:
                 group.stop()
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def _ship_initial_weights(self, spark: Any) -> tuple[str, str]:
+        """Writes the model's weights as a raw float32 ``.npy`` and hands it to Spark's file
+        distribution (``SparkContext.addFile``): executors on any host fetch it, no pickle.
+
+        Returns:
+            the file's name for ``SparkFiles.get`` and the local directory to remove afterwards.
+        """
+        assert self._spec is not None
+        flat = self._spec.layout.flatten(self.keras_model.get_weights())
+        staging = tempfile.mkdtemp(prefix="zdk-initial-")
+        name = f"zdk-initial-{uuid.uuid4().hex}.npy"
+        path = os.path.join(staging, name)
+        np.save(path, flat, allow_pickle=False)
+        spark.sparkContext.addFile(path)
+        return name, staging
 
     def _worker_optimizer(self) -> Any:
+        if isinstance(self.params, EAMSGDParams):
+            return eamsgd_optimizer(self.worker_optimizer, self.params)
         return self.worker_optimizer
 
     def _job_keys(self) -> CurveKeys | None:
@@ -275,6 +345,7 @@ class Trainer:
         missing = [c for c in (*self.features_col, *self.label_col) if c not in dataframe.columns]
         if missing:
             raise ConfigError(f"columns {missing} are not in the DataFrame. Received columns: {dataframe.columns}")
+        self._preflight(dataframe)
         selected = []
         for name in dict.fromkeys((*self.features_col, *self.label_col)):
             dtype = dataframe.schema[name].dataType
@@ -294,6 +365,20 @@ class Trainer:
             data = data.orderBy(F.rand(self.seed))
         return data.repartition(self.num_tasks)
 
+    def _preflight(self, dataframe: Any) -> None:
+        """One row against the model: feature widths, labels against the loss, and no empty DataFrame."""
+        model = self.keras_model
+        if len(self.features_col) != len(model.inputs):
+            raise ConfigError(f"`features_col` must name one column per model input ({len(model.inputs)}). "
+                              f"Received: features_col={list(self.features_col)}")
+        if len(self.label_col) != len(model.outputs):
+            raise ConfigError(f"`label_col` must name one column per model output ({len(model.outputs)}). "
+                              f"Received: label_col={list(self.label_col)}")
+        row = preflight.first_row(dataframe, list(dict.fromkeys((*self.features_col, *self.label_col))))
+        preflight.check_features(row, self.features_col, [tuple(t.shape) for t in model.inputs])
+        preflight.check_labels(row, self.label_col, [tuple(t.shape) for t in model.outputs],
+                               preflight.losses_per_output(self.loss, _output_names(model)))
+
     def _check_slots(self, spark: Any) -> None:
         if not self.algorithm.synchronous:
             return
@@ -311,7 +396,7 @@ class Trainer:
         if self.parameter_server:
             with PSClient(self.parameter_server, worker_id=2**32 - 3, timeout=self.timeout,
                           curve=self._curve) as client:
-                info = client.hello(register=False)
+                info = self._probe(client)
                 if info.total_size != initial.size:
                     raise ConfigError(f"`parameter_server` holds {info.total_size} parameters; the model has "
                                       f"{initial.size}. Received: parameter_server={self.parameter_server}")
@@ -334,6 +419,21 @@ class Trainer:
                              params=self._shard_params(), initial=None if resume else initial, curve=self._curve,
                              checkpoint_dir=self.checkpoint_dir, checkpoint_every=self.checkpoint_every)
         return group, group.endpoints
+
+    def _probe(self, client: PSClient) -> Any:
+        """``hello`` to a running ``zdk ps`` with a short deadline, so a wrong address fails in seconds."""
+        timeout, tries = client.timeout, client.tries
+        client.timeout, client.tries = min(timeout, PROBE_SECONDS), 2
+        try:
+            return client.hello(register=False)
+        except DeadlineExceeded:
+            raise ConfigError(
+                f"`parameter_server` {self.parameter_server} did not answer within {client.timeout:.0f} s: is `zdk ps` "
+                f"running there, and reachable from this host? Check with `zdk ps status "
+                f"{' '.join(self.parameter_server or [])}`" + (" --curve-keys FILE" if self._curve else "") + "."
+            ) from None
+        finally:
+            client.timeout, client.tries = timeout, tries
 
     def _resume_point(self, endpoints: list[str]) -> int:
         """The first epoch not completed by every worker, from the checkpoint's progress reports."""
@@ -393,6 +493,10 @@ class Trainer:
         keep = ("worker", "attempt", "epoch", "step", "timestamp", "loss", "metrics", "staleness", "scale")
         self.history = sorted(({k: r[k] for k in keep} for r in steps), key=lambda r: (r["timestamp"], r["worker"]))
         self.worker_summaries = sorted(summaries, key=lambda r: r["worker"])
+        idle = [s["worker"] for s in self.worker_summaries if not s.get("rows")]
+        if idle:
+            logger.warning("worker(s) %s got no rows (the DataFrame has fewer non-empty partitions than the %d "
+                           "tasks); the others trained. Use fewer workers or more data.", idle, self.num_tasks)
 
     def _compiled_model(self, flat: np.ndarray) -> Any:
         import keras
@@ -420,6 +524,13 @@ class Trainer:
         return models[0] if self.algorithm.name == "sequential" else models
 
 
+def _output_names(model: Any) -> list[str]:
+    names = getattr(model, "output_names", None)
+    if names:
+        return list(names)
+    return [t.name.split("/")[0] for t in model.outputs]
+
+
 def _float_array_type(dtype: Any) -> Any:
     from pyspark.sql import types as T
 
@@ -439,17 +550,23 @@ def _worker_message(exc: BaseException) -> str:
     return lines[-1] if lines else repr(exc)
 
 
+_ASYNC_ORDER = ("metrics", "num_workers", "batch_size", "features_col", "label_col", "num_epoch",
+                "communication_window", "master_port", "loss_weights")
+
+
 class DOWNPOUR(Trainer):
     """DOWNPOUR (Dean et al. 2012): workers commit their accumulated updates every
     ``communication_window`` steps (default 5)."""
 
     default_algorithm = "downpour"
+    positional = _ASYNC_ORDER
 
 
 class AGN(Trainer):
     """Accumulated gradient normalization, Δ/λ (what dist-keras shipped as "ADAG"); window 12."""
 
     default_algorithm = "agn"
+    positional = _ASYNC_ORDER
 
 
 class ADAG(Trainer):
@@ -457,12 +574,14 @@ class ADAG(Trainer):
     server elementwise by 1/(η⁻¹(θ̃_t − θ̃_{t−τ})² + 1); window 12, ``eta`` 1e-4."""
 
     default_algorithm = "adag"
+    positional = _ASYNC_ORDER
 
 
 class DynSGD(Trainer):
     """DynSGD (Jiang et al. 2017): each commit scaled by 1/(staleness + 1); window 5."""
 
     default_algorithm = "dynsgd"
+    positional = _ASYNC_ORDER
 
 
 class AEASGD(Trainer):
@@ -470,35 +589,61 @@ class AEASGD(Trainer):
     ``learning_rate`` 0.1 (α = ρ·η)."""
 
     default_algorithm = "aeasgd"
+    positional = ("metrics", "num_workers", "batch_size", "features_col", "label_col", "num_epoch",
+                  "communication_window", "rho", "learning_rate", "master_port", "loss_weights")
 
 
 class EAMSGD(Trainer):
     """Asynchronous elastic averaging with Nesterov momentum in the local step (window 32,
-    rho 5, learning_rate 0.1, momentum 0.9). With ``worker_optimizer="sgd"`` (the default)
-    the local optimizer is SGD(learning_rate, momentum, nesterov=True)."""
+    rho 5, learning_rate 0.1, momentum 0.9). The local optimizer is SGD with Nesterov
+    momentum δ = ``momentum``: ``"sgd"`` (the default) gives SGD(learning_rate, momentum,
+    nesterov=True); a ``keras.optimizers.SGD`` keeps its own learning rate and settings and
+    gets the momentum; any other optimizer is refused."""
 
     default_algorithm = "eamsgd"
+    positional = ("metrics", "num_workers", "batch_size", "features_col", "label_col", "num_epoch",
+                  "communication_window", "rho", "learning_rate", "momentum", "master_port", "loss_weights")
 
-    def __init__(self, keras_model: Any, worker_optimizer: Any = "sgd", loss: Any = None, **kwargs: Any) -> None:
-        super().__init__(keras_model, worker_optimizer, loss, **kwargs)
+    def __init__(self, keras_model: Any, worker_optimizer: Any = "sgd", loss: Any = None, *args: Any,
+                 **kwargs: Any) -> None:
+        super().__init__(keras_model, worker_optimizer, loss, *args, **kwargs)
 
-    def _worker_optimizer(self) -> Any:
-        if isinstance(self.worker_optimizer, str) and self.worker_optimizer.lower() == "sgd":
-            import keras
 
-            p = cast(EAMSGDParams, self.params)
-            return keras.optimizers.SGD(learning_rate=p.learning_rate, momentum=p.momentum, nesterov=True)
-        return self.worker_optimizer
+def eamsgd_optimizer(optimizer: Any, params: EAMSGDParams) -> Any:
+    """The local optimizer EAMSGD's math needs: SGD with Nesterov momentum δ = ``params.momentum``.
+
+    Raises:
+        ConfigError: for an optimizer other than SGD, or an SGD with another momentum.
+    """
+    import keras
+
+    if isinstance(optimizer, str) and optimizer.lower() == "sgd":
+        return keras.optimizers.SGD(learning_rate=params.learning_rate, momentum=params.momentum, nesterov=True)
+    if isinstance(optimizer, keras.optimizers.SGD):
+        config = optimizer.get_config()
+        if config.get("momentum") not in (0.0, params.momentum):
+            raise ConfigError(f"`momentum` is EAMSGD's Nesterov momentum ({params.momentum}); the SGD passed as "
+                              f"`worker_optimizer` has momentum={config['momentum']}. Set one of them only.")
+        config.update(momentum=params.momentum, nesterov=True)
+        return keras.optimizers.SGD.from_config(config)
+    raise ConfigError(f"`worker_optimizer` must be 'sgd' or a keras.optimizers.SGD for EAMSGD, whose momentum is "
+                      f"Nesterov momentum in a local SGD step; use AEASGD for elastic averaging with another "
+                      f"optimizer. Received: worker_optimizer={optimizer!r}")
 
 
 class SingleTrainer(Trainer):
-    """Trains on one worker with the whole DataFrame (dist-keras's SingleTrainer)."""
+    """Trains on one worker with the whole DataFrame (dist-keras's SingleTrainer), starting from
+    the weights of the model passed."""
 
     default_algorithm = "sequential"
+    positional = ("metrics", "features_col", "label_col", "num_epoch", "batch_size", "loss_weights")
 
-    def __init__(self, keras_model: Any, worker_optimizer: Any = "adam", loss: Any = None, **kwargs: Any) -> None:
+    def _setup(self, keras_model: Any, worker_optimizer: Any, loss: Any, **kwargs: Any) -> None:
+        if kwargs.get("num_workers", 1) != 1:
+            raise ConfigError(f"`num_workers` must be 1 for SingleTrainer, which trains on one worker; use "
+                              f"DOWNPOUR, ADAG or AveragingTrainer for more. Received: num_workers={kwargs['num_workers']}")
         kwargs["num_workers"] = 1
-        super().__init__(keras_model, worker_optimizer, loss, **kwargs)
+        super()._setup(keras_model, worker_optimizer, loss, **kwargs)
 
 
 class AveragingTrainer(Trainer):
@@ -506,15 +651,24 @@ class AveragingTrainer(Trainer):
     (or every ``communication_window`` steps when given)."""
 
     default_algorithm = "averaging"
-
+    positional = ("metrics", "features_col", "label_col", "num_epoch", "batch_size", "num_workers", "loss_weights")
 
 
 class EnsembleTrainer(Trainer):
-    """Trains ``num_ensembles`` independent models, one per partition; ``train`` returns them all."""
+    """Trains ``num_ensembles`` independent models, one per partition; ``train`` returns them all.
+
+    Every member starts from the weights of the model passed (as in dist-keras), so members
+    differ by their data; ``reinitialize=True`` draws fresh initial weights for each member
+    from the model's initializers (seeded by ``seed`` and the member's index) instead."""
 
     default_algorithm = "ensemble"
+    positional = ("metrics", "features_col", "label_col", "batch_size", "num_ensembles", "loss_weights")
 
-    def __init__(self, keras_model: Any, worker_optimizer: Any = "adam", loss: Any = None, *,
-                 num_ensembles: int = 2, **kwargs: Any) -> None:
+    def _setup(self, keras_model: Any, worker_optimizer: Any, loss: Any, *, num_ensembles: int = 2,
+               reinitialize: bool = False, **kwargs: Any) -> None:
+        if "num_workers" in kwargs and kwargs["num_workers"] != num_ensembles:
+            raise ConfigError(f"`num_workers` is `num_ensembles` for EnsembleTrainer; give only num_ensembles. "
+                              f"Received: num_workers={kwargs['num_workers']}, num_ensembles={num_ensembles}")
         kwargs["num_workers"] = num_ensembles
-        super().__init__(keras_model, worker_optimizer, loss, **kwargs)
+        super()._setup(keras_model, worker_optimizer, loss, **kwargs)
+        self.reinitialize = bool(reinitialize)

@@ -11,7 +11,6 @@ import logging
 import math
 from typing import Any, Sequence
 
-from pyspark import keyword_only
 from pyspark.ml import Transformer
 from pyspark.ml.functions import array_to_vector
 from pyspark.ml.param import TypeConverters
@@ -20,7 +19,7 @@ from pyspark.sql import functions as F
 
 from zdk.runtime.columns import ARRAY, SCALAR, VECTOR, argmax, as_array, column_kind
 from zdk.errors import ConfigError
-from zdk.runtime.mlparams import HasInputOutput
+from zdk.runtime.mlparams import HasInputOutput, positional_too
 from zdk.runtime.mlparams import param as _param
 
 logger = logging.getLogger(__name__)
@@ -30,7 +29,7 @@ class _ZdkTransformer(Transformer, DefaultParamsReadable, DefaultParamsWritable)
     """Common plumbing: keyword-only params, required-param checks, error wording."""
 
     _required: tuple[str, ...] = ()
-    _input_kwargs: dict[str, Any]  # set by pyspark's @keyword_only
+    _input_kwargs: dict[str, Any]  # set by pyspark's @positional_too
 
     def _configure(self, values: dict[str, Any]) -> None:
         for name, value in values.items():
@@ -65,8 +64,8 @@ class MinMaxTransformer(_ZdkTransformer, HasInputOutput):
     is_vector = _param("is_vector", "whether the input is a vector", TypeConverters.toBoolean)
     _required = ("o_min", "o_max", "n_min", "n_max", "input_col", "output_col")
 
-    @keyword_only
-    def __init__(self, *, o_min: float | None = None, o_max: float | None = None, n_min: float | None = None,
+    @positional_too
+    def __init__(self, o_min: float | None = None, o_max: float | None = None, n_min: float | None = None,
                  n_max: float | None = None, input_col: str | None = None, output_col: str | None = None,
                  is_vector: bool = True) -> None:
         super().__init__()
@@ -104,8 +103,8 @@ class BinaryLabelTransformer(_ZdkTransformer):
     label = _param("label", "the positive label")
     _required = ("input_column", "output_column", "label")
 
-    @keyword_only
-    def __init__(self, *, input_column: str | None = None, output_column: str | None = None,
+    @positional_too
+    def __init__(self, input_column: str | None = None, output_column: str | None = None,
                  label: Any = None) -> None:
         super().__init__()
         self._configure(self._input_kwargs)
@@ -133,8 +132,8 @@ class StandardTransformer(_ZdkTransformer):
     suffix = _param("suffix", "suffix of the output columns", TypeConverters.toString)
     _required = ("columns",)
 
-    @keyword_only
-    def __init__(self, *, columns: Sequence[str] | None = None, suffix: str = "_normalized") -> None:
+    @positional_too
+    def __init__(self, columns: Sequence[str] | None = None, suffix: str = "_normalized") -> None:
         super().__init__()
         if columns is not None and (isinstance(columns, str) or not columns):
             raise ConfigError(f"`columns` must be a non-empty list of column names. Received: columns={columns!r}")
@@ -166,8 +165,8 @@ class DenseTransformer(_ZdkTransformer, HasInputOutput):
 
     _required = ("input_col", "output_col")
 
-    @keyword_only
-    def __init__(self, *, input_col: str | None = None, output_col: str | None = None) -> None:
+    @positional_too
+    def __init__(self, input_col: str | None = None, output_col: str | None = None) -> None:
         super().__init__()
         self._configure(self._input_kwargs)
 
@@ -189,8 +188,8 @@ class ReshapeTransformer(_ZdkTransformer, HasInputOutput):
     shape = _param("shape", "target shape", TypeConverters.toListInt)
     _required = ("input_col", "output_col", "shape")
 
-    @keyword_only
-    def __init__(self, *, input_col: str | None = None, output_col: str | None = None,
+    @positional_too
+    def __init__(self, input_col: str | None = None, output_col: str | None = None,
                  shape: Sequence[int] | None = None) -> None:
         super().__init__()
         if shape is not None and (not shape or any(int(d) < 1 for d in shape)):
@@ -224,8 +223,8 @@ class OneHotTransformer(_ZdkTransformer, HasInputOutput):
     output_dim = _param("output_dim", "number of classes", TypeConverters.toInt)
     _required = ("output_dim", "input_col", "output_col")
 
-    @keyword_only
-    def __init__(self, *, output_dim: int | None = None, input_col: str | None = None,
+    @positional_too
+    def __init__(self, output_dim: int | None = None, input_col: str | None = None,
                  output_col: str | None = None) -> None:
         super().__init__()
         if output_dim is not None and output_dim < 1:
@@ -262,8 +261,8 @@ class LabelIndexTransformer(_ZdkTransformer, HasInputOutput):
     activation_threshold = _param("activation_threshold", "threshold", TypeConverters.toFloat)
     _required = ("output_dim",)
 
-    @keyword_only
-    def __init__(self, *, output_dim: int | None = None, input_col: str = "prediction",
+    @positional_too
+    def __init__(self, output_dim: int | None = None, input_col: str = "prediction",
                  output_col: str = "prediction_index", default_index: int = 0,
                  activation_threshold: float = 0.55) -> None:
         super().__init__()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -21,6 +22,7 @@ from zdk import algorithms
 from zdk.algorithms.sources import load_sources
 from zdk.ps.client import PSClient
 from zdk.runtime.minibatches import MinibatchStream, fit_to_shapes
+from zdk.errors import NonFiniteError, RemoteError
 from zdk.ps.exchange import Exchange
 from zdk.transports.curve import CurveKeys
 from zdk.runtime.models import ModelSpec, build_model, get_flat_weights, set_flat_weights
@@ -55,6 +57,11 @@ class WorkerConfig:
         algorithm_sources: modules or files to import so a run-time-registered algorithm exists.
         curve: the job's CURVE keys (see :class:`zdk.transports.curve.CurveKeys`) when shards require it.
         quorum: the number of workers (tasks) of the job, announced at `hello` for synchronous rounds.
+        initial_file: the name (for ``SparkFiles.get``) of the raw float32 ``.npy`` holding the
+            user's weights, for algorithms without a PS; None: keep the rebuilt model's weights.
+        reinitialize: draw fresh initial weights per worker, seeded by ``seed`` + worker id.
+        on_nan: ``"raise"`` stops the worker at the first non-finite loss with an error naming
+            the worker, epoch and step; ``"warn"`` logs it once and trains on.
         first_epoch: the epoch to start at (a resumed job skips those already done); epochs are
             numbered from 0 to ``num_epoch - 1`` in records and progress reports either way.
     """
@@ -77,6 +84,9 @@ class WorkerConfig:
     curve: dict[str, str] | None = None
     quorum: int | None = None
     first_epoch: int = 0
+    initial_file: str | None = None
+    reinitialize: bool = False
+    on_nan: str = "raise"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -115,13 +125,27 @@ class WorkerRun:
         self.spec = ModelSpec.from_json(config.spec)
         self.layout = self.spec.layout
         self.records: list[dict[str, Any]] = []
+        self._warned_nan = False
 
-    def run(self, batches: Iterable) -> list[dict[str, Any]]:
-        """Trains on ``batches`` (Arrow record batches) and returns the history records."""
+    def run(self, batches: Iterable, *, initial: np.ndarray | None = None) -> list[dict[str, Any]]:
+        """Trains on ``batches`` (Arrow record batches) and returns the history records.
+
+        Args:
+            batches: the partition's Arrow record batches.
+            initial: the flat weights to start from when the algorithm has no PS (the PS's
+                center is the start otherwise).
+        """
         cfg = self.config
+        if cfg.reinitialize:
+            import keras
+
+            keras.utils.set_random_seed(cfg.seed + self.worker_id)
         model = build_model(self.spec, learning_rate=cfg.learning_rate)
         input_shapes, output_shapes = _shapes(model.inputs), _shapes(model.outputs)
         local = self.layout.empty()
+        if initial is not None:
+            np.copyto(local, initial)
+            set_flat_weights(model, self.layout, local)
         get_flat_weights(model, self.layout, local)
         stream = MinibatchStream(batches, features=cfg.features, labels=cfg.labels, batch_size=cfg.batch_size,
                                  shuffle=cfg.shuffle, seed=cfg.seed + self.worker_id, prefetch=cfg.prefetch)
@@ -150,6 +174,8 @@ class WorkerRun:
                     in_window += 1
                     samples += len(xs[0])
                     record = self._record("step", epoch, step, logs)
+                    if record["loss"] is not None and not math.isfinite(record["loss"]):
+                        self._non_finite(record)
                     if exchange is not None and not cfg.exchange_per_epoch and in_window == exchange.window:
                         self._exchange(model, exchange, local, in_window, record, samples)
                         in_window = 0
@@ -181,11 +207,30 @@ class WorkerRun:
                   "pid": float(os.getpid())}
         if record.get("loss") is not None:
             report["loss"] = float(record["loss"])
-        receipt = exchange.end_window(steps, report=report)
+        try:
+            receipt = exchange.end_window(steps, report=report)
+        except RemoteError as exc:
+            if exc.code != "non_finite":
+                raise
+            raise NonFiniteError(
+                f"worker {self.worker_id}: its weights became non-finite by epoch {record.get('epoch')}, step "
+                f"{record.get('step')}, and the parameter server refused them ({exc}). Check the input data for "
+                "NaN or infinite values and try a lower learning rate."
+            ) from None
         set_flat_weights(model, self.layout, local)
         record["staleness"] = receipt.staleness
         if "scale" in receipt.info:
             record["scale"] = receipt.info["scale"]
+
+    def _non_finite(self, record: dict[str, Any]) -> None:
+        message = (f"worker {self.worker_id} (attempt {self.attempt}): the training loss became {record['loss']} at "
+                   f"epoch {record['epoch']}, step {record['step']}. Check the input data for NaN or infinite "
+                   "values, and try a lower learning rate")
+        if self.config.on_nan == "raise":
+            raise NonFiniteError(message + "; on_nan='warn' trains on regardless.")
+        if not self._warned_nan:
+            logger.warning("%s (on_nan='warn': training goes on)", message)
+            self._warned_nan = True
 
     def _record(self, kind: str, epoch: int, step: int, logs: dict[str, Any]) -> dict[str, Any]:
         values = {k: float(np.asarray(v)) for k, v in logs.items()}
@@ -203,7 +248,13 @@ def train_partition(config_json: str, batches: Iterator) -> Iterator:
     ctx = TaskContext.get()
     worker_id = ctx.partitionId() if ctx is not None else 0
     attempt = ctx.attemptNumber() if ctx is not None else 0
-    records = WorkerRun(WorkerConfig.from_json(config_json), worker_id=worker_id, attempt=attempt).run(batches)
+    config = WorkerConfig.from_json(config_json)
+    initial = None
+    if config.initial_file is not None:
+        from pyspark import SparkFiles
+
+        initial = np.load(SparkFiles.get(config.initial_file), allow_pickle=False)
+    records = WorkerRun(config, worker_id=worker_id, attempt=attempt).run(batches, initial=initial)
     yield pa.RecordBatch.from_pylist(records, schema=_arrow_schema())
 
 
