@@ -22,7 +22,8 @@ def run(script: str, *args: str, timeout: float = 600) -> str:
     return result.stdout
 
 
-@pytest.mark.parametrize("script", ["demo.py", "fashion_mnist.py", "tabular.py", "custom_algorithm.py", "ps_demo.py"])
+@pytest.mark.parametrize("script", ["demo.py", "fashion_mnist.py", "tabular.py", "custom_algorithm.py", "ps_demo.py",
+                                    "streaming.py"])
 def test_examples_have_help(script):
     out = run(script, "--help", timeout=60)
     assert out.startswith("usage:")
@@ -63,3 +64,11 @@ def test_demo_reaches_the_accuracy_bar_on_a_reduced_run():
     accuracy = float(re.search(r"test accuracy: ([0-9.]+)", out).group(1))
     assert accuracy > 0.7, out
     assert "PS wait" in out and re.search(r"^\s+1\s+3000\s", out, re.M), out
+
+
+def test_streaming_predicts_every_row_as_files_arrive():
+    out = run("streaming.py", "--files", "3", "--pause", "0.3", "--epochs", "10")
+    rows, files, batches = map(int, re.search(r"streamed (\d+) rows in (\d+) files through (\d+) micro-batches",
+                                              out).groups())
+    assert rows == 450 and files == 3 and batches >= 3, out
+    assert float(re.search(r"streaming accuracy: ([0-9.]+)", out).group(1)) > 0.85, out
