@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.zdk-installed
 FASHION := /usr/share/datasets/fashion-mnist
 
-.PHONY: test demo bench data lint clean
+.PHONY: test demo bench accuracy staleness data lint clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,10 @@ data:
 		echo "dataset-fashion-mnist could not be installed; the demo will use sklearn digits"; \
 	fi
 
-test: $(STAMP)
+lint: $(STAMP)
 	$(VENV)/bin/lint-imports
+
+test: lint
 	$(PY) -m pytest -q
 
 demo: $(STAMP) data
@@ -30,6 +32,14 @@ demo: $(STAMP) data
 
 bench: $(STAMP)
 	$(PY) benchmarks/ps_throughput.py
+
+# Accuracy parity of every trainer against plain keras fit (Fashion-MNIST; about an hour here).
+accuracy: $(STAMP) data
+	$(PY) benchmarks/accuracy.py --results benchmarks/RESULTS.md
+
+# Hermans's staleness experiment: 1-32 worker processes through the real PS, no Spark (a few minutes).
+staleness: $(STAMP)
+	$(PY) benchmarks/staleness.py --lr 0.3
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

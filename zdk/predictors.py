@@ -56,8 +56,13 @@ def _predict_batches(batches: Iterator, *, key: str, payload: Any, features: Seq
         parts = []
         for start in range(0, batch.num_rows, batch_size):
             chunk = [x[start:start + batch_size] for x in xs]
+            rows = len(chunk[0])
+            if rows < batch_size:
+                # One input shape for every call: a short last chunk would retrace the model's
+                # function for every new length (TensorFlow warns after a few).
+                chunk = [np.concatenate([c, np.zeros((batch_size - rows, *c.shape[1:]), c.dtype)]) for c in chunk]
             out = model.predict_on_batch(chunk[0] if len(chunk) == 1 else chunk)
-            parts.append(np.asarray(out, dtype=np.float32).reshape(len(chunk[0]), -1))
+            parts.append(np.asarray(out, dtype=np.float32).reshape(batch_size, -1)[:rows])
         predictions = np.concatenate(parts) if parts else np.empty((0, 1), np.float32)
         width = predictions.shape[1] if predictions.ndim == 2 else 1
         column = pa.FixedSizeListArray.from_arrays(pa.array(predictions.ravel()), width).cast(pa.list_(pa.float32()))

@@ -475,7 +475,9 @@ class Trainer:
             raise
         except Exception as exc:
             if type(exc).__module__.startswith(("pyspark", "py4j")):
-                raise WorkerFailed(f"training failed in a Spark task: {_worker_message(exc)}") from exc
+                report = _save_report(group_id, exc)
+                raise WorkerFailed(f"training failed in a Spark task: {_worker_message(exc)} "
+                                   f"(Spark's full report: {report})") from None
             raise
         finally:
             sc.setLocalProperty("spark.jobGroup.id", None)
@@ -508,6 +510,8 @@ class Trainer:
         if not isinstance(optimizer, str):
             optimizer = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
         model.compile(optimizer=optimizer, loss=self.loss, metrics=self.metrics, loss_weights=self.loss_weights)
+        # Built now, so a saved model carries all optimizer variables and loads without a warning.
+        model.optimizer.build(model.trainable_variables)
         return model
 
     def _model_from_ps(self, endpoints: list[str]) -> Any:
@@ -537,6 +541,16 @@ def _float_array_type(dtype: Any) -> Any:
     if isinstance(dtype, T.ArrayType):
         return T.ArrayType(_float_array_type(dtype.elementType), containsNull=dtype.containsNull)
     return T.FloatType()
+
+
+def _save_report(group_id: str, exc: BaseException) -> str:
+    """Writes Spark's whole error (Java stack included) to a log file; returns its path."""
+    directory = os.path.join(tempfile.gettempdir(), "zdk-logs")
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"{group_id}.log")
+    with open(path, "w") as fh:
+        fh.write(f"{type(exc).__module__}.{type(exc).__name__}: {exc}\n")
+    return path
 
 
 def _worker_message(exc: BaseException) -> str:

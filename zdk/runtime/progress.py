@@ -48,17 +48,20 @@ class ShardProgress:
             self._thread.join(5)
 
     def _run(self) -> None:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         of_total = "/{task.total}" if self.total_steps else ""
-        columns = (TextColumn("[bold]zdk[/] training"), BarColumn(), TextColumn("{task.completed}" + of_total + " steps"),
-                   TextColumn("{task.fields[rate]}"), TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn())
+        columns = [TextColumn("[bold]zdk[/] {task.description}"), BarColumn(),
+                   TextColumn("{task.completed}" + of_total + " steps"), TextColumn("{task.fields[rate]}"),
+                   TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn()]
+        if self.total_steps:
+            columns += [TextColumn("ETA"), TimeRemainingColumn()]
         started = time.monotonic()
         try:
             with PSClient(self.endpoints, worker_id=2**32 - 2, timeout=5.0, curve=self.curve) as client, \
                     Progress(*columns, transient=False) as bar:
                 client.hello(register=False)
-                task = bar.add_task("train", total=self.total_steps, rate="-", loss="-")
+                task = bar.add_task("starting workers…", total=self.total_steps, rate="-", loss="-")
                 while not self._stop.wait(self.interval):
                     stats = client.stats()[0]
                     reports = [w.get("report", {}) for w in stats["workers"].values()]
@@ -68,7 +71,7 @@ class ShardProgress:
                     losses = [r["loss"] for r in reports if r.get("loss") is not None]
                     rate = samples / max(time.monotonic() - started, 1e-9)
                     self.last = {"steps": steps, "samples": samples, "loss": losses}
-                    bar.update(task, completed=steps, rate=f"epoch {epoch + 1}, {rate:,.0f} samples/s",
+                    bar.update(task, completed=steps, description="training" if steps else "starting workers…", rate=f"epoch {epoch + 1}, {rate:,.0f} samples/s",
                                loss=f"{sum(losses) / len(losses):.4f}" if losses else "-")
         except Exception:  # the bar is a convenience: training goes on without it
             logger.debug("progress display stopped", exc_info=True)

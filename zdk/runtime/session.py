@@ -14,6 +14,10 @@ EXECUTOR_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0",
                 "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "tensorflow")}
 
 
+#: Spark's logging in the embedded session: errors only (see the file for why).
+LOG4J2_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2.properties")
+
+
 def embedded_conf(master: str = "local[*]") -> dict[str, str]:
     """The settings of the embedded session: loopback only, no UI, quiet executors, and
     barrier stages that fail fast instead of waiting ~10 minutes for missing slots."""
@@ -35,6 +39,8 @@ def embedded_conf(master: str = "local[*]") -> dict[str, str]:
     }
     for key, value in EXECUTOR_ENV.items():
         conf[f"spark.executorEnv.{key}"] = value
+    if os.environ.get("ZDK_LOG_LEVEL", "").upper() not in ("DEBUG", "INFO", "WARN", "WARNING"):
+        conf["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile={LOG4J2_CONFIG}"
     return conf
 
 
@@ -54,7 +60,9 @@ def get_session(master: str = "local[*]", extra_conf: dict[str, str] | None = No
     for key, value in {**embedded_conf(master), **(extra_conf or {})}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("ERROR")
+    level = os.environ.get("ZDK_LOG_LEVEL", "").upper()
+    spark.sparkContext.setLogLevel("ERROR" if level not in ("DEBUG", "INFO", "WARN", "WARNING") else
+                                   {"WARNING": "WARN"}.get(level, level))
     logger.info("started an embedded Spark session (%s)", master)
     return spark
 
