@@ -269,7 +269,7 @@ def test_ctrl_c_during_training_stops_every_shard(tmp_path):
         DOWNPOUR(model, "adam", "sparse_categorical_crossentropy", num_epoch=10_000, num_shards=2,
                  progress=False).train(df)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
         assert proc.stdout.readline().strip() == "TRAINING"
@@ -280,8 +280,15 @@ def test_ctrl_c_during_training_stops_every_shard(tmp_path):
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=120) != 0
         poll_until(lambda: not any(pid_alive(p) for p in children), timeout=30, what="shards to stop after Ctrl-C")
+        err = proc.stderr.read()
+        # One traceback of ours (the script's own KeyboardInterrupt), none of py4j's re-entrant ones;
+        # PySpark's daemon may still print a BrokenPipeError when its killed workers' pipes close.
+        ours = err.count("Traceback") - err.count("BrokenPipeError")
+        assert ours <= 1 and "Py4J" not in err and "ERROR:root" not in err, err[-3000:]
+        assert "KeyboardInterrupt: zdk training interrupted" in err
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         proc.stdout.close()
+        proc.stderr.close()

@@ -8,14 +8,17 @@ The keyword arguments are dist-keras's (``keras_model``, ``worker_optimizer``, `
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 import uuid
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 
@@ -467,13 +470,17 @@ class Trainer:
             rows = data.count()
             per_task = -(-rows // self.num_tasks)
             progress.total_steps = self.num_tasks * self.num_epoch * -(-per_task // self.batch_size)
+        interrupted = threading.Event()
         try:
-            with progress:
+            with progress, _on_ctrl_c(lambda: _cancel_once(sc, group_id, interrupted)):
                 rows = job.collect()
         except KeyboardInterrupt:
-            sc.cancelJobGroup(group_id)
+            _cancel_once(sc, group_id, interrupted)
             raise
         except Exception as exc:
+            if interrupted.is_set():
+                logger.warning("training interrupted (Ctrl-C): the Spark job was cancelled and the shards stop")
+                raise KeyboardInterrupt("zdk training interrupted") from None
             if type(exc).__module__.startswith(("pyspark", "py4j")):
                 report = _save_report(group_id, exc)
                 raise WorkerFailed(f"training failed in a Spark task: {_worker_message(exc)} "
@@ -541,6 +548,34 @@ def _float_array_type(dtype: Any) -> Any:
     if isinstance(dtype, T.ArrayType):
         return T.ArrayType(_float_array_type(dtype.elementType), containsNull=dtype.containsNull)
     return T.FloatType()
+
+
+@contextlib.contextmanager
+def _on_ctrl_c(handler: Any) -> Iterator[None]:
+    """Runs ``handler`` on SIGINT instead of PySpark's own handler, which cancels jobs through a
+    re-entrant py4j call and prints half a dozen tracebacks. A second Ctrl-C interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed = []
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if pressed:
+            raise KeyboardInterrupt
+        pressed.append(True)
+        threading.Thread(target=handler, name="zdk-cancel", daemon=True).start()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _cancel_once(sc: Any, group_id: str, done: threading.Event) -> None:
+    if not done.is_set():
+        done.set()
+        sc.cancelJobGroup(group_id)
 
 
 def _save_report(group_id: str, exc: BaseException) -> str:
