@@ -248,3 +248,10 @@ def test_transformers_predictor_and_evaluators_take_dist_keras_positional_argume
     assert predictor.features_col == ("pixels",) and predictor.output_col == "scores"
     evaluator = AccuracyEvaluator("y", "p")
     assert (evaluator.label_col, evaluator.prediction_col) == ("y", "p")
+
+
+def test_agn_and_adag_default_their_window_to_the_number_of_workers():
+    assert trainers.ADAG(mlp(), "adam", "mse", num_workers=4).params.communication_window == 4
+    assert trainers.AGN(mlp(), "adam", "mse", num_workers=3, parallelism_factor=2).params.communication_window == 6
+    assert trainers.ADAG(mlp(), "adam", "mse", num_workers=4, communication_window=12).params.communication_window == 12
+    assert trainers.DOWNPOUR(mlp(), "adam", "mse", num_workers=4).params.communication_window == 5

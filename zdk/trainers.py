@@ -177,6 +177,10 @@ class Trainer:
             self.learning_rate = float(algorithm_params.pop("learning_rate"))
         if communication_window is not None:
             algorithm_params["communication_window"] = communication_window
+        elif self.algorithm.uses_ps and "communication_window" not in algorithm_params:
+            window = self.algorithm.params.window_for(self.num_workers * self.parallelism_factor)
+            if window is not None:
+                algorithm_params["communication_window"] = window
         if not self.algorithm.uses_ps:
             ignored = {"communication_window": communication_window, "master_port": master_port,
                        "parameter_server": parameter_server, "checkpoint_dir": checkpoint_dir,
@@ -612,7 +616,8 @@ class DOWNPOUR(Trainer):
 
 
 class AGN(Trainer):
-    """Accumulated gradient normalization, Δ/λ (what dist-keras shipped as "ADAG"); window 12."""
+    """Accumulated gradient normalization, Δ/λ (what dist-keras shipped as "ADAG"); the window
+    defaults to the number of workers (see ``zdk.algorithms.agn.AGNParams``)."""
 
     default_algorithm = "agn"
     positional = _ASYNC_ORDER
@@ -620,7 +625,8 @@ class AGN(Trainer):
 
 class ADAG(Trainer):
     """Asynchronous Distributed Adaptive Gradients (Hermans 2017): AGN commits, scaled on the
-    server elementwise by 1/(η⁻¹(θ̃_t − θ̃_{t−τ})² + 1); window 12, ``eta`` 1e-4."""
+    server elementwise by 1/(η⁻¹(θ̃_t − θ̃_{t−τ})² + 1); ``eta`` 1e-4; the window defaults to
+    the number of workers (see ``zdk.algorithms.adag.ADAGParams``)."""
 
     default_algorithm = "adag"
     positional = _ASYNC_ORDER

@@ -40,6 +40,12 @@ class Params:
         return dataclasses.asdict(self)
 
     @classmethod
+    def window_for(cls, num_workers: int) -> int | None:
+        """The window a trainer uses with ``num_workers`` when the user gives none; None: the
+        dataclass default."""
+        return None
+
+    @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "Params":
         """Builds validated params, naming unknown keys and the valid ones."""
         names = {f.name for f in dataclasses.fields(cls)}
