@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -136,12 +137,16 @@ def test_multi_output_model_trains_on_two_label_columns(spark, digits):
 
 def test_worker_error_reaches_the_caller_and_no_shard_is_left(spark):
     before = shard_pids()
-    df = spark.createDataFrame([([0.0] * 10, 1)] * 20, "features array<double>, label long")
+    # The first row fits the model (the driver's pre-flight passes); the others do not, which
+    # only the workers can see.
+    df = spark.createDataFrame([([0.0] * 64, 1)] + [([0.0] * 10, 1)] * 20, "features array<double>, label long")
     trainer = trainers.ADAG(mlp(), "adam", "sparse_categorical_crossentropy", num_workers=2, num_shards=2,
                             progress=False)
-    with pytest.raises(trainers.WorkerFailed, match="column `features` has 10 values per row"):
+    with pytest.raises(trainers.WorkerFailed, match=r"column `features` (must hold lists of one length|has 10 values per row)") as info:
         trainer.train(df)
     assert shard_pids() <= before
+    report = re.search(r"Spark's full report: (\S+\.log)\)", str(info.value)).group(1)
+    assert "PythonException" in open(report).read()  # the Java side's whole story, kept for later
 
 
 def test_trainer_uses_a_separately_started_parameter_server(digits_df, digits, ps_process):

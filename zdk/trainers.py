@@ -561,7 +561,7 @@ def _on_ctrl_c(handler: Any) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    pressed = []
+    pressed: list[bool] = []
 
     def on_sigint(signum: int, frame: Any) -> None:
         if pressed:
