@@ -19,6 +19,9 @@ def run(script: str, *args: str, timeout: float = 600) -> str:
     result = subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True,
                             timeout=timeout, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
+    # Examples run quietly: no TensorFlow retracing, no Keras or Python warnings.
+    noisy = [line for line in result.stderr.splitlines() if "retracing" in line or "Warning:" in line]
+    assert not noisy, "\n".join(noisy[:10])
     return result.stdout
 
 

@@ -33,7 +33,7 @@ from zdk.runtime.models import ModelSpec, build_model, make_spec, set_flat_weigh
 from zdk.runtime import preflight
 from zdk.runtime.progress import ShardProgress
 from zdk.transports.curve import CurveKeys, is_loopback
-from zdk.runtime.session import task_slots
+from zdk.runtime.session import session_seconds, task_slots, warm_workers
 from zdk.runtime.worker import HISTORY_SCHEMA, WorkerConfig, train_partition
 
 logger = logging.getLogger(__name__)
@@ -168,6 +168,8 @@ class Trainer:
             30.0 if checkpoint_dir is not None else None)
         self.resumed: dict[str, Any] | None = None
         self.reinitialize = False
+        self.timings: dict[str, float] = {}
+        self._marks: dict[str, float] = {}
         if on_nan not in ("raise", "warn"):
             raise ConfigError(f"`on_nan` must be 'raise' or 'warn'. Received: on_nan={on_nan!r}")
         self.on_nan = on_nan
@@ -273,14 +275,20 @@ class Trainer:
         if resume and self.checkpoint_dir is None and not self.parameter_server:
             raise ConfigError("`resume=True` needs the `checkpoint_dir` the interrupted job wrote. "
                               "Received: checkpoint_dir=None")
+        self._marks = {"start": time.time()}
+        self.timings = {}
+        # Python workers import TensorFlow while the driver prepares data and starts shards.
+        warm_workers(dataframe.sparkSession, self.num_tasks)
         self._spec = make_spec(self.keras_model, optimizer=self._worker_optimizer(), loss=self.loss,
                                metrics=self.metrics, loss_weights=self.loss_weights,
                                custom_modules=self.custom_modules)
         data = self._prepare(dataframe, shuffle)
         self._check_slots(dataframe.sparkSession)
+        self._marks["prepared"] = time.time()
         started = time.perf_counter()
         group: ShardGroup | None = None
         staging: str | None = None
+        records: list[dict[str, Any]] = []
         self._curve = self._job_keys()
         try:
             endpoints: list[str] = []
@@ -293,6 +301,7 @@ class Trainer:
                     first_epoch = self._resume_point(endpoints)
             elif not self.reinitialize:
                 initial_file, staging = self._ship_initial_weights(dataframe.sparkSession)
+            self._marks["shards"] = time.time()
             config = WorkerConfig(
                 spec=self._spec.to_json(), algorithm=self.algorithm.name, params=self.params.to_dict(),
                 endpoints=tuple(endpoints), features=self.features_col, labels=self.label_col,
@@ -314,6 +323,25 @@ class Trainer:
                 group.stop()
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
+            self._marks["end"] = time.time()
+            self.timings = self._phase_timings()
+
+    def _phase_timings(self) -> dict[str, float]:
+        """Seconds per phase of the last ``train()``, from the driver's marks and the workers' clocks
+        (one host's clock in local mode; across hosts, worker phases carry their clock skew)."""
+        m = self._marks
+        summaries = [s for s in self.worker_summaries if s.get("t_first") is not None]
+        out = {"session": float(session_seconds(consume=True)), "data_preparation": m["prepared"] - m["start"]}
+        if "shards" in m:
+            out["shard_start"] = m["shards"] - m["prepared"]
+        if summaries and "submitted" in m:
+            ready = min(s["t_ready"] for s in summaries)
+            first = min(s["t_first"] for s in summaries)
+            last = max(s["t_last"] for s in summaries)
+            out.update(worker_start=ready - m["submitted"], first_step=first - ready, steps=last - first,
+                       teardown=m["end"] - last, time_to_first_step=first - m["start"])
+        out["total"] = m["end"] - m["start"]
+        return {k: round(v, 3) for k, v in out.items()}
 
     def _ship_initial_weights(self, spark: Any) -> tuple[str, str]:
         """Writes the model's weights as a raw float32 ``.npy`` and hands it to Spark's file
@@ -368,9 +396,13 @@ class Trainer:
                                   f"Received: {dtype.simpleString()}")
             selected.append(col.alias(name))
         data = dataframe.select(*selected)
+        data = data.repartition(self.num_tasks)
         if shuffle:
-            data = data.orderBy(F.rand(self.seed))
-        return data.repartition(self.num_tasks)
+            # Round-robin partitioning spreads every stretch of the input evenly over the tasks, and
+            # a local sort by a random key shuffles each task's rows: no global sort, whose range
+            # partitioning costs a sampling job (about a second here). tests/test_speed.py shows both.
+            data = data.sortWithinPartitions(F.rand(self.seed))
+        return data
 
     def _preflight(self, dataframe: Any) -> None:
         """One row against the model: feature widths, labels against the loss, and no empty DataFrame."""
@@ -469,11 +501,9 @@ class Trainer:
         config_json = config.to_json()
         job = data.mapInArrow(lambda batches: train_partition(config_json, batches), HISTORY_SCHEMA,
                               barrier=self.algorithm.synchronous)
-        progress = ShardProgress(endpoints, total_steps=None, enabled=self.progress, curve=self._curve)
-        if progress.enabled:  # a count is one more Spark job: only when the bar is shown
-            rows = data.count()
-            per_task = -(-rows // self.num_tasks)
-            progress.total_steps = self.num_tasks * self.num_epoch * -(-per_task // self.batch_size)
+        progress = ShardProgress(endpoints, num_workers=self.num_tasks, epochs=config.num_epoch - config.first_epoch,
+                                 enabled=self.progress, curve=self._curve)
+        self._marks["submitted"] = time.time()
         interrupted = threading.Event()
         try:
             with progress, _on_ctrl_c(lambda: _cancel_once(sc, group_id, interrupted)):

@@ -15,21 +15,26 @@ logger = logging.getLogger(__name__)
 
 
 class ShardProgress:
-    """Polls the shards every ``interval`` seconds and shows steps, samples/s and the latest loss.
+    """Polls the shards every ``interval`` seconds and shows steps, samples/s, the latest loss,
+    elapsed time and, once every worker has finished its first epoch, the total and an ETA.
 
+    The total is not counted up front (that would be one more Spark job before training):
+    workers report their steps per epoch after their first epoch.
     Quiet unless ``enabled`` and stderr is a terminal. Use as a context manager around training.
 
     Args:
         endpoints: the shards.
-        total_steps: expected training steps over all workers, for the bar's total (None: unknown).
+        num_workers: workers (tasks) of the job.
+        epochs: epochs each worker trains.
         enabled: the trainer's ``progress`` flag.
     """
 
-    def __init__(self, endpoints: Sequence[str], *, total_steps: int | None, enabled: bool = True,
+    def __init__(self, endpoints: Sequence[str], *, num_workers: int, epochs: int, enabled: bool = True,
                  interval: float = 0.5, curve: CurveKeys | None = None) -> None:
         self.endpoints = list(endpoints)
         self.curve = curve
-        self.total_steps = total_steps
+        self.num_workers = num_workers
+        self.epochs = epochs
         self.enabled = enabled and bool(self.endpoints) and sys.stderr.isatty()
         self.interval = interval
         self._stop = threading.Event()
@@ -47,21 +52,26 @@ class ShardProgress:
         if self._thread is not None:
             self._thread.join(5)
 
+    def total(self, reports: Sequence[dict[str, float]]) -> int | None:
+        """Σ steps per epoch × epochs, once every worker has reported its steps per epoch."""
+        per_epoch = [int(r["epoch_steps"]) for r in reports if r.get("epoch_steps")]
+        if len(per_epoch) < self.num_workers:
+            return None
+        return sum(per_epoch) * self.epochs
+
     def _run(self) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        of_total = "/{task.total}" if self.total_steps else ""
         columns = [TextColumn("[bold]zdk[/] {task.description}"), BarColumn(),
-                   TextColumn("{task.completed}" + of_total + " steps"), TextColumn("{task.fields[rate]}"),
-                   TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn()]
-        if self.total_steps:
-            columns += [TextColumn("ETA"), TimeRemainingColumn()]
+                   TextColumn("{task.completed}{task.fields[of_total]} steps"), TextColumn("{task.fields[rate]}"),
+                   TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                   TimeRemainingColumn()]
         started = time.monotonic()
         try:
             with PSClient(self.endpoints, worker_id=2**32 - 2, timeout=5.0, curve=self.curve) as client, \
                     Progress(*columns, transient=False) as bar:
                 client.hello(register=False)
-                task = bar.add_task("starting workers…", total=self.total_steps, rate="-", loss="-")
+                task = bar.add_task("starting workers…", total=None, rate="-", loss="-", of_total="")
                 while not self._stop.wait(self.interval):
                     stats = client.stats()[0]
                     reports = [w.get("report", {}) for w in stats["workers"].values()]
@@ -70,8 +80,11 @@ class ShardProgress:
                     samples = sum(int(r.get("samples", 0)) for r in reports)
                     losses = [r["loss"] for r in reports if r.get("loss") is not None]
                     rate = samples / max(time.monotonic() - started, 1e-9)
-                    self.last = {"steps": steps, "samples": samples, "loss": losses}
-                    bar.update(task, completed=steps, description="training" if steps else "starting workers…", rate=f"epoch {epoch + 1}, {rate:,.0f} samples/s",
+                    total = self.total(reports)
+                    self.last = {"steps": steps, "samples": samples, "loss": losses, "total": total}
+                    bar.update(task, completed=steps, total=total, of_total=f"/{total}" if total else "",
+                               description="training" if steps else "starting workers…",
+                               rate=f"epoch {epoch + 1}, {rate:,.0f} samples/s",
                                loss=f"{sum(losses) / len(losses):.4f}" if losses else "-")
         except Exception:  # the bar is a convenience: training goes on without it
             logger.debug("progress display stopped", exc_info=True)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any
+import threading
+import time
+from typing import Any, Iterator
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +61,15 @@ def get_session(master: str = "local[*]", extra_conf: dict[str, str] | None = No
     builder = SparkSession.builder
     for key, value in {**embedded_conf(master), **(extra_conf or {})}.items():
         builder = builder.config(key, value)
+    started = time.perf_counter()
     spark = builder.getOrCreate()
+    global _session_seconds
+    _session_seconds = time.perf_counter() - started
     level = os.environ.get("ZDK_LOG_LEVEL", "").upper()
     spark.sparkContext.setLogLevel("ERROR" if level not in ("DEBUG", "INFO", "WARN", "WARNING") else
                                    {"WARNING": "WARN"}.get(level, level))
-    logger.info("started an embedded Spark session (%s)", master)
+    logger.info("started an embedded Spark session (%s) in %.1f s", master, _session_seconds)
+    warm_workers(spark)
     return spark
 
 
@@ -82,3 +88,73 @@ def task_slots(spark: Any) -> int:
     except Exception:  # the JVM view is best effort; fall back to Spark's own guess
         logger.debug("could not read executor counts", exc_info=True)
     return int(sc.defaultParallelism)
+
+
+_session_seconds = 0.0
+_warm_lock = threading.Lock()
+_warmed: dict[str, threading.Thread] = {}
+
+
+def session_seconds(*, consume: bool = False) -> float:
+    """Seconds :func:`get_session` spent starting the embedded session (0 when it started none);
+    with ``consume``, reported once, to the first ``train()`` after the start."""
+    global _session_seconds
+    value = _session_seconds
+    if consume:
+        _session_seconds = 0.0
+    return value
+
+
+def _import_keras(batches: Iterator) -> Iterator:
+    """Runs in a Python worker: imports Keras (and its backend) and runs one tiny training step,
+    so the worker's first real step does not pay for TensorFlow's start-up."""
+    import numpy as np
+    import pyarrow as pa
+
+    import keras
+
+    import zdk.runtime.worker  # noqa: F401  (the training task's own imports)
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    model.train_on_batch(np.zeros((1, 1), np.float32), np.zeros((1, 1), np.float32))
+    for _ in batches:
+        pass
+    yield pa.RecordBatch.from_pydict({"pid": [os.getpid()]})
+
+
+def warm_workers(spark: Any, slots: int | None = None) -> threading.Thread | None:
+    """Starts a Python worker on each task slot and imports Keras in it, in the background.
+
+    Spark reuses Python workers (``spark.python.worker.reuse``), so the training tasks that
+    follow find Keras imported: the seconds TensorFlow takes to load overlap with the driver's
+    own work (data preparation, shard start) instead of following it. Once per Spark
+    application; ``ZDK_WARM=0`` turns it off.
+
+    Args:
+        spark: the session.
+        slots: how many workers to warm (default: the cluster's task slots).
+
+    Returns:
+        the background thread, or None when warming is off or already done.
+    """
+    if os.environ.get("ZDK_WARM", "1") == "0":
+        return None
+    sc = spark.sparkContext
+    key = sc.applicationId
+    with _warm_lock:
+        if key in _warmed:
+            return None
+        count = max(1, slots or task_slots(spark))
+
+        def run() -> None:
+            try:
+                sc.setJobGroup(f"zdk-warm-up-{key}", "zdk: importing Keras in the Python workers")
+                spark.range(count, numPartitions=count).mapInArrow(_import_keras, "pid long").collect()
+            except Exception:  # only an optimization: a task failing here fails again, with its message, in train()
+                logger.debug("warming the Python workers failed", exc_info=True)
+
+        thread = threading.Thread(target=run, name="zdk-warm-up", daemon=True)
+        _warmed[key] = thread
+        thread.start()
+    return thread

@@ -31,7 +31,8 @@ logger = logging.getLogger(__name__)
 
 HISTORY_SCHEMA = (
     "kind string, worker int, attempt int, epoch int, step int, timestamp double, loss double, metrics string, "
-    "staleness long, scale double, wait double, busy double, rows long, samples long, weights binary"
+    "staleness long, scale double, wait double, busy double, rows long, samples long, weights binary, "
+    "t_start double, t_ready double, t_first double, t_last double"
 )
 
 
@@ -126,16 +127,21 @@ class WorkerRun:
         self.layout = self.spec.layout
         self.records: list[dict[str, Any]] = []
         self._warned_nan = False
+        self._epoch_steps = 0
 
-    def run(self, batches: Iterable, *, initial: np.ndarray | None = None) -> list[dict[str, Any]]:
+    def run(self, batches: Iterable, *, initial: np.ndarray | None = None,
+            t_start: float | None = None) -> list[dict[str, Any]]:
         """Trains on ``batches`` (Arrow record batches) and returns the history records.
 
         Args:
             batches: the partition's Arrow record batches.
             initial: the flat weights to start from when the algorithm has no PS (the PS's
                 center is the start otherwise).
+            t_start: wall-clock time the task started (for the trainer's phase timings).
         """
         cfg = self.config
+        t_start = time.time() if t_start is None else t_start
+        t_first: float | None = None
         if cfg.reinitialize:
             import keras
 
@@ -164,12 +170,15 @@ class WorkerRun:
                 exchange.start()
                 set_flat_weights(model, self.layout, local)
             step, in_window, samples = 0, 0, 0
+            t_ready = time.time()
             for epoch in range(cfg.first_epoch, cfg.num_epoch):
                 model.reset_metrics()
                 for xs, ys in stream.epoch():
                     xs = fit_to_shapes(xs, input_shapes, cfg.features)
                     ys = fit_to_shapes(ys, output_shapes, cfg.labels, strict=False)
                     logs = model.train_on_batch(_unwrap(xs), _unwrap(ys), return_dict=True)
+                    if t_first is None:
+                        t_first = time.time()
                     step += 1
                     in_window += 1
                     samples += len(xs[0])
@@ -180,6 +189,8 @@ class WorkerRun:
                         self._exchange(model, exchange, local, in_window, record, samples)
                         in_window = 0
                     self.records.append(record)
+                if epoch == cfg.first_epoch:
+                    self._epoch_steps = step
                 if exchange is not None and cfg.exchange_per_epoch and in_window:
                     self._exchange(model, exchange, local, in_window, self.records[-1], samples)
                     in_window = 0
@@ -189,7 +200,8 @@ class WorkerRun:
                 exchange.finish()
             busy = time.perf_counter() - started
             summary = self._record("summary", cfg.num_epoch - 1, step, {})
-            summary.update(wait=client.wait_seconds if client else 0.0, busy=busy, rows=stream.rows, samples=samples)
+            summary.update(wait=client.wait_seconds if client else 0.0, busy=busy, rows=stream.rows, samples=samples,
+                           t_start=t_start, t_ready=t_ready, t_first=t_first, t_last=time.time())
             if not self.algorithm.uses_ps:
                 summary["weights"] = get_flat_weights(model, self.layout, local).tobytes()
             self.records.append(summary)
@@ -205,6 +217,8 @@ class WorkerRun:
         get_flat_weights(model, self.layout, local)
         report = {"step": float(record.get("step", 0)), "samples": float(samples), "epoch": float(record.get("epoch", 0)),
                   "pid": float(os.getpid())}
+        if self._epoch_steps:
+            report["epoch_steps"] = float(self._epoch_steps)
         if record.get("loss") is not None:
             report["loss"] = float(record["loss"])
         try:
@@ -237,7 +251,8 @@ class WorkerRun:
         loss = values.pop("loss", None)
         return {"kind": kind, "worker": self.worker_id, "attempt": self.attempt, "epoch": epoch, "step": step,
                 "timestamp": time.time(), "loss": loss, "metrics": json.dumps(values), "staleness": None,
-                "scale": None, "wait": None, "busy": None, "rows": None, "samples": None, "weights": None}
+                "scale": None, "wait": None, "busy": None, "rows": None, "samples": None, "weights": None,
+                "t_start": None, "t_ready": None, "t_first": None, "t_last": None}
 
 
 def train_partition(config_json: str, batches: Iterator) -> Iterator:
@@ -245,6 +260,7 @@ def train_partition(config_json: str, batches: Iterator) -> Iterator:
     import pyarrow as pa
     from pyspark import TaskContext
 
+    t_start = time.time()
     ctx = TaskContext.get()
     worker_id = ctx.partitionId() if ctx is not None else 0
     attempt = ctx.attemptNumber() if ctx is not None else 0
@@ -254,7 +270,7 @@ def train_partition(config_json: str, batches: Iterator) -> Iterator:
         from pyspark import SparkFiles
 
         initial = np.load(SparkFiles.get(config.initial_file), allow_pickle=False)
-    records = WorkerRun(config, worker_id=worker_id, attempt=attempt).run(batches, initial=initial)
+    records = WorkerRun(config, worker_id=worker_id, attempt=attempt).run(batches, initial=initial, t_start=t_start)
     yield pa.RecordBatch.from_pylist(records, schema=_arrow_schema())
 
 

@@ -1,0 +1,72 @@
+"""The start-up work that makes train() faster does what it says (no timings asserted here:
+speed is measured by benchmarks/time_to_accuracy.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+pytest.importorskip("pyspark")
+
+from zdk import trainers  # noqa: E402
+from zdk.runtime.session import warm_workers  # noqa: E402
+
+pytestmark = pytest.mark.spark
+
+
+def mlp():
+    keras.utils.set_random_seed(1)
+    return keras.Sequential([keras.Input((2,)), keras.layers.Dense(4, activation="softmax")])
+
+
+def test_shuffle_spreads_every_stretch_evenly_and_randomizes_each_partition_without_a_global_sort(spark):
+    rows = 4000
+    # Sorted by class, the worst order for a partitioning that keeps stretches together.
+    df = spark.createDataFrame([([float(i), 0.0], i * 4 // rows) for i in range(rows)],
+                               "features array<double>, label long")
+    trainer = trainers.DOWNPOUR(mlp(), "adam", "sparse_categorical_crossentropy", num_workers=4, progress=False)
+    prepared = trainer._prepare(df, shuffle=True)
+    plan = prepared._jdf.queryExecution().executedPlan().toString()
+    assert "RangePartitioning" not in plan, "shuffle=True still sorts globally"
+    parts = prepared.rdd.glom().collect()
+    assert len(parts) == 4
+    for part in parts:
+        labels = np.array([r.label for r in part])
+        counts = np.bincount(labels.astype(int), minlength=4)
+        assert abs(len(part) - rows / 4) <= rows * 0.02, [len(p) for p in parts]
+        assert (np.abs(counts - len(part) / 4) <= len(part) * 0.05).all(), counts
+        order = np.array([r.features[0] for r in part])
+        rho = np.corrcoef(np.arange(len(order)), order)[0, 1]
+        assert abs(rho) < 0.1, f"a partition keeps its input order (correlation {rho:.2f})"
+
+
+def test_warm_workers_leaves_keras_imported_in_the_python_workers(spark):
+    thread = warm_workers(spark)
+    if thread is not None:  # the session fixture's get_session may have warmed them already
+        thread.join(120)
+
+    def check(batches):
+        import os
+        import sys
+
+        import pyarrow as pa
+
+        for _ in batches:
+            pass
+        yield pa.RecordBatch.from_pydict({"pid": [os.getpid()], "keras": ["keras" in sys.modules]})
+
+    slots = spark.sparkContext.defaultParallelism
+    found = spark.range(slots, numPartitions=slots).mapInArrow(check, "pid long, keras boolean").collect()
+    assert all(r.keras for r in found), found
+
+
+def test_timings_account_for_the_phases_of_train(spark, digits_df):
+    trainer = trainers.DOWNPOUR(keras.Sequential([keras.Input((64,)), keras.layers.Dense(10, activation="softmax")]),
+                                "adam", "sparse_categorical_crossentropy", num_workers=2, progress=False)
+    trainer.train(digits_df)
+    t = trainer.timings
+    phases = ("data_preparation", "shard_start", "worker_start", "first_step", "steps", "teardown")
+    assert set(phases) <= set(t) and all(t[p] >= 0 for p in phases), t
+    assert abs(sum(t[p] for p in phases) - t["total"]) < 0.05 * t["total"] + 0.1, t
+    assert t["time_to_first_step"] <= t["total"]
