@@ -55,6 +55,21 @@ def run_worker(endpoints, worker_id, x, y, errors, *, steps=300, batch=16, lr=0.
         errors.append(exc)
 
 
+def train_two_workers(endpoints, x, y, **kwargs) -> None:
+    """Two worker threads, each on half the rows; re-raises a worker's error; fails if one hangs."""
+    errors: list[BaseException] = []
+    halves = [(x[: ROWS // 2], y[: ROWS // 2]), (x[ROWS // 2:], y[ROWS // 2:])]
+    threads = [threading.Thread(target=run_worker, args=(endpoints, w, *halves[w], errors), kwargs=kwargs)
+               for w in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "a worker hung"
+    if errors:
+        raise errors[0]
+
+
 CASES = [
     ("downpour", {"communication_window": 5}, {}),
     ("agn", {"communication_window": 5}, {"lr": 0.05}),
@@ -71,17 +86,7 @@ def test_two_workers_two_shards_reduce_the_loss(shards, name, params, local):
     x, y = make_problem()
     group = shards(num_shards=2, total_size=DIM, algorithm=name, params=params)
     start_loss = mse(np.zeros(DIM, np.float32), x, y)
-    errors: list[BaseException] = []
-    halves = [(x[: ROWS // 2], y[: ROWS // 2]), (x[ROWS // 2:], y[ROWS // 2:])]
-    threads = [threading.Thread(target=run_worker, args=(group.endpoints, w, *halves[w], errors), kwargs=local)
-               for w in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not any(t.is_alive() for t in threads), "a worker hung"
-    if errors:
-        raise errors[0]
+    train_two_workers(group.endpoints, x, y, **local)
     with PSClient(group.endpoints, worker_id=99) as client:
         client.hello(register=False)
         final = mse(client.pull(), x, y)

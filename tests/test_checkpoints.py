@@ -4,10 +4,8 @@ crashed shard from its checkpoint and workers re-sync instead of failing."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -96,28 +94,14 @@ def _worker(endpoints, x, y, results, errors, steps=400):
         errors.append(exc)
 
 
-def _zdk_ps(*args: str) -> tuple[subprocess.Popen, list[str]]:
-    proc = subprocess.Popen([sys.executable, "-m", "zdk.cli", "ps", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    endpoints = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        match = re.match(r"shard \d+: (\S+)", line)
-        if match:
-            endpoints.append(match.group(1))
-        if line.startswith("zdk ps: serving"):
-            return proc, endpoints
-    pytest.fail(f"zdk ps exited early: {proc.wait()}")
-
-
 def _shard_pids(parent: int) -> list[int]:
     out = subprocess.run(["pgrep", "-P", str(parent), "-f", "zdk.ps.server"], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
 
 
-def test_zdk_ps_restarts_a_killed_shard_from_its_checkpoint_and_training_completes(tmp_path):
+def test_zdk_ps_restarts_a_killed_shard_from_its_checkpoint_and_training_completes(tmp_path, ps_process):
     x, y = make_problem()
-    proc, endpoints = _zdk_ps("--shards", "2", "--bind", "tcp://127.0.0.1:0", "--size", str(DIM),
+    proc, endpoints = ps_process("--shards", "2", "--bind", "tcp://127.0.0.1:0", "--size", str(DIM),
                               "--checkpoint-dir", str(tmp_path), "--checkpoint-every", "0.2")
     try:
         results: dict = {}
@@ -145,22 +129,14 @@ def test_zdk_ps_restarts_a_killed_shard_from_its_checkpoint_and_training_complet
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
-        err = proc.stderr.read() if proc.stderr else ""
-        proc.stdout.close(), proc.stderr.close()
+    err = proc.stderr.read()
     assert "restarting it from" in err, err[-2000:]
 
 
-def test_zdk_ps_without_a_checkpoint_stops_when_a_shard_dies():
-    proc, endpoints = _zdk_ps("--shards", "2", "--bind", "tcp://127.0.0.1:0", "--size", str(DIM))
-    try:
-        pids = poll_until(lambda: _shard_pids(proc.pid), timeout=10, what="shard pids")
-        os.kill(pids[0], signal.SIGKILL)
-        assert proc.wait(20) == 1
-        err = proc.stderr.read()
-        assert "has no checkpoint to restart from" in err
-        poll_until(lambda: not any(pid_alive(p) for p in pids), timeout=10, what="every shard to exit")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close(), proc.stderr.close()
+def test_zdk_ps_without_a_checkpoint_stops_when_a_shard_dies(ps_process):
+    proc, endpoints = ps_process("--shards", "2", "--bind", "tcp://127.0.0.1:0", "--size", str(DIM))
+    pids = poll_until(lambda: _shard_pids(proc.pid), timeout=10, what="shard pids")
+    os.kill(pids[0], signal.SIGKILL)
+    assert proc.wait(20) == 1
+    assert "has no checkpoint to restart from" in proc.stderr.read()
+    poll_until(lambda: not any(pid_alive(p) for p in pids), timeout=10, what="every shard to exit")

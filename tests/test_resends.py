@@ -5,13 +5,11 @@ and delays another 10%."""
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 
 from lossy_proxy import LossyProxy
-from test_algorithms_integration import ROWS, DIM, LOSS_THRESHOLD, make_problem, mse, run_worker
+from test_algorithms_integration import DIM, LOSS_THRESHOLD, make_problem, mse, train_two_workers
 from zdk.errors import DeadlineExceeded
 from zdk.ps.client import PSClient
 
@@ -46,18 +44,7 @@ def test_training_converges_through_a_lossy_network(shards):
     group = shards(num_shards=2, total_size=DIM, algorithm="downpour", params={"communication_window": 5})
     with LossyProxy(group.endpoints[0], drop=0.15, late=0.1, seed=3) as p0, \
             LossyProxy(group.endpoints[1], drop=0.15, late=0.1, seed=4) as p1:
-        endpoints = [p0.endpoint, p1.endpoint]
-        errors: list[BaseException] = []
-        halves = [(x[: ROWS // 2], y[: ROWS // 2]), (x[ROWS // 2:], y[ROWS // 2:])]
-        threads = [threading.Thread(target=run_worker, args=(endpoints, w, *halves[w], errors),
-                                    kwargs={"steps": 150, "timeout": 4.0, "tries": 16}) for w in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-        assert not any(t.is_alive() for t in threads), "a worker hung"
-        if errors:
-            raise errors[0]
+        train_two_workers([p0.endpoint, p1.endpoint], x, y, steps=150, timeout=4.0, tries=16)
     with PSClient(group.endpoints, worker_id=99, timeout=10) as observer:
         observer.hello(register=False)
         final = mse(observer.pull(), x, y)
