@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.zdk-installed
 FASHION := /usr/share/datasets/fashion-mnist
 
-.PHONY: test demo bench accuracy staleness data lint clean
+.PHONY: test demo bench accuracy staleness time-to-accuracy data lint clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ bench: $(STAMP)
 # Accuracy parity of every trainer against plain keras fit (Fashion-MNIST; about an hour here).
 accuracy: $(STAMP) data
 	$(PY) benchmarks/accuracy.py --results benchmarks/RESULTS.md
+
+# Whole train() calls, cold and warm, against plain keras fit in the same run (about 20 minutes here).
+time-to-accuracy: $(STAMP) data
+	$(PY) benchmarks/time_to_accuracy.py --results benchmarks/RESULTS.md
 
 # Hermans's staleness experiment: 1-32 worker processes through the real PS, no Spark (a few minutes).
 staleness: $(STAMP)
