@@ -90,6 +90,8 @@ def child_trainer(spec: dict) -> dict:
     runs = []
     for _ in range(2):
         kwargs: dict = dict(num_epoch=spec["epochs"], batch_size=64, progress=False)
+        if spec.get("overlap"):
+            kwargs["overlap"] = True
         if spec["trainer"] != "SingleTrainer":
             kwargs["num_workers"] = spec["workers"]
         trainer = getattr(trainers, spec["trainer"])(model(x_train.shape[1]), keras.optimizers.Adam(1e-3),
@@ -118,6 +120,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--workers", type=int, default=2, help="workers of distributed trainers (default: 2)")
     parser.add_argument("--trainers", nargs="+", default=list(TRAINERS), help=f"trainers (default: {' '.join(TRAINERS)})")
     parser.add_argument("--rows", type=int, default=0, help="training rows; 0 = all (default: 0)")
+    parser.add_argument("--overlap", choices=["off", "on", "both"], default="off",
+                        help="exchange on a background thread (default: off)")
     parser.add_argument("--results", default=None, help="append the table to this Markdown file (default: none)")
     parser.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -142,8 +146,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                      "fit": fit["wall"], "accuracy": fit["accuracy"], "timings": {}, "first": None, "first_warm": None})
         rows.append({"config": "two bare processes", "epochs": epochs, "cold": bare_wall, "warm": bare_wall,
                      "fit": fit["wall"], "accuracy": None, "timings": {}, "first": None, "first_warm": None})
-        for name in args.trainers:
-            out = spawn("trainer", {"trainer": name, "epochs": epochs, "workers": args.workers, "rows": args.rows})
+        modes = {"off": [False], "on": [True], "both": [False, True]}[args.overlap]
+        for name, overlap in [(n, o) for n in args.trainers for o in modes]:
+            if overlap and name in ("SingleTrainer", "AveragingTrainer", "EnsembleTrainer"):
+                continue
+            out = spawn("trainer", {"trainer": name, "epochs": epochs, "workers": args.workers, "rows": args.rows,
+                                    "overlap": overlap})
+            name = f"{name} + overlap" if overlap else name
             cold, warm = out["cold"], out["warm"]
             timings = dict(cold["timings"], session=out["session"])
             rows.append({"config": name, "epochs": epochs, "cold": cold["wall"], "warm": warm["wall"],
@@ -167,13 +176,13 @@ def render(rows: list[dict], args: argparse.Namespace) -> str:
     lines = [f"# time to accuracy — {datetime.date.today()} — {platform.node()}, {os.cpu_count()} CPUs, "
              f"{args.workers} workers, train() wall over plain fit's in the same run", "",
              "| configuration | epochs | cold train() / fit | warm train() / fit | first step cold, warm (s) | "
-             "accuracy | " + " | ".join(PHASES) + " |",
-             "|---|---|---|---|---|---|" + "---|" * len(PHASES)]
+             "accuracy | PS wait | " + " | ".join(PHASES) + " |",
+             "|---|---|---|---|---|---|---|" + "---|" * len(PHASES)]
     for r in rows:
         phases = " | ".join(cell(r["timings"].get(p), "{:.1f}") for p in PHASES)
         first = "–" if r["first"] is None else f"{r['first']:.1f}, {r['first_warm']:.1f}"
         lines.append(f"| {r['config']} | {r['epochs']} | {r['cold'] / r['fit']:.2f} | {r['warm'] / r['fit']:.2f} | "
-                     f"{first} | {cell(r['accuracy'], '{:.4f}')} | {phases} |")
+                     f"{first} | {cell(r['accuracy'], '{:.4f}')} | {cell(r.get('ps_wait'), '{:.1%}')} | {phases} |")
     return "\n".join(lines)
 
 

@@ -103,6 +103,9 @@ class Trainer:
         checkpoint_dir: where the shards write checkpoints (any local or shared directory of
             the driver's host); ``train(df, resume=True)`` continues from them.
         checkpoint_every: seconds between checkpoints (default 30 with a ``checkpoint_dir``).
+        overlap: exchange with the PS on a background thread while the worker keeps training
+            (asynchronous algorithms; docs/algorithms.md says how each composes the steps taken
+            meanwhile). Refused for synchronous algorithms, whose rounds need every worker at once.
         on_nan: ``"raise"`` (default) stops training at the first NaN or infinite loss with an
             error naming the worker, epoch and step; ``"warn"`` logs it and trains on.
         **algorithm_params: further algorithm hyperparameters (``rho``, ``momentum``,
@@ -127,7 +130,8 @@ class Trainer:
                  ps_host: str = "127.0.0.1", timeout: float = 120.0, custom_modules: Sequence[str] = (),
                  parallelism_factor: int = 1, seed: int = 0, security: str = "auto",
                  curve_keys: CurveKeys | None = None, checkpoint_dir: str | None = None,
-                 checkpoint_every: float | None = None, on_nan: str = "raise", **algorithm_params: Any) -> None:
+                 checkpoint_every: float | None = None, on_nan: str = "raise", overlap: bool = False,
+                 **algorithm_params: Any) -> None:
         if self.default_algorithm is not None and algorithm is not None and algorithm != self.default_algorithm:
             raise ConfigError(f"`algorithm` is fixed to {self.default_algorithm!r} in {type(self).__name__}; use "
                               f"zdk.trainers.Trainer for another. Received: algorithm={algorithm!r}")
@@ -170,6 +174,10 @@ class Trainer:
         self.reinitialize = False
         self.timings: dict[str, float] = {}
         self._marks: dict[str, float] = {}
+        if overlap and self.algorithm.synchronous:
+            raise ConfigError(f"`overlap` must be False for the synchronous algorithm {self.algorithm.name!r}: its "
+                              f"rounds need every worker at the same point. Received: overlap=True")
+        self.overlap = bool(overlap)
         if on_nan not in ("raise", "warn"):
             raise ConfigError(f"`on_nan` must be 'raise' or 'warn'. Received: on_nan={on_nan!r}")
         self.on_nan = on_nan
@@ -188,7 +196,8 @@ class Trainer:
                        "parameter_server": parameter_server, "checkpoint_dir": checkpoint_dir,
                        "curve_keys": curve_keys, "num_shards": None if num_shards == 1 else num_shards,
                        "security": None if security == "auto" else security,
-                       "ps_host": None if ps_host == "127.0.0.1" else ps_host, **algorithm_params}
+                       "ps_host": None if ps_host == "127.0.0.1" else ps_host, "overlap": overlap or None,
+                       **algorithm_params}
             given = {k: v for k, v in ignored.items() if v is not None}
             if given:
                 name, value = next(iter(given.items()))
@@ -310,7 +319,7 @@ class Trainer:
                 prefetch=self.max_prefetch, algorithm_sources=tuple(sources(self.algorithm)),
                 curve=self._curve.to_dict() if self._curve else None, quorum=self.num_tasks,
                 first_epoch=first_epoch, initial_file=initial_file, reinitialize=self.reinitialize,
-                on_nan=self.on_nan,
+                on_nan=self.on_nan, overlap=self.overlap,
             )
             records = self._run(data, config, endpoints) if first_epoch < self.num_epoch else []
             self.training_time = time.perf_counter() - started

@@ -9,6 +9,8 @@ resets θ with ``worker_reset``, in the order the algorithm asks for.
 from __future__ import annotations
 
 import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -49,6 +51,12 @@ class Exchange:
         self.state: dict[str, Any] = {}
         self.exchanges = 0
         self.resyncs = 0
+        self.blocked_seconds = 0.0
+        self._pool: ThreadPoolExecutor | None = None
+        self._future: Future[CommitReceipt] | None = None
+        self._snapshot: np.ndarray | None = None
+        self._base: np.ndarray | None = None
+        self._correction: np.ndarray | None = None
 
     @property
     def window(self) -> int:
@@ -72,14 +80,74 @@ class Exchange:
             steps: local steps since the last exchange (λ, or fewer at the end).
             report: progress numbers for the shards' `stats` (step, samples, loss).
         """
+        self.collect(block=True)
         try:
-            return self._end_window(steps, report)
+            return self._exchange(self._window(self.local, steps), report)
         except ShardRestarted as exc:
-            if self.algorithm.synchronous:
-                raise
-            logger.warning("%s; re-syncing from the restarted shards' checkpoint", exc)
-            self.resync()
-            return CommitReceipt(applied=False, staleness=0, info={"resynced": 1.0})
+            return self._after_restart(exc)
+
+    # ------------------------------------------------------------------ overlapped exchanges
+
+    def begin_window(self, steps: int, *, report: dict[str, float] | None = None) -> None:
+        """Starts the exchange of the window that just ended on a background thread, so the
+        worker keeps training while the commit and the pull travel.
+
+        The exchange runs on a snapshot θ_s of the local weights; the algorithm's reset maps it
+        to θ_s'. The steps taken meanwhile, δ = θ − θ_s, are kept: :meth:`collect` sets
+        θ ← θ + (θ_s' − θ_s) = θ_s' + δ, and with θ_pulled ← θ̃ the next window's commit
+        carries δ. For DOWNPOUR, AGN, ADAG and DynSGD θ_s' = θ̃ (θ ← θ̃ + δ); for EASGD
+        θ_s' = θ_s − E (θ ← θ − E). Synchronous algorithms cannot overlap: their rounds need
+        every worker at the same point.
+
+        Args:
+            steps: local steps in the window that just ended.
+            report: progress numbers for the shards' `stats`.
+        """
+        if self.algorithm.synchronous:
+            raise ConfigError(f"`overlap` needs an asynchronous algorithm; {self.algorithm.name!r} is synchronous")
+        self.collect(block=True)  # at most one exchange in flight
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zdk-exchange")
+            self._snapshot = np.empty_like(self.local)
+            self._base = np.empty_like(self.local)
+            self._correction = np.empty_like(self.local)
+        np.copyto(self._snapshot, self.local)
+        np.copyto(self._base, self.local)
+        self._future = self._pool.submit(self._exchange_snapshot, steps, report)
+
+    @property
+    def in_flight(self) -> bool:
+        return self._future is not None
+
+    def ready(self) -> bool:
+        """Whether an exchange in flight has finished (its result waits for :meth:`collect`)."""
+        return self._future is not None and self._future.done()
+
+    def collect(self, *, block: bool = False) -> CommitReceipt | None:
+        """Applies a finished background exchange to ``local`` (θ ← θ + θ_s' − θ_s); None when there is
+        none, or when it is still running and ``block`` is False. Time spent blocked is added to
+        ``blocked_seconds``."""
+        if self._future is None or (not block and not self._future.done()):
+            return None
+        started = time.perf_counter()
+        future, self._future = self._future, None
+        try:
+            receipt = future.result()
+        except ShardRestarted as exc:
+            return self._after_restart(exc)
+        finally:
+            self.blocked_seconds += time.perf_counter() - started
+        assert self._correction is not None
+        self.local += self._correction
+        return receipt
+
+    def _exchange_snapshot(self, steps: int, report: dict[str, float] | None) -> CommitReceipt:
+        assert self._snapshot is not None and self._base is not None and self._correction is not None
+        receipt = self._exchange(self._window(self._snapshot, steps), report)
+        np.subtract(self._snapshot, self._base, out=self._correction)
+        return receipt
+
+    # ------------------------------------------------------------------ shared
 
     def resync(self) -> None:
         """Registers again with every shard (learning their new generations) and restarts from θ̃."""
@@ -87,13 +155,21 @@ class Exchange:
         self.start()
         self.resyncs += 1
 
-    def _end_window(self, steps: int, report: dict[str, float] | None) -> CommitReceipt:
+    def _after_restart(self, exc: ShardRestarted) -> CommitReceipt:
+        if self.algorithm.synchronous:
+            raise exc
+        logger.warning("%s; re-syncing from the restarted shards' checkpoint", exc)
+        self.resync()
+        return CommitReceipt(applied=False, staleness=0, info={"resynced": 1.0})
+
+    def _window(self, local: np.ndarray, steps: int) -> WorkerWindow:
+        return WorkerWindow(local=local, pulled=self.pulled, center=self.center, window=max(1, steps), state=self.state)
+
+    def _exchange(self, win: WorkerWindow, report: dict[str, float] | None) -> CommitReceipt:
         algo = self.algorithm
         if algo.pull_before_commit:
             self.client.pull(self.center)
         bases = self.client.versions
-        win = WorkerWindow(local=self.local, pulled=self.pulled, center=self.center, window=max(1, steps),
-                           state=self.state)
         assert algo.worker_delta is not None and algo.worker_reset is not None
         win.delta = np.ascontiguousarray(algo.worker_delta(win, self.params), dtype=np.float32)
         receipt = self.client.commit(win.delta, report=report)
@@ -108,5 +184,9 @@ class Exchange:
         return receipt
 
     def finish(self) -> None:
-        """Tells the shards this worker is done."""
+        """Waits for an exchange in flight, then tells the shards this worker is done."""
+        self.collect(block=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         self.client.bye()

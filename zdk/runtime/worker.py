@@ -8,6 +8,7 @@ its history as Arrow rows, and its weights when the algorithm has no PS.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -61,6 +62,8 @@ class WorkerConfig:
         initial_file: the name (for ``SparkFiles.get``) of the raw float32 ``.npy`` holding the
             user's weights, for algorithms without a PS; None: keep the rebuilt model's weights.
         reinitialize: draw fresh initial weights per worker, seeded by ``seed`` + worker id.
+        overlap: run exchanges on a background thread while training goes on (asynchronous
+            algorithms exchanging every λ steps; see ``Exchange.begin_window``).
         on_nan: ``"raise"`` stops the worker at the first non-finite loss with an error naming
             the worker, epoch and step; ``"warn"`` logs it once and trains on.
         first_epoch: the epoch to start at (a resumed job skips those already done); epochs are
@@ -88,6 +91,7 @@ class WorkerConfig:
     initial_file: str | None = None
     reinitialize: bool = False
     on_nan: str = "raise"
+    overlap: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -128,6 +132,7 @@ class WorkerRun:
         self.records: list[dict[str, Any]] = []
         self._warned_nan = False
         self._epoch_steps = 0
+        self._blocked = 0.0
 
     def run(self, batches: Iterable, *, initial: np.ndarray | None = None,
             t_start: float | None = None) -> list[dict[str, Any]]:
@@ -170,6 +175,8 @@ class WorkerRun:
                 exchange.start()
                 set_flat_weights(model, self.layout, local)
             step, in_window, samples = 0, 0, 0
+            overlap = (cfg.overlap and exchange is not None and not self.algorithm.synchronous
+                       and not cfg.exchange_per_epoch)
             t_ready = time.time()
             for epoch in range(cfg.first_epoch, cfg.num_epoch):
                 model.reset_metrics()
@@ -185,8 +192,15 @@ class WorkerRun:
                     record = self._record("step", epoch, step, logs)
                     if record["loss"] is not None and not math.isfinite(record["loss"]):
                         self._non_finite(record)
+                    if overlap and exchange is not None and exchange.ready():
+                        self._collect(model, exchange, local, record, block=False)
                     if exchange is not None and not cfg.exchange_per_epoch and in_window == exchange.window:
-                        self._exchange(model, exchange, local, in_window, record, samples)
+                        if overlap:
+                            self._collect(model, exchange, local, record, block=True)
+                            get_flat_weights(model, self.layout, local)
+                            exchange.begin_window(in_window, report=self._report(record, samples))
+                        else:
+                            self._exchange(model, exchange, local, in_window, record, samples)
                         in_window = 0
                     self.records.append(record)
                 if epoch == cfg.first_epoch:
@@ -194,13 +208,15 @@ class WorkerRun:
                 if exchange is not None and cfg.exchange_per_epoch and in_window:
                     self._exchange(model, exchange, local, in_window, self.records[-1], samples)
                     in_window = 0
+            if overlap and exchange is not None:
+                self._collect(model, exchange, local, self.records[-1] if self.records else {}, block=True)
             if exchange is not None and in_window:
                 self._exchange(model, exchange, local, in_window, self.records[-1] if self.records else {}, samples)
             if exchange is not None:
                 exchange.finish()
             busy = time.perf_counter() - started
             summary = self._record("summary", cfg.num_epoch - 1, step, {})
-            summary.update(wait=client.wait_seconds if client else 0.0, busy=busy, rows=stream.rows, samples=samples,
+            summary.update(wait=self._blocked, busy=busy, rows=stream.rows, samples=samples,
                            t_start=t_start, t_ready=t_ready, t_first=t_first, t_last=time.time())
             if not self.algorithm.uses_ps:
                 summary["weights"] = get_flat_weights(model, self.layout, local).tobytes()
@@ -212,17 +228,49 @@ class WorkerRun:
             if client is not None:
                 client.close()
 
-    def _exchange(self, model: Any, exchange: Exchange, local: np.ndarray, steps: int, record: dict[str, Any],
-                  samples: int) -> None:
-        get_flat_weights(model, self.layout, local)
+    def _report(self, record: dict[str, Any], samples: int) -> dict[str, float]:
         report = {"step": float(record.get("step", 0)), "samples": float(samples), "epoch": float(record.get("epoch", 0)),
                   "pid": float(os.getpid())}
         if self._epoch_steps:
             report["epoch_steps"] = float(self._epoch_steps)
         if record.get("loss") is not None:
             report["loss"] = float(record["loss"])
+        return report
+
+    def _exchange(self, model: Any, exchange: Exchange, local: np.ndarray, steps: int, record: dict[str, Any],
+                  samples: int) -> None:
+        get_flat_weights(model, self.layout, local)
+        started = time.perf_counter()
+        with self._non_finite_commits(record):
+            receipt = exchange.end_window(steps, report=self._report(record, samples))
+        self._blocked += time.perf_counter() - started
+        set_flat_weights(model, self.layout, local)
+        self._note(record, receipt)
+
+    def _collect(self, model: Any, exchange: Exchange, local: np.ndarray, record: dict[str, Any], *,
+                 block: bool) -> None:
+        """Folds a finished background exchange into the model: θ ← θ + (θ_s' − θ_s)."""
+        if not exchange.in_flight:
+            return
+        get_flat_weights(model, self.layout, local)
+        started = time.perf_counter()
+        with self._non_finite_commits(record):
+            receipt = exchange.collect(block=block)
+        self._blocked += time.perf_counter() - started
+        set_flat_weights(model, self.layout, local)
+        if receipt is not None:
+            self._note(record, receipt)
+
+    @staticmethod
+    def _note(record: dict[str, Any], receipt: Any) -> None:
+        record["staleness"] = receipt.staleness
+        if "scale" in receipt.info:
+            record["scale"] = receipt.info["scale"]
+
+    @contextlib.contextmanager
+    def _non_finite_commits(self, record: dict[str, Any]) -> Iterator[None]:
         try:
-            receipt = exchange.end_window(steps, report=report)
+            yield
         except RemoteError as exc:
             if exc.code != "non_finite":
                 raise
@@ -231,10 +279,6 @@ class WorkerRun:
                 f"{record.get('step')}, and the parameter server refused them ({exc}). Check the input data for "
                 "NaN or infinite values and try a lower learning rate."
             ) from None
-        set_flat_weights(model, self.layout, local)
-        record["staleness"] = receipt.staleness
-        if "scale" in receipt.info:
-            record["scale"] = receipt.info["scale"]
 
     def _non_finite(self, record: dict[str, Any]) -> None:
         message = (f"worker {self.worker_id} (attempt {self.attempt}): the training loss became {record['loss']} at "
