@@ -111,6 +111,7 @@ class Exchange:
             self._snapshot = np.empty_like(self.local)
             self._base = np.empty_like(self.local)
             self._correction = np.empty_like(self.local)
+        assert self._snapshot is not None and self._base is not None
         np.copyto(self._snapshot, self.local)
         np.copyto(self._base, self.local)
         self._future = self._pool.submit(self._exchange_snapshot, steps, report)

@@ -19,13 +19,13 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from zdk import algorithms
-from zdk.algorithms.base import Algorithm, Params, ShardState, UpdateResult, WorkerSlot
+from zdk.algorithms.base import APPLIED, Algorithm, Params, ShardState, UpdateResult, WorkerSlot, add_delta
 from zdk.errors import ConfigError, ProtocolError, ZdkError
 from zdk.ps import snapshot
 from zdk.ps.layout import DTYPE, ShardPlan
 from zdk.ps.protocol import (
     DEFAULT_CHUNK_BYTES, DEFAULT_MAX_FRAME_BYTES, ERROR, MAX_WAIT_SECONDS, WIRE_DTYPE,
-    Reply, Request, as_frames, decode_request, join_checked, salvage,
+    Reply, Request, all_finite, as_frames, decode_request, join_checked, salvage,
 )
 
 logger = logging.getLogger(__name__)
@@ -315,7 +315,7 @@ class ShardCore:
             raise ProtocolError("left", f"worker {request.worker} said `bye`; say `hello` again to rejoin")
         return slot
 
-    def _payload(self, request: Request, frames: Sequence[Frame]) -> np.ndarray:
+    def _check_size(self, request: Request) -> None:
         expected = self.center.nbytes
         received = sum(request.lens)
         if received != expected:
@@ -323,6 +323,23 @@ class ShardCore:
                 "bad_length", f"`{request.op}` must carry {expected} bytes ({self.center.size} × {WIRE_DTYPE}) "
                 f"for shard range {list(self.config.range)}. Received: {received} bytes"
             )
+
+    def _checked_parts(self, request: Request, frames: Sequence[Frame]) -> list[np.ndarray]:
+        """The payload as zero-copy float32 views, one per frame, each checked finite before any is used."""
+        self._check_size(request)
+        parts, offset = [], 0
+        for frame in frames:
+            part = np.frombuffer(frame, dtype=WIRE_DTYPE)
+            if not all_finite(part):
+                bad = int(np.flatnonzero(~np.isfinite(part))[0])
+                raise ProtocolError("non_finite", f"`{request.op}` data must be finite. Received: {part[bad]} at "
+                                    f"index {offset + bad}")
+            parts.append(part)
+            offset += part.size
+        return parts
+
+    def _payload(self, request: Request, frames: Sequence[Frame]) -> np.ndarray:
+        self._check_size(request)
         data, finite = join_checked(frames, out=self._recv_buffer)
         if not finite:
             bad = int(np.flatnonzero(~np.isfinite(data))[0])
@@ -438,11 +455,23 @@ class ShardCore:
             raise ProtocolError("bad_base", f"`base` must be ≤ the shard version {self.version}. "
                                 f"Received: base={request.base}")
         report = _check_report(request.args.get("report", {}))
-        data = self._payload(request, frames)
-        slot.report = report or slot.report
-        slot.staleness = self.version - request.base
-        assert self.algorithm.server_update is not None  # checked in __init__: the algorithm uses the PS
-        result = self.algorithm.server_update(self._writable_state(), slot, data, self.params)
+        if self.algorithm.server_update is add_delta:
+            # θ̃ += Δ is elementwise: apply each frame where it lands, with no joined copy, once
+            # every frame has been checked (a bad frame leaves the center untouched).
+            parts = self._checked_parts(request, frames)
+            slot.report = report or slot.report
+            slot.staleness = self.version - request.base
+            center, offset = self._writable_state().center, 0
+            for part in parts:
+                center[offset:offset + part.size] += part
+                offset += part.size
+            result = APPLIED
+        else:
+            data = self._payload(request, frames)
+            slot.report = report or slot.report
+            slot.staleness = self.version - request.base
+            assert self.algorithm.server_update is not None  # checked in __init__: the algorithm uses the PS
+            result = self.algorithm.server_update(self._writable_state(), slot, data, self.params)
         out = self._after_update(result, slot)
         reply = self._reply(peer, request, applied=result.applied, staleness=slot.staleness, info=dict(result.info))
         seen[request.rid] = reply.header
