@@ -284,3 +284,15 @@ def test_an_algorithm_bug_is_an_error_reply_not_a_crash():
         assert core.version == 0
     finally:
         algorithms.unregister("test-broken")
+
+
+def test_a_non_finite_value_in_a_later_frame_leaves_the_center_untouched():
+    """Additive commits are applied frame by frame: every frame is checked before the first is applied."""
+    core = make_core()
+    hello(core)
+    delta = np.ones(SIZE, np.float32)
+    delta[-1] = np.inf  # in the last of three 16-byte frames
+    (_, reply, _), = commit(core, delta)
+    assert reply.fields["code"] == "non_finite" and "index 11" in reply.fields["message"]
+    np.testing.assert_array_equal(core.center, np.arange(SIZE))
+    assert core.version == 0
