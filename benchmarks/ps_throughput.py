@@ -138,7 +138,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes-mib", type=int, nargs="+", default=[4, 40, 160], help="model sizes (default: 4 40 160)")
     parser.add_argument("--repeats", type=int, default=7, help="timed round trips per case (default: 7)")
+    parser.add_argument("--grid", nargs="*", default=[], metavar="SHARDSxWORKERS",
+                        help="also print aggregate GB/s for these shard × worker counts, e.g. 1x1 4x4 8x16 on a "
+                        "bigger machine (default: none)")
     args = parser.parse_args()
+    try:
+        grid = [tuple(int(v) for v in cell.lower().split("x")) for cell in args.grid]
+    except ValueError:
+        parser.error(f"--grid takes SHARDSxWORKERS cells such as 2x4. Received: {args.grid}")
 
     print(f"# zdk PS throughput — {time.strftime('%Y-%m-%d')} — {platform.node()}, {mp.cpu_count()} CPUs, "
           f"Python {platform.python_version()}, pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()}")
@@ -158,6 +165,15 @@ def main() -> int:
         c = nbytes / copyto(nbytes, args.repeats) / 1e9
         print(f"| {mib} | {a1:.2f} | {a2:.2f} | {a3:.2f} | {b1:.2f} | {b2:.2f} | {c:.2f} | {a1 / b1:.2f} | {a1 / b2:.2f} "
               f"| {a1 / c:.2f} | {a1 / 0.24:.1f}× |", flush=True)
+    if grid:
+        print()
+        print("| MiB | " + " | ".join(f"{k}×{w} GB/s" for k, w in grid) + " | echo 1 MiB frames GB/s |")
+        print("|---" * (len(grid) + 2) + "|")
+        for mib in args.sizes_mib:
+            nbytes = mib << 20
+            cells = [2 * nbytes / zdk_roundtrip(nbytes, args.repeats, k, w) / 1e9 for k, w in grid]
+            echo = 2 * nbytes / bare_echo(nbytes, args.repeats, chunked=True) / 1e9
+            print(f"| {mib} | " + " | ".join(f"{c:.2f}" for c in cells) + f" | {echo:.2f} |", flush=True)
     return 0
 
 
