@@ -26,14 +26,14 @@ from zdk.runtime.minibatches import MinibatchStream, fit_to_shapes
 from zdk.errors import NonFiniteError, RemoteError
 from zdk.ps.exchange import Exchange
 from zdk.transports.curve import CurveKeys
-from zdk.runtime.models import ModelSpec, build_model, get_flat_weights, set_flat_weights
+from zdk.runtime.models import ModelSpec, build_model, get_flat_weights, reusable_model, set_flat_weights
 
 logger = logging.getLogger(__name__)
 
 HISTORY_SCHEMA = (
     "kind string, worker int, attempt int, epoch int, step int, timestamp double, loss double, metrics string, "
     "staleness long, scale double, wait double, busy double, rows long, samples long, weights binary, "
-    "t_start double, t_ready double, t_first double, t_last double"
+    "t_start double, t_ready double, t_first double, t_last double, reused boolean"
 )
 
 
@@ -133,6 +133,7 @@ class WorkerRun:
         self._warned_nan = False
         self._epoch_steps = 0
         self._blocked = 0.0
+        self.reused = False
 
     def run(self, batches: Iterable, *, initial: np.ndarray | None = None,
             t_start: float | None = None) -> list[dict[str, Any]]:
@@ -151,7 +152,10 @@ class WorkerRun:
             import keras
 
             keras.utils.set_random_seed(cfg.seed + self.worker_id)
-        model = build_model(self.spec, learning_rate=cfg.learning_rate)
+        if cfg.reinitialize:
+            model, self.reused = build_model(self.spec, learning_rate=cfg.learning_rate), False
+        else:
+            model, self.reused = reusable_model(self.spec, learning_rate=cfg.learning_rate)
         input_shapes, output_shapes = _shapes(model.inputs), _shapes(model.outputs)
         local = self.layout.empty()
         if initial is not None:
@@ -217,7 +221,7 @@ class WorkerRun:
             busy = time.perf_counter() - started
             summary = self._record("summary", cfg.num_epoch - 1, step, {})
             summary.update(wait=self._blocked, busy=busy, rows=stream.rows, samples=samples,
-                           t_start=t_start, t_ready=t_ready, t_first=t_first, t_last=time.time())
+                           t_start=t_start, t_ready=t_ready, t_first=t_first, t_last=time.time(), reused=self.reused)
             if not self.algorithm.uses_ps:
                 summary["weights"] = get_flat_weights(model, self.layout, local).tobytes()
             self.records.append(summary)
@@ -296,7 +300,7 @@ class WorkerRun:
         return {"kind": kind, "worker": self.worker_id, "attempt": self.attempt, "epoch": epoch, "step": step,
                 "timestamp": time.time(), "loss": loss, "metrics": json.dumps(values), "staleness": None,
                 "scale": None, "wait": None, "busy": None, "rows": None, "samples": None, "weights": None,
-                "t_start": None, "t_ready": None, "t_first": None, "t_last": None}
+                "t_start": None, "t_ready": None, "t_first": None, "t_last": None, "reused": None}
 
 
 def train_partition(config_json: str, batches: Iterator) -> Iterator:
@@ -322,7 +326,7 @@ def _arrow_schema():
     import pyarrow as pa
 
     types = {"string": pa.string(), "int": pa.int32(), "long": pa.int64(), "double": pa.float64(),
-             "binary": pa.binary()}
+             "binary": pa.binary(), "boolean": pa.bool_()}
     fields = []
     for part in HISTORY_SCHEMA.split(","):
         name, kind = part.split()
