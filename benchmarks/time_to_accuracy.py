@@ -22,7 +22,8 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-TRAINERS = ("SingleTrainer", "DOWNPOUR", "ADAG", "AEASGD", "AveragingTrainer")
+TRAINERS = ("SingleTrainer", "DOWNPOUR", "AGN", "ADAG", "DynSGD", "AEASGD", "EAMSGD", "AveragingTrainer",
+            "EnsembleTrainer")
 PHASES = ("session", "data_preparation", "shard_start", "worker_start", "first_step", "steps", "teardown")
 
 
@@ -94,12 +95,17 @@ def child_trainer(spec: dict) -> dict:
             kwargs["overlap"] = True
         if spec["trainer"] != "SingleTrainer":
             kwargs["num_workers"] = spec["workers"]
-        trainer = getattr(trainers, spec["trainer"])(model(x_train.shape[1]), keras.optimizers.Adam(1e-3),
+        if spec["trainer"] == "EnsembleTrainer":
+            kwargs["num_ensembles"] = kwargs.pop("num_workers")
+        optimizer = "sgd" if spec["trainer"] == "EAMSGD" else keras.optimizers.Adam(1e-3)
+        trainer = getattr(trainers, spec["trainer"])(model(x_train.shape[1]), optimizer,
                                                      "sparse_categorical_crossentropy", **kwargs)
         t0 = time.perf_counter()
         trained = trainer.train(df, shuffle=True)
         wall = time.perf_counter() - t0
-        runs.append({"wall": wall, "accuracy": accuracy(trained, x_test, y_test), "timings": trainer.timings,
+        members = trained if isinstance(trained, list) else [trained]
+        acc = sum(accuracy(m, x_test, y_test) for m in members) / len(members)
+        runs.append({"wall": wall, "accuracy": acc, "timings": trainer.timings,
                      "ps_wait": trainer.ps_wait_fraction})
     spark.stop()
     return {"session": session, "cold": runs[0], "warm": runs[1]}
