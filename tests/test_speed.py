@@ -42,23 +42,30 @@ def test_shuffle_spreads_every_stretch_evenly_and_randomizes_each_partition_with
 
 
 def test_warm_workers_leaves_keras_imported_in_the_python_workers(spark):
-    thread = warm_workers(spark)
-    if thread is not None:  # the session fixture's get_session may have warmed them already
-        thread.join(120)
+    from conftest import poll_until
+
+    warm_workers(spark, force=True).join(120)
 
     def check(batches):
         import os
         import sys
+        import threading
 
         import pyarrow as pa
 
         for _ in batches:
             pass
-        yield pa.RecordBatch.from_pydict({"pid": [os.getpid()], "keras": ["keras" in sys.modules]})
+        loading = any(t.name == "zdk-keras-import" for t in threading.enumerate())
+        yield pa.RecordBatch.from_pydict({"pid": [os.getpid()], "ready": ["keras" in sys.modules and not loading]})
 
     slots = spark.sparkContext.defaultParallelism
-    found = spark.range(slots, numPartitions=slots).mapInArrow(check, "pid long, keras boolean").collect()
-    assert all(r.keras for r in found), found
+
+    def all_ready():
+        found = spark.range(slots, numPartitions=slots).mapInArrow(check, "pid long, ready boolean").collect()
+        return all(r.ready for r in found)
+
+    # The import runs on a thread of each worker process, so the warm-up's tasks return at once.
+    poll_until(all_ready, timeout=60, interval=0.5, what="Keras to be imported in every Python worker")
 
 
 def test_timings_account_for_the_phases_of_train(spark, digits_df):

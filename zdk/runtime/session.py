@@ -105,11 +105,8 @@ def session_seconds(*, consume: bool = False) -> float:
     return value
 
 
-def _import_keras(batches: Iterator) -> Iterator:
-    """Runs in a Python worker: imports Keras (and its backend) and runs one tiny training step,
-    so the worker's first real step does not pay for TensorFlow's start-up."""
+def _load_keras() -> None:
     import numpy as np
-    import pyarrow as pa
 
     import keras
 
@@ -118,12 +115,23 @@ def _import_keras(batches: Iterator) -> Iterator:
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
     model.train_on_batch(np.zeros((1, 1), np.float32), np.zeros((1, 1), np.float32))
+
+
+def _import_keras(batches: Iterator) -> Iterator:
+    """Runs in a Python worker: starts importing Keras (and its backend) and one tiny training step
+    on a thread of the worker process, and returns at once. The task frees its slot right away, so
+    the driver's own small jobs (pre-flight) do not queue behind TensorFlow's start-up; a training
+    task that arrives meanwhile waits on the import lock only for what is left of it."""
+    import pyarrow as pa
+
+    if not any(t.name == "zdk-keras-import" for t in threading.enumerate()) and "keras" not in sys.modules:
+        threading.Thread(target=_load_keras, name="zdk-keras-import", daemon=True).start()
     for _ in batches:
         pass
     yield pa.RecordBatch.from_pydict({"pid": [os.getpid()]})
 
 
-def warm_workers(spark: Any, slots: int | None = None) -> threading.Thread | None:
+def warm_workers(spark: Any, slots: int | None = None, *, force: bool = False) -> threading.Thread | None:
     """Starts a Python worker on each task slot and imports Keras in it, in the background.
 
     Spark reuses Python workers (``spark.python.worker.reuse``), so the training tasks that
@@ -134,6 +142,8 @@ def warm_workers(spark: Any, slots: int | None = None) -> threading.Thread | Non
     Args:
         spark: the session.
         slots: how many workers to warm (default: the cluster's task slots).
+        force: warm again even if this application was warmed before (idle workers exit after a
+            minute, and their replacements start cold).
 
     Returns:
         the background thread, or None when warming is off or already done.
@@ -143,7 +153,7 @@ def warm_workers(spark: Any, slots: int | None = None) -> threading.Thread | Non
     sc = spark.sparkContext
     key = sc.applicationId
     with _warm_lock:
-        if key in _warmed:
+        if key in _warmed and not force:
             return None
         count = max(1, slots or task_slots(spark))
 
