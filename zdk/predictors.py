@@ -17,18 +17,23 @@ import numpy as np
 from zdk.runtime.minibatches import column_to_numpy, fit_to_shapes
 from zdk.errors import ConfigError
 from zdk.ps.layout import FlatLayout
+from zdk.runtime.models import canonical_architecture
 
 logger = logging.getLogger(__name__)
 
 _models: dict[str, Any] = {}
+_weights_of: dict[str, str] = {}
 _models_lock = threading.Lock()
 _TMP = "__zdk_features_{}"
 
 
 def _cached_model(key: str, model_json: str, shapes: list[list[int]], weights: bytes, modules: Sequence[str]) -> Any:
-    """The model for ``key``, built once per Python worker process."""
+    """The model for ``key`` in this Python worker process. One model object is kept per
+    architecture (layer names aside) and only its weights change between models, so its predict
+    function is traced once: a new model per call made TensorFlow retrace, and warn, again and again."""
     with _models_lock:
-        model = _models.get(key)
+        architecture = canonical_architecture(model_json)
+        model = _models.get(architecture)
         if model is None:
             import importlib
 
@@ -37,10 +42,13 @@ def _cached_model(key: str, model_json: str, shapes: list[list[int]], weights: b
             for module in modules:
                 importlib.import_module(module)
             model = keras.models.model_from_json(model_json)
+            _models.clear()  # one model per worker at a time; a new one replaces it
+            _models[architecture] = model
+        if _weights_of.get(architecture) != key:
             layout = FlatLayout(tuple(tuple(s) for s in shapes))
             model.set_weights(layout.views(np.frombuffer(weights, dtype="<f4").copy()))
-            _models.clear()  # one model per worker at a time; a new one replaces it
-            _models[key] = model
+            _weights_of.clear()
+            _weights_of[architecture] = key
         return model
 
 

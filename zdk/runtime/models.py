@@ -157,7 +157,7 @@ def reusable_model(spec: ModelSpec, *, learning_rate: float | None = None) -> tu
 
 
 def _canonical(text: str) -> str:
-    """``text`` (JSON) with every name replaced by its order of appearance: a model rebuilt from
+    """``text`` (a model spec's or a model's JSON) with every name replaced by its order of appearance: a model rebuilt from
     the same code gets new layer names (``dense_7``), but it is the same computation."""
     names: dict[str, str] = {}
 
@@ -179,9 +179,16 @@ def _canonical(text: str) -> str:
         return names.get(value, value) if isinstance(value, str) else value
 
     data = json.loads(text)
-    data["model"] = json.loads(data["model"])
+    if isinstance(data, dict) and isinstance(data.get("model"), str):
+        data["model"] = json.loads(data["model"])
     collect(data)
     return json.dumps(rename(data), sort_keys=True)
+
+
+def canonical_architecture(model_json: str) -> str:
+    """A key for a model's architecture that ignores its layer names (a model rebuilt from the same
+    code gets new ones)."""
+    return hashlib.sha256(_canonical(model_json).encode()).hexdigest()
 
 
 def _reset_optimizer(model: Any) -> bool:
