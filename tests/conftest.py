@@ -41,6 +41,15 @@ def assert_logged(capfd, text: str, timeout: float = 10.0) -> None:
     poll_until(logged, timeout=timeout, what=f"a shard to log {text!r}")
 
 
+def registered_client(group: ShardGroup, worker: int):
+    """A PSClient of ``group`` that has said hello as ``worker`` (close it, or use ``with``)."""
+    from zdk.ps.client import PSClient
+
+    client = PSClient(group.endpoints, worker_id=worker, timeout=10)
+    client.hello()
+    return client
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -12,18 +12,12 @@ keras = pytest.importorskip("keras")
 
 from zdk import trainers  # noqa: E402
 from zdk.errors import ConfigError  # noqa: E402
-from zdk.ps.client import PSClient  # noqa: E402
+from conftest import registered_client as client_for  # noqa: E402
 from zdk.ps.exchange import Exchange  # noqa: E402
 
 # ---------------------------------------------------------------- the exchange, by the numbers
 
 SIZE = 8
-
-
-def client_for(group, worker: int) -> PSClient:
-    client = PSClient(group.endpoints, worker_id=worker, timeout=10)
-    client.hello()
-    return client
 
 
 def test_end_window_commits_the_accumulated_delta_and_resets_to_the_center(shards):

@@ -6,16 +6,10 @@ import numpy as np
 import pytest
 
 from zdk.errors import ConfigError
-from zdk.ps.client import PSClient
+from conftest import registered_client as client_for
 from zdk.ps.exchange import Exchange
 
 SIZE = 6
-
-
-def client_for(group, worker: int) -> PSClient:
-    client = PSClient(group.endpoints, worker_id=worker, timeout=10)
-    client.hello()
-    return client
 
 
 def test_downpour_overlap_keeps_the_steps_taken_during_the_exchange(shards):
