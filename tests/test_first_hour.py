@@ -105,3 +105,11 @@ def test_on_nan_warn_trains_on(spark, digits):
 def test_on_nan_is_validated():
     with pytest.raises(ConfigError, match="`on_nan` must be 'raise' or 'warn'"):
         trainers.ADAG(mlp(), "adam", "mse", on_nan="ignore")
+
+
+def test_a_worker_without_rows_is_named_in_a_warning(spark, caplog):
+    one_row = spark.createDataFrame([([0.0] * 64, 1)], "features array<double>, label long")
+    trainer = trainers.DOWNPOUR(mlp(), "adam", "sparse_categorical_crossentropy", num_workers=2, progress=False)
+    with caplog.at_level("WARNING", logger="zdk.trainers"):
+        trainer.train(one_row)
+    assert any("got no rows" in r.getMessage() for r in caplog.records), caplog.text

@@ -80,3 +80,23 @@ def test_worker_without_ps_returns_its_weights():
     weights = np.frombuffer(records[-1]["weights"], "<f4")
     assert weights.size == sum(w.size for w in m.get_weights())
     assert records[-1]["wait"] == 0.0
+
+
+def test_non_finite_weights_refused_by_the_ps_name_worker_epoch_and_step(shards):
+    from zdk.errors import NonFiniteError
+
+    m = model()
+    initial = np.concatenate([w.ravel() for w in m.get_weights()]).astype(np.float32)
+    group = shards(num_shards=1, total_size=initial.size, initial=initial)
+    cfg, _ = config(group.endpoints, on_nan="warn")  # train on past the NaN loss, so the commit carries NaN
+
+    def poisoned():
+        for batch in regression_batches():
+            x = np.array(batch.column("features").to_pylist(), dtype=np.float32)
+            x[0, 0] = np.nan
+            yield pa.RecordBatch.from_pydict({"features": pa.array(list(x), pa.list_(pa.float32())),
+                                              "label": batch.column("label")})
+
+    with pytest.raises(NonFiniteError, match=r"worker 0: its weights became non-finite by epoch 0, step 3.*"
+                                             r"refused them.*Check the input data"):
+        WorkerRun(cfg, worker_id=0).run(poisoned())
