@@ -167,3 +167,41 @@ def ps_process():
         proc.wait()
         proc.stdout.close()
         proc.stderr.close()
+
+
+@pytest.fixture(scope="session")
+def job_data(spark, digits, tmp_path_factory):
+    """A data root for the job server holding the digits training split as Parquet and CSV."""
+    import pandas as pd
+
+    x_train, _, y_train, _ = digits
+    root = tmp_path_factory.mktemp("job-data")
+    frame = pd.DataFrame({"features": list(x_train), "label": y_train})
+    spark.createDataFrame(frame).coalesce(2).write.parquet(str(root / "digits.parquet"))
+    pd.DataFrame({"a": [1.0, 2.0], "b": [0, 1]}).to_csv(root / "small.csv", index=False)
+    (root / "not-parquet.parquet").write_text("this is not parquet")
+    return root
+
+
+@pytest.fixture(scope="module")
+def job_server(spark, job_data, tmp_path_factory):
+    """A ``zdk serve`` on a free loopback port with two users; stopped at the module's end."""
+    from zdk.service.app import JobServer, ServeConfig
+    from zdk.service.build import Policy
+
+    state = tmp_path_factory.mktemp("serve-state")
+    config = ServeConfig(state_dir=str(state), port=0,
+                         policy=Policy(data_roots=(str(job_data),), max_model_bytes=2 * 2**20))
+    server = JobServer(config, spark=lambda: spark)
+    server.start()
+    server.tokens = {user: server.store.create_token(user) for user in ("alice", "bob")}  # type: ignore[attr-defined]
+    yield server
+    server.stop()
+
+
+def digits_mlp():
+    """A small softmax MLP for the 8×8 digits."""
+    import keras
+
+    return keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"),
+                             keras.layers.Dense(10, activation="softmax")])

@@ -4,6 +4,7 @@
     zdk ps status tcp://127.0.0.1:5000 tcp://127.0.0.1:5001
     zdk ps stop tcp://127.0.0.1:5000 tcp://127.0.0.1:5001
     zdk algorithms
+    zdk serve …, zdk job …  (the job server and its client: zdk.service.commands)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from zdk import algorithms
 from zdk.errors import ZdkError
 from zdk.ps.protocol import DEFAULT_MAX_FRAME_BYTES
+from zdk.service.commands import add_commands
 
 logger = logging.getLogger("zdk.cli")
 
@@ -203,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     algos = commands.add_parser("algorithms", help="list registered algorithms, plugins included")
     algos.set_defaults(func=_list_algorithms)
+    add_commands(commands)
     return parser
 
 

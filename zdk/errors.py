@@ -60,3 +60,7 @@ class WorkerFailed(ZdkError):
 
 class NonFiniteError(ZdkError):
     """Training produced NaN or infinite values (a loss, or weights the PS refused)."""
+
+
+class JobCancelled(ZdkError):
+    """Training stopped because it was cancelled (``Trainer.cancel()`` or the job service)."""

@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 import uuid
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import numpy as np
 
@@ -27,7 +27,7 @@ from zdk.algorithms.base import Algorithm, Params
 from zdk.algorithms.easgd import EAMSGDParams
 from zdk.algorithms.sources import sources
 from zdk.ps.client import PSClient
-from zdk.errors import ConfigError, DeadlineExceeded, WorkerFailed
+from zdk.errors import ConfigError, DeadlineExceeded, JobCancelled, WorkerFailed
 from zdk.ps.launcher import ShardGroup, start_shards
 from zdk.runtime.models import ModelSpec, build_model, make_spec, set_flat_weights
 from zdk.runtime import preflight
@@ -119,7 +119,13 @@ class Trainer:
 
     def __init__(self, keras_model: Any, worker_optimizer: Any = "adam", loss: Any = None, *args: Any,
                  **kwargs: Any) -> None:
-        self._setup(keras_model, worker_optimizer, loss, **_by_name(type(self), args, kwargs))
+        named = _by_name(type(self), args, kwargs)
+        #: The arguments as given (positional ones by name), for describing the trainer elsewhere
+        #: (``zdk.jobs`` turns them into a job spec).
+        self.arguments: dict[str, Any] = {"worker_optimizer": worker_optimizer, "loss": loss, **named}
+        self._cancel = threading.Event()
+        self._group_id: str | None = None
+        self._setup(keras_model, worker_optimizer, loss, **named)
 
     def _setup(self, keras_model: Any, worker_optimizer: Any, loss: Any, *,
                  algorithm: str | Algorithm | None = None, metrics: Sequence[Any] | None = ("accuracy",),
@@ -267,7 +273,24 @@ class Trainer:
     def num_tasks(self) -> int:
         return 1 if self.algorithm.name == "sequential" else self.num_workers * self.parallelism_factor
 
-    def train(self, dataframe: Any, shuffle: bool = False, resume: bool = False) -> Any:
+    def cancel(self) -> None:
+        """Stops a ``train()`` running in another thread: its Spark jobs are cancelled, its shards
+        stop, and ``train()`` raises :class:`JobCancelled`. A no-op when nothing runs."""
+        self._cancel.set()
+        group = self._group_id
+        if group is not None:
+            from pyspark import SparkContext
+
+            sc = SparkContext._active_spark_context
+            if sc is not None:
+                sc.cancelJobGroup(group)
+
+    def _check_cancelled(self) -> None:
+        if self._cancel.is_set():
+            raise JobCancelled("training was cancelled")
+
+    def train(self, dataframe: Any, shuffle: bool = False, resume: bool = False, *,
+              on_progress: Callable[[dict[str, Any]], None] | None = None) -> Any:
         """Trains on ``dataframe`` and returns the trained, compiled ``keras.Model``.
 
         Args:
@@ -277,6 +300,12 @@ class Trainer:
                 checkpoint in ``checkpoint_dir``: the center, version and algorithm state are
                 restored, and only the epochs not completed by every worker are trained
                 (the epoch in progress at the crash starts over from the checkpointed weights).
+            on_progress: called about every second from a background thread with a progress
+                snapshot (``zdk.runtime.progress.snapshot``: steps, samples/s, loss per worker,
+                the shards' version and staleness); algorithms with a parameter server only.
+
+        Raises:
+            JobCancelled: when :meth:`cancel` was called.
         """
         if resume and not self.algorithm.uses_ps:
             raise ConfigError(f"`resume` needs an algorithm with a parameter server. Received: resume=True with "
@@ -286,6 +315,8 @@ class Trainer:
                               "Received: checkpoint_dir=None")
         self._marks = {"start": time.time()}
         self.timings = {}
+        self._cancel.clear()
+        self._on_progress = on_progress
         # Python workers import TensorFlow while the driver prepares data and starts shards.
         warm_workers(dataframe.sparkSession, self.num_tasks)
         self._spec = make_spec(self.keras_model, optimizer=self._worker_optimizer(), loss=self.loss,
@@ -311,6 +342,7 @@ class Trainer:
             elif not self.reinitialize:
                 initial_file, staging = self._ship_initial_weights(dataframe.sparkSession)
             self._marks["shards"] = time.time()
+            self._check_cancelled()
             config = WorkerConfig(
                 spec=self._spec.to_json(), algorithm=self.algorithm.name, params=self.params.to_dict(),
                 endpoints=tuple(endpoints), features=self.features_col, labels=self.label_col,
@@ -507,20 +539,25 @@ class Trainer:
         sc = spark.sparkContext
         group_id = f"zdk-{self.algorithm.name}-{uuid.uuid4().hex[:8]}"
         sc.setJobGroup(group_id, f"zdk {self.algorithm.name} training", interruptOnCancel=True)
+        self._group_id = group_id
         config_json = config.to_json()
         job = data.mapInArrow(lambda batches: train_partition(config_json, batches), HISTORY_SCHEMA,
                               barrier=self.algorithm.synchronous)
         progress = ShardProgress(endpoints, num_workers=self.num_tasks, epochs=config.num_epoch - config.first_epoch,
-                                 enabled=self.progress, curve=self._curve)
+                                 enabled=self.progress, curve=self._curve, listener=self._on_progress,
+                                 interval=0.5 if self.progress else 1.0)
         self._marks["submitted"] = time.time()
         interrupted = threading.Event()
         try:
+            self._check_cancelled()  # a cancel() that came before the group existed
             with progress, _on_ctrl_c(lambda: _cancel_once(sc, group_id, interrupted)):
                 rows = job.collect()
         except KeyboardInterrupt:
             _cancel_once(sc, group_id, interrupted)
             raise
         except Exception as exc:
+            if self._cancel.is_set():
+                raise JobCancelled("training was cancelled: its Spark jobs were cancelled and its shards stop") from None
             if interrupted.is_set():
                 logger.warning("training interrupted (Ctrl-C): the Spark job was cancelled and the shards stop")
                 raise KeyboardInterrupt("zdk training interrupted") from None
@@ -530,6 +567,7 @@ class Trainer:
                                    f"(Spark's full report: {report})") from None
             raise
         finally:
+            self._group_id = None
             sc.setLocalProperty("spark.jobGroup.id", None)
         return [row.asDict() for row in rows]
 

@@ -34,7 +34,11 @@ class _ZdkTransformer(Transformer, DefaultParamsReadable, DefaultParamsWritable)
     def _configure(self, values: dict[str, Any]) -> None:
         for name, value in values.items():
             if value is not None:
-                self._set(**{name: value})
+                try:
+                    self._set(**{name: value})
+                except TypeError:  # pyspark's type converters say only "Invalid param value"
+                    raise ConfigError(f"`{name}` has the wrong type for {type(self).__name__}. Received: "
+                                      f"{name}={value!r}") from None
 
     def _value(self, name: str) -> Any:
         if not self.isDefined(self.getParam(name)):
@@ -227,9 +231,9 @@ class OneHotTransformer(_ZdkTransformer, HasInputOutput):
     def __init__(self, output_dim: int | None = None, input_col: str | None = None,
                  output_col: str | None = None) -> None:
         super().__init__()
-        if output_dim is not None and output_dim < 1:
-            raise ConfigError(f"`output_dim` must be ≥ 1. Received: output_dim={output_dim}")
         self._configure(self._input_kwargs)
+        if output_dim is not None and self.getOrDefault(self.output_dim) < 1:
+            raise ConfigError(f"`output_dim` must be ≥ 1. Received: output_dim={output_dim}")
 
     def _transform(self, dataframe: Any) -> Any:
         self._check_required()

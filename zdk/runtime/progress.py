@@ -1,4 +1,5 @@
-"""A live progress bar on the driver, fed from the shards' `stats`."""
+"""Live training progress on the driver, fed from the shards' `stats`: a progress bar on a
+terminal, and snapshots for a listener (the job service records them)."""
 
 from __future__ import annotations
 
@@ -6,43 +7,89 @@ import logging
 import sys
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from zdk.ps.client import PSClient
 from zdk.transports.curve import CurveKeys
 
 logger = logging.getLogger(__name__)
 
+#: What a listener receives every interval (see :func:`snapshot`).
+Listener = Callable[[dict[str, Any]], None]
+
+
+def snapshot(stats: Sequence[dict[str, Any]], *, elapsed: float, num_workers: int, epochs: int) -> dict[str, Any]:
+    """Summarizes every shard's `stats` reply at one instant.
+
+    Workers report to every shard; shard 0's reports are read (all shards hold the same ones).
+
+    Returns:
+        ``steps`` and ``samples`` summed over workers, ``samples_per_s`` = samples / elapsed,
+        ``epoch`` (the furthest worker's, from 0), ``loss`` (mean of the workers' latest),
+        ``total`` steps (None until every worker reported its steps per epoch), ``workers``
+        (per worker: step, epoch, samples, loss, staleness) and ``shards`` (per shard: version,
+        updates, commits per second of uptime, mean staleness, connected workers, errors).
+    """
+    workers: dict[str, dict[str, Any]] = {}
+    for wid, w in (stats[0]["workers"] if stats else {}).items():
+        r = w.get("report", {})
+        workers[wid] = {"step": int(r.get("step", 0)), "epoch": int(r.get("epoch", 0)),
+                        "samples": int(r.get("samples", 0)), "loss": r.get("loss"),
+                        "staleness": w.get("staleness"), "epoch_steps": r.get("epoch_steps")}
+    per_epoch = [int(w["epoch_steps"]) for w in workers.values() if w["epoch_steps"]]
+    losses = [w["loss"] for w in workers.values() if w["loss"] is not None]
+    samples = sum(w["samples"] for w in workers.values())
+    shards = []
+    for s in stats:
+        staleness = [w["staleness"] for w in s["workers"].values() if w.get("staleness") is not None]
+        shards.append({"shard": s["shard"], "version": s["version"], "updates": s["updates"],
+                       "updates_per_s": s["updates"] / s["uptime"] if s["uptime"] > 0 else 0.0,
+                       "staleness": sum(staleness) / len(staleness) if staleness else 0.0,
+                       "connected": s["connected"], "errors": s["errors"], "bytes_in": s["bytes_in"],
+                       "bytes_out": s["bytes_out"]})
+    return {
+        "elapsed": elapsed, "steps": sum(w["step"] for w in workers.values()), "samples": samples,
+        "samples_per_s": samples / elapsed if elapsed > 0 else 0.0,
+        "epoch": max((w["epoch"] for w in workers.values()), default=0),
+        "loss": sum(losses) / len(losses) if losses else None,
+        "total": sum(per_epoch) * epochs if len(per_epoch) >= num_workers else None,
+        "workers": workers, "shards": shards,
+    }
+
 
 class ShardProgress:
-    """Polls the shards every ``interval`` seconds and shows steps, samples/s, the latest loss,
-    elapsed time and, once every worker has finished its first epoch, the total and an ETA.
+    """Polls the shards every ``interval`` seconds; shows steps, samples/s, the latest loss,
+    elapsed time and, once every worker has finished its first epoch, the total and an ETA,
+    and hands each :func:`snapshot` to ``listener``.
 
     The total is not counted up front (that would be one more Spark job before training):
     workers report their steps per epoch after their first epoch.
-    Quiet unless ``enabled`` and stderr is a terminal. Use as a context manager around training.
+    The bar is shown only if ``enabled`` and stderr is a terminal. Use as a context manager
+    around training.
 
     Args:
         endpoints: the shards.
         num_workers: workers (tasks) of the job.
         epochs: epochs each worker trains.
         enabled: the trainer's ``progress`` flag.
+        listener: called from the polling thread with every snapshot; its errors are logged.
     """
 
     def __init__(self, endpoints: Sequence[str], *, num_workers: int, epochs: int, enabled: bool = True,
-                 interval: float = 0.5, curve: CurveKeys | None = None) -> None:
+                 interval: float = 0.5, curve: CurveKeys | None = None, listener: Listener | None = None) -> None:
         self.endpoints = list(endpoints)
         self.curve = curve
         self.num_workers = num_workers
         self.epochs = epochs
         self.enabled = enabled and bool(self.endpoints) and sys.stderr.isatty()
+        self.listener = listener if self.endpoints else None
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last: dict[str, Any] = {}
 
     def __enter__(self) -> "ShardProgress":
-        if self.enabled:
+        if self.enabled or self.listener is not None:
             self._thread = threading.Thread(target=self._run, name="zdk-progress", daemon=True)
             self._thread.start()
         return self
@@ -60,31 +107,42 @@ class ShardProgress:
         return sum(per_epoch) * self.epochs
 
     def _run(self) -> None:
+        started = time.monotonic()
+        try:
+            with PSClient(self.endpoints, worker_id=2**32 - 2, timeout=5.0, curve=self.curve) as client:
+                client.hello(register=False)
+                if self.enabled:
+                    self._show(client, started)
+                else:
+                    while not self._stop.wait(self.interval):
+                        self._poll(client, started)
+        except Exception:  # progress is a convenience: training goes on without it
+            logger.debug("progress display stopped", exc_info=True)
+
+    def _poll(self, client: PSClient, started: float) -> dict[str, Any]:
+        now = snapshot(client.stats(), elapsed=time.monotonic() - started, num_workers=self.num_workers,
+                       epochs=self.epochs)
+        self.last = now
+        if self.listener is not None:
+            try:
+                self.listener(now)
+            except Exception:
+                logger.exception("progress listener failed")
+        return now
+
+    def _show(self, client: PSClient, started: float) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         columns = [TextColumn("[bold]zdk[/] {task.description}"), BarColumn(),
                    TextColumn("{task.completed}{task.fields[of_total]} steps"), TextColumn("{task.fields[rate]}"),
                    TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TextColumn("ETA"),
                    TimeRemainingColumn()]
-        started = time.monotonic()
-        try:
-            with PSClient(self.endpoints, worker_id=2**32 - 2, timeout=5.0, curve=self.curve) as client, \
-                    Progress(*columns, transient=False) as bar:
-                client.hello(register=False)
-                task = bar.add_task("starting workers…", total=None, rate="-", loss="-", of_total="")
-                while not self._stop.wait(self.interval):
-                    stats = client.stats()[0]
-                    reports = [w.get("report", {}) for w in stats["workers"].values()]
-                    steps = sum(int(r.get("step", 0)) for r in reports)
-                    epoch = max((int(r.get("epoch", 0)) for r in reports), default=0)
-                    samples = sum(int(r.get("samples", 0)) for r in reports)
-                    losses = [r["loss"] for r in reports if r.get("loss") is not None]
-                    rate = samples / max(time.monotonic() - started, 1e-9)
-                    total = self.total(reports)
-                    self.last = {"steps": steps, "samples": samples, "loss": losses, "total": total}
-                    bar.update(task, completed=steps, total=total, of_total=f"/{total}" if total else "",
-                               description="training" if steps else "starting workers…",
-                               rate=f"epoch {epoch + 1}, {rate:,.0f} samples/s",
-                               loss=f"{sum(losses) / len(losses):.4f}" if losses else "-")
-        except Exception:  # the bar is a convenience: training goes on without it
-            logger.debug("progress display stopped", exc_info=True)
+        with Progress(*columns, transient=False) as bar:
+            task = bar.add_task("starting workers…", total=None, rate="-", loss="-", of_total="")
+            while not self._stop.wait(self.interval):
+                now = self._poll(client, started)
+                total = now["total"]
+                bar.update(task, completed=now["steps"], total=total, of_total=f"/{total}" if total else "",
+                           description="training" if now["steps"] else "starting workers…",
+                           rate=f"epoch {now['epoch'] + 1}, {now['samples_per_s']:,.0f} samples/s",
+                           loss=f"{now['loss']:.4f}" if now["loss"] is not None else "-")

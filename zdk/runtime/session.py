@@ -51,6 +51,11 @@ def get_session(master: str = "local[*]", extra_conf: dict[str, str] | None = No
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
+    if active is None:
+        try:  # the session another thread started (the active one is per thread)
+            active = SparkSession.active()
+        except Exception:
+            active = None
     if active is not None:
         return active
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)

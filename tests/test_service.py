@@ -1,0 +1,399 @@
+"""The job server (``zdk serve``), its client (``zdk.jobs``) and ``zdk job``, on real Spark and HTTP."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import zipfile
+
+import numpy as np
+import pytest
+import requests
+
+from conftest import digits_mlp, poll_until
+from zdk.errors import ConfigError
+from zdk.service.spec import JobSpec
+
+pytestmark = pytest.mark.spark
+
+
+def base_spec(**arguments) -> dict:
+    args = {"worker_optimizer": "adam", "loss": "sparse_categorical_crossentropy", "num_workers": 2,
+            "num_epoch": 2, "batch_size": 32, **arguments}
+    return {"name": "digits", "trainer": {"class": "ADAG", "arguments": args},
+            "data": {"format": "parquet", "path": "digits.parquet"},
+            "resources": {"num_executors": 1, "num_processes": 2}}
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> bytes:
+    path = tmp_path_factory.mktemp("model") / "m.keras"
+    digits_mlp().save(path)
+    return path.read_bytes()
+
+
+def post(server, token: str | None, spec, model: bytes | None) -> requests.Response:
+    files = {}
+    if spec is not None:
+        files["spec"] = ("spec.json", spec if isinstance(spec, bytes) else json.dumps(spec).encode())
+    if model is not None:
+        files["model"] = ("m.keras", model)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return requests.post(f"{server.url}/api/jobs", files=files, headers=headers, timeout=60)
+
+
+def get(server, token: str | None, path: str) -> requests.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    return requests.get(f"{server.url}{path}", headers=headers, timeout=30)
+
+
+def wait_state(server, token: str, job_id: str, states: tuple[str, ...], timeout: float = 120.0) -> dict:
+    return poll_until(lambda: (j := get(server, token, f"/api/jobs/{job_id}").json())["state"] in states and j,
+                      timeout=timeout, interval=0.2, what=f"job {job_id} to reach {states}")
+
+
+def shard_processes() -> list[int]:
+    """Shard processes alive on this machine (the launcher runs ``python -m zdk.ps.server``)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if b"zdk.ps.server" in fh.read():
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+# ---------------------------------------------------------------------- the spec, without a server
+
+def test_spec_round_trips_and_names_the_wrong_field():
+    spec = JobSpec.from_dict(base_spec())
+    assert JobSpec.from_json(spec.to_json()) == spec
+    assert spec.slots == 2
+    for broken, field in ((dict(base_spec(), name=""), "name"), (dict(base_spec(), trainer="ADAG"), "trainer"),
+                          (dict(base_spec(), data={"format": "orc", "path": "x"}), "data.format"),
+                          (dict(base_spec(), resources={"num_executors": 0}), "resources.num_executors"),
+                          (dict(base_spec(), shuffle="yes"), "shuffle"),
+                          (dict(base_spec(), extra=1), "spec.extra"),
+                          (base_spec(ps_host="0.0.0.0"), "trainer.arguments.ps_host")):
+        with pytest.raises(ConfigError, match=f"`{field}`"):
+            JobSpec.from_dict(broken)
+    with pytest.raises(ConfigError, match="`spec` must be a JSON object.*malformed JSON"):
+        JobSpec.from_json(b"{nope")
+
+
+def test_data_paths_stay_under_the_roots(tmp_path):
+    from zdk.service.build import Policy, resolve_path
+
+    (tmp_path / "ok.parquet").mkdir()
+    os.symlink("/etc", tmp_path / "escape")
+    policy = Policy(data_roots=(str(tmp_path), "hdfs://nn/data/"))
+    assert resolve_path("ok.parquet", policy) == str(tmp_path / "ok.parquet")
+    assert resolve_path(str(tmp_path / "ok.parquet"), policy) == str(tmp_path / "ok.parquet")
+    assert resolve_path("hdfs://nn/data/x/y.parquet", policy) == "hdfs://nn/data/x/y.parquet"
+    for outside in ("/etc/passwd", "../../etc", "escape/passwd", "hdfs://nn/other", "hdfs://nn/data/../secret",
+                    "s3a://bucket/x"):
+        with pytest.raises(ConfigError, match="`data.path` must lie under"):
+            resolve_path(outside, policy)
+    with pytest.raises(ConfigError, match="`data.path` must lie under.*--data-root"):
+        resolve_path("x", Policy())
+
+
+def test_tokens_are_stored_hashed_and_revocable(tmp_path):
+    from zdk.service.store import Store, hash_token
+
+    store = Store(str(tmp_path / "zdk.db"))
+    token = store.create_token("alice")
+    other = store.create_token("alice")
+    assert store.user_of(token) == "alice" and store.user_of(other) == "alice"
+    raw = (tmp_path / "zdk.db").read_bytes() + (tmp_path / "zdk.db-wal").read_bytes()
+    assert token.encode() not in raw and hash_token(token).encode() in raw
+    assert store.user_of(token + "x") is None and store.user_of("") is None
+    assert store.revoke(token=token) == 1
+    assert store.user_of(token) is None and store.user_of(other) == "alice"
+    assert store.revoke(user="alice") == 1 and store.user_of(other) is None
+    with pytest.raises(ConfigError, match="`user`"):
+        store.create_token("a b")
+    store.close()
+
+
+def test_a_job_running_when_the_server_died_is_marked_interrupted(tmp_path):
+    from zdk.service.build import Policy
+    from zdk.service.runner import JobRunner
+    from zdk.service.store import Store
+
+    store = Store(str(tmp_path / "zdk.db"))
+    job = store.add_job(owner="alice", name="x", spec=base_spec(), directory=str(tmp_path), job_id="j1")
+    store.transition(job.id, ("queued",), "running", progress={"steps": 12})
+    runner = JobRunner(store, spark=lambda: None, policy=Policy())
+    runner.start()
+    try:
+        after = store.job("j1")
+        assert after is not None and after.state == "interrupted"
+        assert "at step 12" in str(after.error) and after.finished is not None
+    finally:
+        runner.stop()
+        store.close()
+
+
+def test_trainer_spec_describes_a_trainer_as_json():
+    import keras
+
+    from zdk.jobs import trainer_spec
+    from zdk.trainers import ADAG
+
+    trainer = ADAG(digits_mlp(), keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy", ["accuracy"], 2,
+                   num_epoch=3)
+    spec = trainer_spec(trainer)
+    json.dumps(spec)
+    assert spec["class"] == "ADAG"
+    assert spec["arguments"]["num_workers"] == 2 and spec["arguments"]["metrics"] == ["accuracy"]
+    assert spec["arguments"]["worker_optimizer"]["class_name"] == "Adam"
+    assert spec["arguments"]["worker_optimizer"]["config"]["learning_rate"] == pytest.approx(0.01)
+    with pytest.raises(ConfigError, match="`seed` has no JSON form"):
+        trainer_spec(ADAG(digits_mlp(), "adam", "mse", seed=object()))
+
+
+# ---------------------------------------------------------------------- through the server
+
+def test_submit_train_fetch_with_dist_keras_job(job_server, digits):
+    import keras
+
+    from zdk.jobs import Job
+    from zdk.trainers import ADAG
+
+    _, x_test, _, y_test = digits
+    trainer = ADAG(digits_mlp(), keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy", num_workers=2,
+                   num_epoch=5, batch_size=32)
+    job = Job(job_server.tokens["alice"], "digits-adag", "digits.parquet", 1, 2, trainer)
+    job_id = job.send(job_server.url)
+    record = job.wait_completion(timeout=180)
+    assert record["state"] == "finished" and record["error"] is None
+    model = job.get_trained_model()
+    accuracy = float((model.predict(x_test, verbose=0).argmax(1) == y_test).mean())
+    assert accuracy >= 0.9, accuracy
+    history = job.get_history()
+    assert {r["worker"] for r in history} == {0, 1} and all(np.isfinite(r["loss"]) for r in history)
+    progress = record["progress"]
+    assert set(progress["series"]) == {"0", "1"} and progress["timings"]["total"] > 0
+    csv_text = job.client.history(job_id, "csv")
+    assert csv_text.splitlines()[0].startswith("worker,attempt,epoch,step") and "accuracy" in csv_text.splitlines()[0]
+    assert len(csv_text.splitlines()) == len(history) + 1
+    log = job.client.logs(job_id)
+    assert f"job {job_id} finished" in log and "started 1 shard(s) of adag" in log
+    assert not shard_processes()
+
+
+def test_tokens_and_isolation_between_users(job_server, model_file):
+    alice, bob = job_server.tokens["alice"], job_server.tokens["bob"]
+    created = post(job_server, alice, base_spec(num_epoch=1), model_file)
+    assert created.status_code == 201, created.text
+    job_id = created.json()["id"]
+    answers = []
+    for token in (None, "", "zdk_wrong", alice[:-1] + ("A" if alice[-1] != "A" else "B"), "Basic abc"):
+        response = get(job_server, token, "/api/jobs")
+        answers.append((response.status_code, response.text, response.headers.get("WWW-Authenticate")))
+    assert len(set(answers)) == 1 and answers[0][0] == 401 and answers[0][2] == "Bearer"
+    assert requests.post(f"{job_server.url}/api/jobs", timeout=10).status_code == 401
+    assert get(job_server, bob, "/api/jobs").json()["jobs"] == []
+    for path in ("", "/model", "/history", "/logs"):
+        response = get(job_server, bob, f"/api/jobs/{job_id}{path}")
+        assert response.status_code == 404 and response.json()["field"] == "id", path
+    cancel = requests.post(f"{job_server.url}/api/jobs/{job_id}/cancel",
+                           headers={"Authorization": f"Bearer {bob}"}, timeout=10)
+    assert cancel.status_code == 404
+    assert get(job_server, alice, f"/api/jobs/{job_id}").json()["owner"] == "alice"
+    assert [j["id"] for j in get(job_server, alice, "/api/jobs").json()["jobs"]].count(job_id) == 1
+    wait_state(job_server, alice, job_id, ("finished",))
+    assert get(job_server, alice, f"/api/jobs/{job_id}/model").status_code == 200
+    # A revoked token stops working at once.
+    carol = job_server.store.create_token("carol")
+    assert get(job_server, carol, "/api/whoami").json() == {"user": "carol"}
+    job_server.store.revoke(user="carol")
+    assert get(job_server, carol, "/api/whoami").status_code == 401
+
+
+def _zip_without_config() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("weights.h5", b"x")
+    return buffer.getvalue()
+
+
+def _lambda_model(tmp_path) -> bytes:
+    import keras
+
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Lambda(lambda x: x * 2), keras.layers.Dense(10)])
+    path = tmp_path / "lambda.keras"
+    model.save(path)
+    return path.read_bytes()
+
+
+def test_bad_input_is_refused_naming_the_field_and_nothing_is_written(job_server, model_file, tmp_path):
+    alice = job_server.tokens["alice"]
+    state = job_server.config.state_dir
+    jobs_before = sorted(os.listdir(os.path.join(state, "jobs")))
+    records_before = len(job_server.store.jobs())
+
+    def mutated(**changes):
+        spec = base_spec()
+        for key, value in changes.items():
+            spec[key] = value
+        return spec
+
+    cases = [
+        (mutated(trainer={"class": "Nope", "arguments": {}}), model_file, 400, "trainer.class", "Nope"),
+        (mutated(trainer={"class": "Trainer", "arguments": {"algorithm": "nope", "loss": "mse"}}), model_file, 400,
+         "trainer.arguments", "nope"),
+        (base_spec(num_epoch="3"), model_file, 400, "trainer.arguments", "num_epoch"),
+        (base_spec(learning_rate="fast"), model_file, 400, "trainer.arguments", "fast"),
+        (base_spec(label_col="target"), model_file, 400, "trainer.arguments.label_col", "target"),
+        (base_spec(worker_optimizer={"class_name": "os.system", "config": {}}), model_file, 400,
+         "trainer.arguments.worker_optimizer", "os.system"),
+        (base_spec(custom_modules=["os"]), model_file, 400, "trainer.arguments.custom_modules", "os"),
+        (base_spec(parameter_server=["tcp://10.0.0.1:5000"]), model_file, 400, "trainer.arguments.parameter_server",
+         "10.0.0.1"),
+        (base_spec(num_workers=4), model_file, 400, "trainer.arguments.num_workers", "4"),
+        (mutated(resources={"num_executors": 4, "num_processes": 2}), model_file, 400, "resources", "8 task slots"),
+        (base_spec(), b"not a zip at all", 400, "model", "not a zip"),
+        (base_spec(), _zip_without_config(), 400, "model", "config.json"),
+        (base_spec(), _lambda_model(tmp_path), 400, "model", "could not be loaded"),
+        (base_spec(), b"\0" * (3 * 2**20), 413, "model", "at most"),
+        (base_spec(), None, 400, "model", "missing"),
+        (None, model_file, 400, "spec", "missing"),
+        (mutated(data={"path": "/etc/passwd"}), model_file, 400, "data.path", "/etc/passwd"),
+        (mutated(data={"path": "../../etc"}), model_file, 400, "data.path", "../../etc"),
+        (mutated(data={"path": "missing.parquet"}), model_file, 400, "data.path", "does not exist"),
+        (mutated(data={"path": "not-parquet.parquet"}), model_file, 400, "data.path", "could not be read"),
+        (mutated(data={"format": "csv", "path": "small.csv"}), model_file, 400, "trainer.arguments.features_col",
+         "features"),
+        (mutated(data={"table": "secrets"}), model_file, 400, "data.table", "secrets"),
+        (b'{"name": "x", ', model_file, 400, "spec", "malformed JSON"),
+        (mutated(transformers=[{"class": "OneHotTransformer", "arguments": {"output_dim": "ten"}}]), model_file,
+         400, "transformers[0].arguments", "ten"),
+        (mutated(transformers=[{"class": "Evil", "arguments": {}}]), model_file, 400, "transformers[0].class", "Evil"),
+    ]
+    for spec, model, status, field, mention in cases:
+        response = post(job_server, alice, spec, model)
+        body = response.json()
+        assert (response.status_code, body["field"]) == (status, field), (field, response.status_code, body)
+        assert mention in body["error"], (field, body["error"])
+    assert requests.post(f"{job_server.url}/api/jobs", data=b"{}", timeout=10,
+                         headers={"Authorization": f"Bearer {alice}", "Content-Type": "application/json"}
+                         ).json()["field"] == "request"
+    assert sorted(os.listdir(os.path.join(state, "jobs"))) == jobs_before
+    assert os.listdir(os.path.join(state, "tmp")) == []
+    assert len(job_server.store.jobs()) == records_before
+    assert get(job_server, None, "/api/health").json() == {"ok": True}
+
+
+def test_cancel_stops_the_spark_tasks_and_the_shards(job_server, model_file, spark):
+    alice = job_server.tokens["alice"]
+    response = post(job_server, alice, base_spec(num_epoch=500), model_file)
+    job_id = response.json()["id"]
+    poll_until(lambda: (get(job_server, alice, f"/api/jobs/{job_id}").json().get("progress") or {}).get("steps"),
+               timeout=120, interval=0.2, what="the job to take steps")
+    assert shard_processes()
+    cancelled_at = time.monotonic()
+    answer = requests.post(f"{job_server.url}/api/jobs/{job_id}/cancel",
+                           headers={"Authorization": f"Bearer {alice}"}, timeout=30)
+    assert answer.status_code == 200
+    job = wait_state(job_server, alice, job_id, ("cancelled",), timeout=60)
+    assert job["error"] == "cancelled by its owner"
+    took = time.monotonic() - cancelled_at
+    tracker = spark.sparkContext.statusTracker()
+    assert tracker.getActiveStageIds() == [] and tracker.getActiveJobsIds() == [], took
+    poll_until(lambda: not shard_processes(), timeout=10, what="the job's shards to exit")
+    again = requests.post(f"{job_server.url}/api/jobs/{job_id}/cancel",
+                          headers={"Authorization": f"Bearer {alice}"}, timeout=30)
+    assert again.status_code == 409 and "cancelled" in again.json()["error"]
+
+
+def test_a_restart_keeps_finished_jobs_runs_queued_ones_and_marks_running_ones(spark, job_data, model_file,
+                                                                               tmp_path):
+    from zdk.jobs import JobClient, load_model_bytes
+    from zdk.service.app import JobServer, ServeConfig
+    from zdk.service.build import Policy
+
+    config = ServeConfig(state_dir=str(tmp_path / "state"), port=0, policy=Policy(data_roots=(str(job_data),)))
+    with JobServer(config, spark=lambda: spark) as first:
+        token = first.store.create_token("alice")
+        client = JobClient(first.url, token)
+        done = client.submit(base_spec(num_epoch=3), model_file)["id"]
+        assert client.wait(done, timeout=120)["state"] == "finished"
+        trained = client.model_bytes(done)
+        running = client.submit(base_spec(num_epoch=500), model_file)["id"]
+        queued = client.submit(base_spec(num_epoch=1), model_file)["id"]
+        poll_until(lambda: (client.job(running).get("progress") or {}).get("steps"), timeout=120, interval=0.2,
+                   what="the long job to take steps")
+        assert client.job(queued)["state"] == "queued"
+    assert not shard_processes()
+    with JobServer(config, spark=lambda: spark) as second:
+        client = JobClient(second.url, token)
+        interrupted = client.job(running)
+        assert interrupted["state"] == "interrupted" and "server stopped" in interrupted["error"]
+        assert client.wait(queued, timeout=120)["state"] == "finished"
+        assert client.model_bytes(done) == trained
+        model, initial = load_model_bytes(trained), load_model_bytes(model_file)
+        assert not np.allclose(model.get_weights()[0], initial.get_weights()[0])
+        assert len(client.history(done)) > 0
+        assert [j["id"] for j in client.jobs()] == [done, running, queued]
+
+
+def test_zdk_job_and_zdk_serve_token_commands(job_server, model_file, tmp_path):
+    env = {**os.environ, "ZDK_URL": job_server.url, "ZDK_TOKEN": job_server.tokens["alice"]}
+
+    def zdk(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run([sys.executable, "-m", "zdk.cli", *args], capture_output=True, text=True, env=env,
+                                timeout=180)
+        assert not check or result.returncode == 0, result.stderr
+        return result
+
+    (tmp_path / "spec.json").write_text(json.dumps(base_spec(num_epoch=1)))
+    (tmp_path / "m.keras").write_bytes(model_file)
+    job_id = zdk("job", "submit", str(tmp_path / "spec.json"), str(tmp_path / "m.keras"), "--wait").stdout.strip()
+    assert job_id in zdk("job", "list").stdout
+    assert json.loads(zdk("job", "status", job_id).stdout)["state"] == "finished"
+    files = zdk("job", "fetch", job_id, "--output", str(tmp_path / "out")).stdout.split()
+    assert sorted(os.path.basename(f) for f in files) == sorted(
+        [f"{job_id}.keras", f"{job_id}-history.json", f"{job_id}-history.csv", f"{job_id}.log"])
+    assert zipfile.is_zipfile(tmp_path / "out" / f"{job_id}.keras")
+    refused = zdk("job", "status", "nosuchjob", check=False)
+    assert refused.returncode == 1 and "404" in refused.stderr and "`id`" in refused.stderr
+    (tmp_path / "bad.json").write_text(json.dumps(base_spec(num_epoch=0)))
+    bad = zdk("job", "submit", str(tmp_path / "bad.json"), str(tmp_path / "m.keras"), check=False)
+    assert bad.returncode == 1 and "num_epoch" in bad.stderr
+
+    state = str(tmp_path / "state")
+    token = zdk("serve", "token", "create", "--user", "dave", "--state-dir", state).stdout.strip()
+    assert token.startswith("zdk_")
+    listing = zdk("serve", "token", "list", "--state-dir", state).stdout
+    assert "dave" in listing and token not in listing
+    assert "revoked 1 token" in zdk("serve", "token", "revoke", "--user", "dave", "--state-dir", state).stdout
+    assert zdk("serve", "token", "revoke", "--user", "dave", "--state-dir", state, check=False).returncode == 1
+
+
+def test_tls(spark, job_data, tmp_path):
+    from zdk.jobs import JobClient, JobError
+    from zdk.service.app import JobServer, ServeConfig
+    from zdk.service.build import Policy
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out",
+                    str(cert)], check=True, capture_output=True)
+    config = ServeConfig(state_dir=str(tmp_path / "state"), port=0, policy=Policy(data_roots=(str(job_data),)),
+                         tls_cert=str(cert), tls_key=str(key))
+    with JobServer(config, spark=lambda: spark) as server:
+        assert server.url.startswith("https://")
+        token = server.store.create_token("alice")
+        assert JobClient(server.url, token, verify=str(cert)).jobs() == []
+        with pytest.raises(JobError, match="cannot reach"):
+            JobClient(server.url, token).jobs()  # an unknown CA is refused
+        with pytest.raises(requests.ConnectionError):
+            requests.get(server.url.replace("https", "http") + "/api/health", timeout=10)

@@ -1,0 +1,206 @@
+"""Turns a :class:`~zdk.service.spec.JobSpec` and a ``.keras`` file into a trainer and a
+DataFrame, with the trainers' and transformers' own validation.
+
+Nothing the client sends is executed: the model loads with Keras's ``safe_mode`` (no lambda
+layers), custom layers and algorithms exist only if the operator installed and allowed their
+modules, and names map to classes through fixed tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import os
+import posixpath
+import zipfile
+from typing import Any, Sequence
+
+from zdk import trainers, transformers
+from zdk.errors import ConfigError, ZdkError
+from zdk.service.spec import DataSource, JobSpec, TooLarge
+
+logger = logging.getLogger(__name__)
+
+TRAINERS: dict[str, type] = {cls.__name__: cls for cls in (
+    trainers.DOWNPOUR, trainers.AGN, trainers.ADAG, trainers.DynSGD, trainers.AEASGD, trainers.EAMSGD,
+    trainers.SingleTrainer, trainers.AveragingTrainer, trainers.EnsembleTrainer, trainers.Trainer)}
+TRANSFORMERS: dict[str, type] = {cls.__name__: cls for cls in (
+    transformers.MinMaxTransformer, transformers.BinaryLabelTransformer, transformers.StandardTransformer,
+    transformers.DenseTransformer, transformers.ReshapeTransformer, transformers.OneHotTransformer,
+    transformers.LabelIndexTransformer)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """What the operator allows.
+
+    Args:
+        data_roots: local directories, or URI prefixes (``hdfs://nn/data/``), that data paths
+            must lie under; relative paths are taken from the first local one.
+        tables: catalog tables jobs may read.
+        custom_modules: modules the operator installed (custom layers, algorithm plugins);
+            imported once at start, and the only ones a job's ``custom_modules`` may name.
+        max_model_bytes: the largest ``.keras`` file accepted.
+    """
+
+    data_roots: tuple[str, ...] = ()
+    tables: tuple[str, ...] = ()
+    custom_modules: tuple[str, ...] = ()
+    max_model_bytes: int = 64 * 2**20
+
+    def __post_init__(self) -> None:
+        if self.max_model_bytes < 1:
+            raise ConfigError(f"`max_model_bytes` must be ≥ 1. Received: max_model_bytes={self.max_model_bytes}")
+
+
+def import_custom_modules(policy: Policy) -> None:
+    """Imports the operator's modules, so their Keras classes and algorithms register."""
+    for name in policy.custom_modules:
+        importlib.import_module(name)
+
+
+def resolve_path(path: str, policy: Policy) -> str:
+    """The absolute path or URI of a data path, which must lie under one of the data roots.
+
+    Raises:
+        ConfigError: naming ``data.path`` when it lies elsewhere (``..`` and symlinks included).
+    """
+    local_roots = [os.path.realpath(r) for r in policy.data_roots if "://" not in r or r.startswith("file://")]
+    uri_roots = [r for r in policy.data_roots if "://" in r and not r.startswith("file://")]
+    refused = ConfigError(f"`data.path` must lie under the server's data roots ({', '.join(policy.data_roots) or 'none: start zdk serve with --data-root'}). "
+                          f"Received: data.path={path!r}")
+    if "://" in path and not path.startswith("file://"):
+        scheme, rest = path.split("://", 1)
+        normal = f"{scheme}://{posixpath.normpath(rest)}"
+        if ".." in rest.split("/") or not any(normal.startswith(r.rstrip("/") + "/") for r in uri_roots):
+            raise refused
+        return normal
+    local = path[len("file://"):] if path.startswith("file://") else path
+    if not local_roots:
+        raise refused
+    full = os.path.realpath(os.path.join(local_roots[0], local))
+    if not any(os.path.commonpath([full, root]) == root for root in local_roots):
+        raise refused
+    if not os.path.exists(full):
+        raise ConfigError(f"`data.path` does not exist under the data roots. Received: data.path={path!r}")
+    return full
+
+
+def read_data(spark: Any, source: DataSource, policy: Policy) -> Any:
+    """The job's DataFrame (lazy: Parquet's footer or the CSV header is read, not the data)."""
+    if source.format == "table":
+        if source.path not in policy.tables:
+            raise ConfigError(f"`data.table` must be one of the tables the server allows "
+                              f"({', '.join(policy.tables) or 'none'}). Received: data.table={source.path!r}")
+        return spark.table(source.path)
+    path = resolve_path(source.path, policy)
+    try:
+        if source.format == "csv":
+            return spark.read.option("header", True).option("inferSchema", True).csv(path)
+        return spark.read.parquet(path)
+    except Exception as exc:  # Spark's AnalysisException: not Parquet, empty directory, …
+        raise ConfigError(f"`data.path` could not be read as {source.format}: {str(exc).splitlines()[0]}. "
+                          f"Received: data.path={source.path!r}") from None
+
+
+def check_model_file(data: bytes, policy: Policy) -> None:
+    """A ``.keras`` file is a zip holding ``config.json``; anything else is refused unread."""
+    if len(data) > policy.max_model_bytes:
+        raise TooLarge(f"`model` must be at most {policy.max_model_bytes} bytes. Received: {len(data)} bytes")
+    import io
+
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        raise ConfigError("`model` must be a .keras file (a zip archive from model.save('m.keras')). "
+                          f"Received: {len(data)} bytes that are not a zip archive")
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        names = set(archive.namelist())
+    if "config.json" not in names:
+        raise ConfigError(f"`model` must be a .keras file holding config.json. Received: a zip with "
+                          f"{sorted(names)[:5]}")
+
+
+def load_model(path: str) -> Any:
+    """Loads a ``.keras`` file with ``safe_mode``: no lambda layers, only registered classes."""
+    import keras
+
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:
+        raise ConfigError(f"`model` could not be loaded as a Keras model: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
+def make_trainer(spec: JobSpec, model: Any, policy: Policy) -> Any:
+    """The trainer the spec names, built by its own constructor (its errors name the argument)."""
+    cls = TRAINERS.get(spec.trainer)
+    if cls is None:
+        raise ConfigError(f"`trainer.class` must be one of {', '.join(TRAINERS)}. Received: "
+                          f"trainer.class={spec.trainer!r}")
+    arguments = dict(spec.arguments)
+    modules = arguments.get("custom_modules", [])
+    if not isinstance(modules, list) or any(m not in policy.custom_modules for m in modules):
+        raise ConfigError(f"`trainer.arguments.custom_modules` may name only the modules the server allows "
+                          f"({', '.join(policy.custom_modules) or 'none'}). Received: custom_modules={modules!r}")
+    for field, kind in (("worker_optimizer", "optimizers"), ("loss", "losses")):
+        if isinstance(arguments.get(field), dict):
+            arguments[field] = _keras_object(kind, arguments[field], f"trainer.arguments.{field}")
+    if isinstance(arguments.get("metrics"), list):
+        arguments["metrics"] = [_keras_object("metrics", m, "trainer.arguments.metrics") if isinstance(m, dict)
+                                else m for m in arguments["metrics"]]
+    try:
+        trainer = cls(model, progress=False, **arguments)
+    except (ZdkError, TypeError, ValueError) as exc:
+        raise ConfigError(f"`trainer.arguments` refused by {spec.trainer}: {exc}") from None
+    if trainer.num_workers > spec.slots:
+        raise ConfigError(f"`trainer.arguments.num_workers` ({trainer.num_workers}) must fit in the job's task "
+                          f"slots, resources.num_executors × resources.num_processes = {spec.slots}. Received: "
+                          f"num_workers={trainer.num_workers}")
+    return trainer
+
+
+def make_stages(spec: JobSpec) -> list[Any]:
+    """The transformer stages, each built by its own constructor."""
+    stages = []
+    for k, stage in enumerate(spec.transformers):
+        cls = TRANSFORMERS.get(stage.cls)
+        if cls is None:
+            raise ConfigError(f"`transformers[{k}].class` must be one of {', '.join(TRANSFORMERS)}. Received: "
+                              f"transformers[{k}].class={stage.cls!r}")
+        try:
+            stages.append(cls(**stage.arguments))
+        except (ZdkError, TypeError, ValueError) as exc:
+            raise ConfigError(f"`transformers[{k}].arguments` refused by {stage.cls}: {exc}") from None
+    return stages
+
+
+def prepare(dataframe: Any, stages: Sequence[Any], trainer: Any) -> Any:
+    """Applies the stages (lazily) and checks the trainer's columns exist in the result."""
+    for k, stage in enumerate(stages):
+        try:
+            dataframe = stage.transform(dataframe)
+        except ZdkError as exc:
+            raise ConfigError(f"`transformers[{k}]` cannot run on this data: {exc}") from None
+        except Exception as exc:  # Spark's AnalysisException names the missing column
+            raise ConfigError(f"`transformers[{k}]` cannot run on this data: {str(exc).splitlines()[0]}") from None
+    for field in ("features_col", "label_col"):
+        missing = [c for c in getattr(trainer, field) if c not in dataframe.columns]
+        if missing:
+            raise ConfigError(f"`trainer.arguments.{field}` names columns the data does not have: {missing}. "
+                              f"Received columns: {dataframe.columns}")
+    return dataframe
+
+
+def _keras_object(kind: str, config: dict[str, Any], field: str) -> Any:
+    import keras
+
+    expected = {"optimizers": keras.optimizers.Optimizer, "losses": keras.losses.Loss,
+                "metrics": keras.metrics.Metric}[kind]
+    try:
+        value = keras.saving.deserialize_keras_object(config, safe_mode=True)
+    except Exception as exc:
+        value = exc
+    if not isinstance(value, expected):
+        raise ConfigError(f"`{field}` must be a Keras {kind[:-1]} config (keras.{kind}.serialize), or a name. "
+                          f"Received: {field}={str(config)[:80]}") from None
+    return value
