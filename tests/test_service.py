@@ -234,6 +234,14 @@ def _lambda_model(tmp_path) -> bytes:
     return path.read_bytes()
 
 
+def _narrow_model(tmp_path) -> bytes:
+    import keras
+
+    path = tmp_path / "narrow.keras"
+    keras.Sequential([keras.Input((10,)), keras.layers.Dense(10, activation="softmax")]).save(path)
+    return path.read_bytes()
+
+
 def test_bad_input_is_refused_naming_the_field_and_nothing_is_written(job_server, model_file, tmp_path):
     alice = job_server.tokens["alice"]
     state = job_server.config.state_dir
@@ -260,6 +268,7 @@ def test_bad_input_is_refused_naming_the_field_and_nothing_is_written(job_server
          "10.0.0.1"),
         (base_spec(num_workers=4), model_file, 400, "trainer.arguments.num_workers", "4"),
         (mutated(resources={"num_executors": 4, "num_processes": 2}), model_file, 400, "resources", "8 task slots"),
+        (base_spec(), _narrow_model(tmp_path), 400, "trainer.arguments", "features"),
         (base_spec(), b"not a zip at all", 400, "model", "not a zip"),
         (base_spec(), _zip_without_config(), 400, "model", "config.json"),
         (base_spec(), _lambda_model(tmp_path), 400, "model", "could not be loaded"),

@@ -418,10 +418,7 @@ class Trainer:
         from pyspark.sql import functions as F
         from pyspark.sql import types as T
 
-        missing = [c for c in (*self.features_col, *self.label_col) if c not in dataframe.columns]
-        if missing:
-            raise ConfigError(f"columns {missing} are not in the DataFrame. Received columns: {dataframe.columns}")
-        self._preflight(dataframe)
+        self.check(dataframe)
         selected = []
         for name in dict.fromkeys((*self.features_col, *self.label_col)):
             dtype = dataframe.schema[name].dataType
@@ -445,8 +442,16 @@ class Trainer:
             data = data.sortWithinPartitions(F.rand(self.seed))
         return data
 
-    def _preflight(self, dataframe: Any) -> None:
-        """One row against the model: feature widths, labels against the loss, and no empty DataFrame."""
+    def check(self, dataframe: Any) -> None:
+        """The checks ``train()`` starts with, on the driver: the columns exist, and one row fits
+        the model (feature widths, labels against the loss; no empty DataFrame).
+
+        Raises:
+            ConfigError: naming the column or argument to change.
+        """
+        missing = [c for c in (*self.features_col, *self.label_col) if c not in dataframe.columns]
+        if missing:
+            raise ConfigError(f"columns {missing} are not in the DataFrame. Received columns: {dataframe.columns}")
         model = self.keras_model
         if len(self.features_col) != len(model.inputs):
             raise ConfigError(f"`features_col` must name one column per model input ({len(model.inputs)}). "
@@ -673,9 +678,14 @@ def _worker_message(exc: BaseException) -> str:
     """The last line of the worker's Python traceback inside a Spark error, or the error itself."""
     text = str(exc)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in reversed(lines):
+    for k in range(len(lines) - 1, -1, -1):
+        line = lines[k]
         head = line.split(":", 1)[0]
         if head.endswith(("Error", "Exception", "Failed", "Exceeded")) and not line.startswith("at "):
+            if line.endswith(":"):  # TensorFlow's "Graph execution error:" puts the reason after the op's stack
+                detail = [d for d in lines[k + 1:] if not d.startswith(("File ", "[[", "Detected at node", "at ", "^"))]
+                if detail:
+                    return f"{line} {detail[-1]}"
             return line
     return lines[-1] if lines else repr(exc)
 

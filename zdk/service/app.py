@@ -263,7 +263,8 @@ class JobService:
             model = build.load_model(model_path)
             trainer = build.make_trainer(spec, model, self.config.policy)
             stages = build.make_stages(spec)
-            build.prepare(build.read_data(self.runner.spark(), spec.data, self.config.policy), stages, trainer)
+            build.prepare(build.read_data(self.runner.spark(), spec.data, self.config.policy), stages, trainer,
+                          check_rows=True)
             slots = self.runner.slots()
             if spec.slots > slots:
                 raise ConfigError(f"`resources` asks for {spec.slots} task slots (num_executors × num_processes); "

@@ -174,8 +174,9 @@ def make_stages(spec: JobSpec) -> list[Any]:
     return stages
 
 
-def prepare(dataframe: Any, stages: Sequence[Any], trainer: Any) -> Any:
-    """Applies the stages (lazily) and checks the trainer's columns exist in the result."""
+def prepare(dataframe: Any, stages: Sequence[Any], trainer: Any, *, check_rows: bool = False) -> Any:
+    """Applies the stages (lazily) and checks the trainer's columns exist in the result; with
+    ``check_rows``, also the trainer's pre-flight on one row (widths, labels; one small Spark job)."""
     for k, stage in enumerate(stages):
         try:
             dataframe = stage.transform(dataframe)
@@ -188,6 +189,11 @@ def prepare(dataframe: Any, stages: Sequence[Any], trainer: Any) -> Any:
         if missing:
             raise ConfigError(f"`trainer.arguments.{field}` names columns the data does not have: {missing}. "
                               f"Received columns: {dataframe.columns}")
+    if check_rows:
+        try:
+            trainer.check(dataframe)
+        except ConfigError as exc:
+            raise ConfigError(f"`trainer.arguments` do not fit the data or the model: {exc}") from None
     return dataframe
 
 

@@ -229,9 +229,15 @@ class _Running:
             model.save(path)
         history_path = os.path.join(directory, "history.json")
         _write_history(self.trainer.history, history_path)
+        history = self.trainer.history
+        last: dict[int, float] = {r["worker"]: float(r["loss"]) for r in history}
+        final = {"steps": len(history), "total": len(history), "epoch": self.trainer.num_epoch - 1,
+                 "loss": sum(last.values()) / len(last) if last else None, "elapsed": self.trainer.training_time,
+                 "samples_per_s": self.trainer.batch_size * len(history) / self.trainer.training_time
+                 if self.trainer.training_time else 0.0}
         return {"model_path": paths[0], "history_path": history_path,
-                "progress": {"timings": self.trainer.timings, "members": len(models),
-                             "series": series_from_history(self.trainer.history)}}
+                "progress": {**final, "timings": self.trainer.timings, "members": len(models),
+                             "series": series_from_history(history)}}
 
 
 def _job_log(job: JobRecord, thread: threading.Thread) -> logging.FileHandler:
