@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.zdk-installed
 FASHION := /usr/share/datasets/fashion-mnist
 
-.PHONY: test demo bench accuracy staleness time-to-accuracy data lint clean
+.PHONY: test demo bench accuracy staleness time-to-accuracy job-service data lint clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ time-to-accuracy: $(STAMP) data
 # Hermans's staleness experiment: 1-32 worker processes through the real PS, no Spark (a few minutes).
 staleness: $(STAMP)
 	$(PY) benchmarks/staleness.py --lr 0.3
+
+# The job service: submit-to-first-step against a direct train(), and 401 timing (about a minute).
+job-service: $(STAMP)
+	$(PY) benchmarks/job_service.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

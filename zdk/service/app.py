@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 MAX_SPEC_BYTES = 1 << 20
-_USER = web.AppKey("user", str)
+_USER = web.RequestKey("user", str)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -119,8 +119,6 @@ class JobService:
             return _error(413, str(exc))
         except ConfigError as exc:
             return _error(400, str(exc))
-        except web.HTTPRequestEntityTooLarge as exc:
-            return _error(413, f"`request` must be at most {exc.max_size} bytes. Received: {exc.actual_size} bytes")
         except web.HTTPException:
             raise
         except Exception:
@@ -137,7 +135,7 @@ class JobService:
         user = await asyncio.get_running_loop().run_in_executor(self.pool, self.store.user_of, token)
         if user is None:
             return web.json_response(_UNAUTHORIZED, status=401, headers={"WWW-Authenticate": "Bearer"})
-        request[_USER] = user  # type: ignore[index]
+        request[_USER] = user
         return await handler(request)
 
     # ------------------------------------------------------------------ routes
@@ -149,7 +147,7 @@ class JobService:
         return web.json_response({"ok": True})
 
     async def whoami(self, request: web.Request) -> web.Response:
-        return web.json_response({"user": request[_USER]})  # type: ignore[index]
+        return web.json_response({"user": request[_USER]})
 
     async def submit(self, request: web.Request) -> web.Response:
         """``multipart/form-data`` with a ``spec`` (JSON) and a ``model`` (``.keras``) part."""
@@ -164,13 +162,13 @@ class JobService:
         spec = JobSpec.from_json(parts["spec"])
         build.check_model_file(parts["model"], self.config.policy)
         job = await asyncio.get_running_loop().run_in_executor(
-            self.pool, self._admit, request[_USER], spec, parts["model"])  # type: ignore[index]
+            self.pool, self._admit, request[_USER], spec, parts["model"])
         self.runner.notify()
         logger.info("job %s (%s) queued for %s", job.id, job.name, job.owner)
         return web.json_response(job.public(), status=201)
 
     async def list_jobs(self, request: web.Request) -> web.Response:
-        jobs = self.store.jobs(owner=request[_USER])  # type: ignore[index]
+        jobs = self.store.jobs(owner=request[_USER])
         return web.json_response({"jobs": [self._view(j, series=False) for j in jobs]})
 
     async def get_job(self, request: web.Request) -> web.Response:
@@ -215,7 +213,7 @@ class JobService:
     # ------------------------------------------------------------------ helpers
 
     def _job(self, request: web.Request) -> JobRecord:
-        job = self.store.job(request.match_info["id"], owner=request[_USER])  # type: ignore[index]
+        job = self.store.job(request.match_info["id"], owner=request[_USER])
         if job is None:
             raise web.HTTPNotFound(text='{"error": "`id` names no job of yours", "field": "id"}',
                                    content_type="application/json")
