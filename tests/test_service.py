@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -135,7 +136,8 @@ def test_a_job_running_when_the_server_died_is_marked_interrupted(tmp_path):
     try:
         after = store.job("j1")
         assert after is not None and after.state == "interrupted"
-        assert "at step 12" in str(after.error) and after.finished is not None
+        assert "at step 12" in str(after.error) and "first checkpoint" in str(after.error)
+        assert after.finished is not None
     finally:
         runner.stop()
         store.close()
@@ -323,8 +325,8 @@ def test_cancel_stops_the_spark_tasks_and_the_shards(job_server, model_file, spa
     assert again.status_code == 409 and "cancelled" in again.json()["error"]
 
 
-def test_a_restart_keeps_finished_jobs_runs_queued_ones_and_marks_running_ones(spark, job_data, model_file,
-                                                                               tmp_path):
+def test_a_restart_keeps_finished_jobs_runs_queued_ones_and_resumes_running_ones(spark, job_data, model_file,
+                                                                                 tmp_path):
     from zdk.jobs import JobClient, load_model_bytes
     from zdk.service.app import JobServer, ServeConfig
     from zdk.service.build import Policy
@@ -336,7 +338,7 @@ def test_a_restart_keeps_finished_jobs_runs_queued_ones_and_marks_running_ones(s
         done = client.submit(base_spec(num_epoch=3), model_file)["id"]
         assert client.wait(done, timeout=120)["state"] == "finished"
         trained = client.model_bytes(done)
-        running = client.submit(base_spec(num_epoch=500), model_file)["id"]
+        running = client.submit(base_spec(num_epoch=30), model_file)["id"]
         queued = client.submit(base_spec(num_epoch=1), model_file)["id"]
         poll_until(lambda: (client.job(running).get("progress") or {}).get("steps"), timeout=120, interval=0.2,
                    what="the long job to take steps")
@@ -344,14 +346,39 @@ def test_a_restart_keeps_finished_jobs_runs_queued_ones_and_marks_running_ones(s
     assert not shard_processes()
     with JobServer(config, spark=lambda: spark) as second:
         client = JobClient(second.url, token)
-        interrupted = client.job(running)
-        assert interrupted["state"] == "interrupted" and "server stopped" in interrupted["error"]
-        assert client.wait(queued, timeout=120)["state"] == "finished"
         assert client.model_bytes(done) == trained
         model, initial = load_model_bytes(trained), load_model_bytes(model_file)
         assert not np.allclose(model.get_weights()[0], initial.get_weights()[0])
         assert len(client.history(done)) > 0
+        resumed = client.wait(running, timeout=180)
+        assert resumed["state"] == "finished" and resumed["resumes"] == 1, resumed["error"]
+        assert "resumes from its checkpoint" in client.logs(running)
+        assert client.wait(queued, timeout=120)["state"] == "finished"
+        # Resumed, it trained only the epochs not finished before the stop.
+        epochs = {r["epoch"] for r in client.history(running)}
+        assert min(epochs) > 0 and max(epochs) == 29
         assert [j["id"] for j in client.jobs()] == [done, running, queued]
+
+
+def test_a_job_with_a_checkpoint_is_requeued_to_resume(tmp_path):
+    from zdk.service.build import Policy
+    from zdk.service.runner import JobRunner, checkpoint_dir
+    from zdk.service.store import Store
+
+    store = Store(str(tmp_path / "zdk.db"))
+    job = store.add_job(owner="alice", name="x", spec=base_spec(num_shards=2), directory=str(tmp_path), job_id="j2")
+    store.transition(job.id, ("queued",), "running")
+    os.makedirs(checkpoint_dir(job))
+    (tmp_path / "checkpoints" / "shard-000-of-002.npz").write_bytes(b"")
+    runner = JobRunner(store, spark=lambda: None, policy=Policy(), max_jobs=1)
+    runner.recover()
+    assert store.job("j2").state == "interrupted"  # one shard of two has a checkpoint: cannot resume
+    store.transition("j2", ("interrupted",), "running")
+    (tmp_path / "checkpoints" / "shard-001-of-002.npz").write_bytes(b"")
+    runner.recover()
+    after = store.job("j2")
+    assert after.state == "queued" and after.resumes == 1
+    store.close()
 
 
 def test_zdk_job_and_zdk_serve_token_commands(job_server, model_file, tmp_path):
@@ -365,7 +392,15 @@ def test_zdk_job_and_zdk_serve_token_commands(job_server, model_file, tmp_path):
 
     (tmp_path / "spec.json").write_text(json.dumps(base_spec(num_epoch=1)))
     (tmp_path / "m.keras").write_bytes(model_file)
-    job_id = zdk("job", "submit", str(tmp_path / "spec.json"), str(tmp_path / "m.keras"), "--wait").stdout.strip()
+    # On a terminal (a pseudo-terminal from util-linux `script`), --wait shows a progress bar.
+    command = shlex.join([sys.executable, "-m", "zdk.cli", "job", "submit", str(tmp_path / "spec.json"),
+                          str(tmp_path / "m.keras"), "--wait"])
+    screen = subprocess.run(["script", "-qec", command, "/dev/null"], capture_output=True, text=True, env=env,
+                            timeout=180)
+    assert screen.returncode == 0, screen.stdout[-2000:]
+    job_id = screen.stdout.split()[0]
+    assert f"zdk job {job_id}" in screen.stdout and "steps" in screen.stdout and "samples/s" in screen.stdout
+    assert f"zdk job {job_id}: finished" in screen.stdout
     assert job_id in zdk("job", "list").stdout
     assert json.loads(zdk("job", "status", job_id).stdout)["state"] == "finished"
     files = zdk("job", "fetch", job_id, "--output", str(tmp_path / "out")).stdout.split()

@@ -11,6 +11,7 @@ import csv
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from typing import Any, Callable
@@ -25,6 +26,21 @@ logger = logging.getLogger(__name__)
 #: Points kept per worker for the loss plot (older ones are thinned to every other point).
 MAX_POINTS = 600
 INPUT_MODEL = "submitted.keras"
+#: Seconds between a running job's shard checkpoints, from which it resumes after a server restart.
+CHECKPOINT_EVERY = 10.0
+
+
+def checkpoint_dir(job: JobRecord) -> str:
+    return os.path.join(job.directory, "checkpoints")
+
+
+def resumable(job: JobRecord) -> bool:
+    """Whether every shard of the job left a checkpoint (algorithms with a PS only write them)."""
+    shards = job.spec["trainer"]["arguments"].get("num_shards", 1)
+    if not isinstance(shards, int) or shards < 1:
+        return False
+    return all(os.path.exists(os.path.join(checkpoint_dir(job), f"shard-{k:03d}-of-{shards:03d}.npz"))
+               for k in range(shards))
 
 
 class JobRunner:
@@ -54,17 +70,28 @@ class JobRunner:
     # ------------------------------------------------------------------ life cycle
 
     def start(self) -> None:
-        """Marks jobs that were running when the server last stopped as interrupted, then runs the queue."""
-        for job in self.store.jobs(states=(RUNNING,)):
-            step = (job.progress or {}).get("steps")
-            self.store.transition(job.id, (RUNNING,), INTERRUPTED, finished=time.time(),
-                                  error=f"the server stopped while this job was running (at step {step or 0}); "
-                                        f"submit it again")
-            logger.warning("job %s was running when the server stopped; marked interrupted", job.id)
+        """:meth:`recover`, then runs the queue."""
+        self.recover()
         self._scheduler.start()
 
+    def recover(self) -> None:
+        """Requeues the jobs that were running when the server died, to resume from their shards'
+        last checkpoint, or marks them interrupted when they have none."""
+        for job in self.store.jobs(states=(RUNNING,)):
+            if resumable(job):
+                self.store.transition(job.id, (RUNNING,), QUEUED, resumes=job.resumes + 1)
+                logger.warning("job %s was running when the server stopped; it resumes from its checkpoint", job.id)
+                continue
+            step = (job.progress or {}).get("steps")
+            self.store.transition(job.id, (RUNNING,), INTERRUPTED, finished=time.time(),
+                                  error=f"the server stopped while this job was running (at step {step or 0}) "
+                                        f"before its first checkpoint; submit it again")
+            logger.warning("job %s was running when the server stopped; marked interrupted", job.id)
+
     def stop(self, timeout: float = 60.0) -> None:
-        """Stops the queue and cancels running jobs (marked interrupted); waits for their cleanup."""
+        """Stops the queue and cancels running jobs, which go back to the queue to resume from the
+        checkpoint their shards write as they stop (or are marked interrupted without one);
+        waits for their cleanup."""
         with self._wake:
             self._stopping = True
             running = list(self._running.values())
@@ -194,10 +221,13 @@ class _Running:
             outcome["state"] = FINISHED
             logger.info("job %s finished", job.id)
         except JobCancelled:
-            stopping = self.runner._stopping
-            outcome = {"state": INTERRUPTED if stopping else CANCELLED,
-                       "error": "the server stopped while this job was running; submit it again" if stopping
-                       else "cancelled by its owner"}
+            if not self.runner._stopping:
+                outcome = {"state": CANCELLED, "error": "cancelled by its owner"}
+            elif resumable(job):
+                outcome = {"state": QUEUED, "resumes": job.resumes + 1, "started": None}
+            else:
+                outcome = {"state": INTERRUPTED, "error": "the server stopped while this job was running, before "
+                           "its first checkpoint; submit it again"}
             logger.info("job %s %s", job.id, outcome["state"])
         except ZdkError as exc:
             outcome = {"state": FAILED, "error": str(exc)}
@@ -209,8 +239,11 @@ class _Running:
             logging.getLogger("zdk").removeHandler(handler)
             handler.close()
         final_progress = {**self.progress(), **outcome.pop("progress", {})}
-        store.transition(job.id, (RUNNING,), outcome.pop("state"), finished=time.time(), progress=final_progress,
-                         log_path=handler.baseFilename, **outcome)
+        state = outcome.pop("state")
+        if state != QUEUED:
+            outcome["finished"] = time.time()
+        store.transition(job.id, (RUNNING,), state, progress=final_progress, log_path=handler.baseFilename,
+                         **outcome)
         self.runner._finished(job.id)
 
     def _train(self) -> dict[str, Any]:
@@ -221,7 +254,14 @@ class _Running:
             raise JobCancelled("cancelled before training started")
         stages = build.make_stages(spec)
         data = build.prepare(build.read_data(runner.spark(), spec.data, runner.policy), stages, self.trainer)
-        result = self.trainer.train(data, shuffle=spec.shuffle, on_progress=self._on_progress)
+        resume = False
+        if self.trainer.algorithm.uses_ps:
+            # The server's own setting (clients may not set it): shards checkpoint, so a restart resumes.
+            self.trainer.checkpoint_dir, self.trainer.checkpoint_every = checkpoint_dir(self.job), CHECKPOINT_EVERY
+            resume = self.job.resumes > 0 and resumable(self.job)
+            if resume:
+                logger.info("job %s resumes from its checkpoint (resume %d)", self.job.id, self.job.resumes)
+        result = self.trainer.train(data, shuffle=spec.shuffle, resume=resume, on_progress=self._on_progress)
         models = result if isinstance(result, list) else [result]
         directory = self.job.directory
         paths = [os.path.join(directory, "model.keras" if k == 0 else f"model-{k}.keras") for k in range(len(models))]
@@ -235,6 +275,7 @@ class _Running:
                  "loss": sum(last.values()) / len(last) if last else None, "elapsed": self.trainer.training_time,
                  "samples_per_s": self.trainer.batch_size * len(history) / self.trainer.training_time
                  if self.trainer.training_time else 0.0}
+        shutil.rmtree(checkpoint_dir(self.job), ignore_errors=True)
         return {"model_path": paths[0], "history_path": history_path,
                 "progress": {**final, "timings": self.trainer.timings, "members": len(models),
                              "series": series_from_history(history)}}

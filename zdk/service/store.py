@@ -15,12 +15,13 @@ import sqlite3
 import threading
 import time
 import uuid
-from typing import Any, Iterator
+from typing import Any
 
 from zdk.errors import ConfigError
 
 #: Job states. ``queued`` → ``running`` → one of the final ones; ``interrupted``: the server
-#: stopped while the job ran.
+#: stopped while the job ran and it cannot resume (no complete checkpoint); one that can goes
+#: back to ``queued`` with ``resumes`` incremented.
 QUEUED, RUNNING, FINISHED, FAILED, CANCELLED, INTERRUPTED = (
     "queued", "running", "finished", "failed", "cancelled", "interrupted")
 FINAL = (FINISHED, FAILED, CANCELLED, INTERRUPTED)
@@ -35,7 +36,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, owner TEXT NOT NULL, name TEXT NOT NULL, spec TEXT NOT NULL,
     state TEXT NOT NULL, created REAL NOT NULL, started REAL, finished REAL,
     progress TEXT, error TEXT, model_path TEXT, history_path TEXT, log_path TEXT,
-    directory TEXT NOT NULL, cancel_requested INTEGER NOT NULL DEFAULT 0
+    directory TEXT NOT NULL, cancel_requested INTEGER NOT NULL DEFAULT 0,
+    resumes INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner, created);
 """
@@ -58,13 +60,15 @@ class JobRecord:
     log_path: str | None
     directory: str
     cancel_requested: bool
+    resumes: int
 
     def public(self) -> dict[str, Any]:
         """What the API shows: no server paths."""
         return {"id": self.id, "owner": self.owner, "name": self.name, "spec": self.spec, "state": self.state,
                 "created": self.created, "started": self.started, "finished": self.finished,
                 "progress": self.progress, "error": self.error, "has_model": self.model_path is not None,
-                "has_history": self.history_path is not None, "cancel_requested": self.cancel_requested}
+                "has_history": self.history_path is not None, "cancel_requested": self.cancel_requested,
+                "resumes": self.resumes}
 
 
 def hash_token(token: str) -> str:
@@ -119,8 +123,8 @@ class Store:
                          (time.time(), hash_token(str(token))))
 
     def tokens(self) -> list[dict[str, Any]]:
-        return [dict(r) | {"hash": None} for r in self._rows("SELECT id, user, created, revoked FROM tokens "
-                                                              "ORDER BY created")]
+        """Every token's id, user and dates (never the token or its hash)."""
+        return [dict(r) for r in self._rows("SELECT id, user, created, revoked FROM tokens ORDER BY created")]
 
     def user_of(self, token: str) -> str | None:
         """The user a live token belongs to, or None.
@@ -166,7 +170,7 @@ class Store:
 
     def update(self, job_id: str, **fields: Any) -> None:
         allowed = {"state", "started", "finished", "progress", "error", "model_path", "history_path", "log_path",
-                   "cancel_requested"}
+                   "cancel_requested", "resumes"}
         assert set(fields) <= allowed, set(fields) - allowed
         values = [json.dumps(v) if k == "progress" and v is not None else v for k, v in fields.items()]
         self._run(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?", (*values, job_id))
@@ -179,9 +183,6 @@ class Store:
         return self._run(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in sets)} WHERE id = ? AND state IN ({marks})",
                          (*values, job_id, *from_states)) == 1
 
-    def iter_ids(self) -> Iterator[str]:
-        yield from (r["id"] for r in self._rows("SELECT id FROM jobs"))
-
 
 def _record(row: sqlite3.Row) -> JobRecord:
     d = dict(row)
@@ -189,4 +190,4 @@ def _record(row: sqlite3.Row) -> JobRecord:
                      created=d["created"], started=d["started"], finished=d["finished"],
                      progress=json.loads(d["progress"]) if d["progress"] else None, error=d["error"],
                      model_path=d["model_path"], history_path=d["history_path"], log_path=d["log_path"],
-                     directory=d["directory"], cancel_requested=bool(d["cancel_requested"]))
+                     directory=d["directory"], cancel_requested=bool(d["cancel_requested"]), resumes=d["resumes"])
