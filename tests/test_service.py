@@ -441,3 +441,44 @@ def test_tls(spark, job_data, tmp_path):
             JobClient(server.url, token).jobs()  # an unknown CA is refused
         with pytest.raises(requests.ConnectionError):
             requests.get(server.url.replace("https", "http") + "/api/health", timeout=10)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def test_zdk_serve_starts_answers_and_stops_on_sigterm_leaving_no_process(job_data, tmp_path):
+    from conftest import pid_alive
+
+    state = tmp_path / "state"
+    token = subprocess.run([sys.executable, "-m", "zdk.cli", "serve", "token", "create", "--user", "erin",
+                            "--state-dir", str(state)], capture_output=True, text=True, check=True).stdout.strip()
+    server = subprocess.Popen([sys.executable, "-m", "zdk.cli", "serve", "--state-dir", str(state), "--port", "0",
+                               "--data-root", str(job_data)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        url = None
+        for line in server.stdout:
+            if line.startswith("zdk serve: listening on "):
+                url = line.split()[4].rstrip(";")
+                break
+        assert url, server.stderr.read()
+        assert requests.get(f"{url}/api/health", timeout=10).json() == {"ok": True}
+        assert requests.get(f"{url}/api/whoami", headers={"Authorization": f"Bearer {token}"},
+                            timeout=10).json() == {"user": "erin"}
+        assert "<title>zdk jobs</title>" in requests.get(url + "/", timeout=10).text
+        # Spark (a JVM child) starts in the background; wait for it so the test sees it stop too.
+        children = poll_until(lambda: _children(server.pid), timeout=60, what="the Spark JVM to start")
+    finally:
+        server.terminate()
+        code = server.wait(60)
+    assert code == 0, server.stderr.read()
+    poll_until(lambda: not any(pid_alive(p) for p in children), timeout=30, what="Spark's JVM to exit")

@@ -31,13 +31,17 @@ def _serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    if not args.data_root:
+        os.makedirs(policy.data_roots[0], exist_ok=True)
     with JobServer(config) as server:
+        # Spark starts in the background now, so the first submission does not wait for it.
+        threading.Thread(target=server.runner.warm, name="zdk-serve-spark", daemon=True).start()
         print(f"zdk serve: listening on {server.url}; state in {args.state_dir}; data roots: "
               f"{', '.join(policy.data_roots)}", flush=True)
         if not server.url.startswith("https") and args.host not in ("127.0.0.1", "localhost", "::1"):
             print("zdk serve: WARNING: tokens travel in the clear; give --tls-cert and --tls-key off loopback",
                   file=sys.stderr, flush=True)
-        print(f"zdk serve: dashboard at {server.url}/ ; Ctrl-C stops (running jobs are marked interrupted)",
+        print(f"zdk serve: dashboard at {server.url}/ ; Ctrl-C stops (running jobs resume at the next start)",
               flush=True)
         stop.wait()
         print("zdk serve: stopping", flush=True)

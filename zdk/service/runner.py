@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from zdk.errors import JobCancelled, ZdkError
+from zdk.errors import ConfigError, JobCancelled, ZdkError
 from zdk.service import build
 from zdk.service.spec import JobSpec
 from zdk.service.store import (CANCELLED, FAILED, FINISHED, INTERRUPTED, QUEUED, RUNNING, JobRecord, Store)
@@ -55,7 +55,7 @@ class JobRunner:
 
     def __init__(self, store: Store, *, spark: Callable[[], Any], policy: build.Policy, max_jobs: int = 1) -> None:
         if max_jobs < 1:
-            raise ValueError(f"`max_jobs` must be ≥ 1. Received: max_jobs={max_jobs}")
+            raise ConfigError(f"`max_jobs` must be ≥ 1. Received: max_jobs={max_jobs}")
         self.store = store
         self.policy = policy
         self.max_jobs = max_jobs
@@ -108,6 +108,13 @@ class JobRunner:
             if self._spark is None:
                 self._spark = self._spark_factory()
             return self._spark
+
+    def warm(self) -> None:
+        """Starts Spark now (the first submission needs it); a failure is logged and retried then."""
+        try:
+            self.spark()
+        except Exception:
+            logger.exception("starting Spark failed; the next submission tries again")
 
     def slots(self) -> int:
         from zdk.runtime.session import task_slots
