@@ -111,3 +111,47 @@ def test_a_second_run_reuses_the_model_with_a_fresh_optimizer_state(optimizer):
     second, reused = run()
     assert reused, "the second run rebuilt the model"
     np.testing.assert_allclose(first, second, rtol=0, atol=1e-6)
+
+
+def test_a_cached_dataframe_is_prepared_once_and_an_uncached_one_every_time(spark):
+    from zdk.runtime import prepared as cache
+
+    df = spark.createDataFrame([([float(i), 1.0], i % 4) for i in range(400)], "features array<double>, label long")
+    trainer = trainers.DOWNPOUR(mlp(), "adam", "sparse_categorical_crossentropy", num_workers=2, progress=False)
+    first = trainer._prepare(df, shuffle=True)
+    assert not trainer.reused_data and trainer._prepare(df, shuffle=True) is not first  # not cached: afresh
+
+    df.cache()
+    try:
+        first = trainer._prepare(df, shuffle=True)
+        assert not trainer.reused_data
+        again = trainer._prepare(df, shuffle=True)
+        assert trainer.reused_data and again is first
+        # The reused data is what a fresh preparation gives: same rows in the same partitions and order.
+        fresh = trainer._prepared(df, shuffle=True)
+        assert again.rdd.glom().collect() == fresh.rdd.glom().collect()
+        # Another shuffle, column set or task count is another preparation, and the old one is released.
+        other = trainer._prepare(df, shuffle=False)
+        assert not trainer.reused_data and other is not first and not cache.is_cached(first)
+        trainer._prepare(df, shuffle=False)
+        assert trainer.reused_data
+        # A DataFrame whose content may have changed (no longer cached) is prepared afresh.
+        df.unpersist()
+        trainer._prepare(df, shuffle=False)
+        assert not trainer.reused_data
+    finally:
+        df.unpersist()
+        cache.release(spark)
+
+
+def test_training_twice_on_a_cached_dataframe_reuses_its_prepared_data(spark, digits_df, digits):
+    _, x_test, _, y_test = digits
+    results = []
+    for _ in range(2):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10, activation="softmax")])
+        trainer = trainers.SingleTrainer(model, keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy",
+                                         num_epoch=3, progress=False)
+        trained = trainer.train(digits_df, shuffle=True)
+        results.append((trainer.reused_data, float((trained.predict(x_test, verbose=0).argmax(1) == y_test).mean())))
+    assert results[1][0] and results[0][1] > 0.85 and results[1][1] > 0.85, results

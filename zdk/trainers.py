@@ -31,6 +31,7 @@ from zdk.errors import ConfigError, DeadlineExceeded, JobCancelled, WorkerFailed
 from zdk.ps.launcher import ShardGroup, start_shards
 from zdk.runtime.models import ModelSpec, build_model, make_spec, set_flat_weights
 from zdk.runtime import preflight
+from zdk.runtime.prepared import prepared
 from zdk.runtime.progress import ShardProgress
 from zdk.transports.curve import CurveKeys, is_loopback
 from zdk.runtime.session import session_seconds, task_slots, warm_workers
@@ -179,6 +180,7 @@ class Trainer:
         self.resumed: dict[str, Any] | None = None
         self.reinitialize = False
         self.timings: dict[str, float] = {}
+        self.reused_data = False
         self._marks: dict[str, float] = {}
         if overlap and self.algorithm.synchronous:
             raise ConfigError(f"`overlap` must be False for the synchronous algorithm {self.algorithm.name!r}: its "
@@ -413,12 +415,19 @@ class Trainer:
         return None
 
     def _prepare(self, dataframe: Any, shuffle: bool) -> Any:
+        """The training data: checked, then prepared (or reused, for a cached DataFrame trained
+        again with the same columns, tasks and shuffle: see ``zdk.runtime.prepared``)."""
+        self.check(dataframe)
+        key = (self.features_col, self.label_col, self.num_tasks, shuffle, self.seed)
+        data, self.reused_data = prepared(dataframe, key, lambda: self._prepared(dataframe, shuffle))
+        return data
+
+    def _prepared(self, dataframe: Any, shuffle: bool) -> Any:
         from pyspark.ml.functions import vector_to_array
         from pyspark.ml.linalg import VectorUDT
         from pyspark.sql import functions as F
         from pyspark.sql import types as T
 
-        self.check(dataframe)
         selected = []
         for name in dict.fromkeys((*self.features_col, *self.label_col)):
             dtype = dataframe.schema[name].dataType
