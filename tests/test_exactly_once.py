@@ -187,19 +187,20 @@ def test_held_pull_frames_and_an_adag_snapshot_survive_many_commits_bit_for_bit(
     assert not np.array_equal(core.center, expected)
 
 
-def test_a_released_lease_lets_updates_write_in_place():
+def test_additive_updates_never_write_a_lent_buffer_and_reuse_released_ones():
     core = make_core()
     call(core, "hello")
     _, out = call(core, "pull", rid=2)
     lent = core.center
     commit(core, 1.0, rid=3)
-    assert core.center is not lent, "a lent center was written in place"
+    assert core.center is not lent and lent.tolist() == [0.0] * SIZE, "a lent center was written"
     out[0].lease.release()
     _, out = call(core, "pull", rid=4)
     out[0].lease.release()
-    current = core.center
     commit(core, 1.0, rid=5)
-    assert core.center is current, "an unlent center was copied"
+    # θ̃ + Δ goes to a free buffer: the released one comes back instead of a new allocation.
+    assert core.center is lent and core.center.tolist() == [2.0] * SIZE
+    assert len(core._pool) == 2
 
 
 class _Tracker:
@@ -213,12 +214,13 @@ def test_a_tracked_lease_holds_until_the_transport_is_done():
     tracker = _Tracker()
     out[0].lease.track(tracker)
     lent = core.center
-    commit(core, 1.0, rid=3)
-    assert core.center is not lent and lent.tolist() == [0.0] * SIZE
+    for rid in (3, 4, 5):
+        commit(core, 1.0, rid=rid)
+        assert core.center is not lent and lent.tolist() == [0.0] * SIZE
     tracker.done = True
-    current = core.center
-    commit(core, 1.0, rid=4)
-    assert core.center is current
+    commit(core, 1.0, rid=6)
+    assert core.center is lent, "the buffer of a finished send is reused"
+    assert core.center.tolist() == [4.0] * SIZE
 
 
 # ---------------------------------------------------------------- through real shard processes

@@ -103,3 +103,23 @@ def test_all_finite_detects_nan_inf_and_clears_overflow():
     assert not all_finite(x)
     big = np.full(1000, 3e38, dtype=np.float32)  # the sum overflows; the values are finite
     assert all_finite(big)
+
+
+def test_add_checked_adds_frame_by_frame_and_finds_the_first_non_finite_result():
+    from zdk.ps.protocol import add_checked
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal(10_000).astype(np.float32)
+    delta = rng.standard_normal(10_000).astype(np.float32)
+    frames = [memoryview(delta[:3_000]).cast("B"), memoryview(delta[3_000:]).cast("B")]
+    out = np.empty_like(base)
+    kept = base.copy()
+    assert add_checked(base, frames, out, block=1_024) is None
+    np.testing.assert_array_equal(out, base + delta)
+    np.testing.assert_array_equal(base, kept)
+    for index, value in ((7_777, np.nan), (2_999, np.inf), (3_000, -np.inf)):
+        bad = delta.copy()
+        bad[index] = value
+        assert add_checked(base, [bad[:3_000], bad[3_000:]], out, block=1_024) == index
+    huge = np.full(10, 3e38, np.float32)  # finite, but the sum overflows float32
+    assert add_checked(huge, [huge], np.empty_like(huge)) == 0

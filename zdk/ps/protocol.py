@@ -313,6 +313,31 @@ def join_checked(frames: Sequence[memoryview | bytes], out: np.ndarray | None = 
     return target, finite
 
 
+def add_checked(base: np.ndarray, frames: Sequence[memoryview | bytes], out: np.ndarray,
+                block: int = 1 << 16) -> int | None:
+    """out = base + Δ, with Δ the frames' float32 values in order, checking each block of the result
+    for finiteness while it is still in cache (no separate pass over the frames).
+
+    ``base`` must be finite; then a non-finite result means Δ holds NaN or ±inf there, or the sum
+    overflows float32. ``out`` is written even then: pass a scratch buffer, not live state.
+
+    Returns:
+        None, or the index of the first non-finite result.
+    """
+    offset = 0
+    with np.errstate(over="ignore", invalid="ignore"):
+        for frame in frames:
+            part = np.frombuffer(frame, dtype=WIRE_DTYPE)
+            for start in range(0, part.size, block):
+                stop = min(start + block, part.size)
+                dst = out[offset + start : offset + stop]
+                np.add(base[offset + start : offset + stop], part[start:stop], out=dst)
+                if not np.isfinite(dst.sum()) and not np.isfinite(dst).all():
+                    return offset + start + int(np.flatnonzero(~np.isfinite(dst))[0])
+            offset += part.size
+    return None
+
+
 def all_finite(array: np.ndarray, block: int = 1 << 18) -> bool:
     """Whether every element is finite, in cache-sized blocks: a float32 block sum is finite
     exactly when its elements are, unless it overflows, which the exact test then clears."""

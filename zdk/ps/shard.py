@@ -25,7 +25,7 @@ from zdk.ps import snapshot
 from zdk.ps.layout import DTYPE, ShardPlan
 from zdk.ps.protocol import (
     DEFAULT_CHUNK_BYTES, DEFAULT_MAX_FRAME_BYTES, ERROR, MAX_WAIT_SECONDS, WIRE_DTYPE,
-    Reply, Request, all_finite, as_frames, decode_request, join_checked, salvage,
+    Reply, Request, add_checked, as_frames, decode_request, join_checked, salvage,
 )
 
 logger = logging.getLogger(__name__)
@@ -324,20 +324,6 @@ class ShardCore:
                 f"for shard range {list(self.config.range)}. Received: {received} bytes"
             )
 
-    def _checked_parts(self, request: Request, frames: Sequence[Frame]) -> list[np.ndarray]:
-        """The payload as zero-copy float32 views, one per frame, each checked finite before any is used."""
-        self._check_size(request)
-        parts, offset = [], 0
-        for frame in frames:
-            part = np.frombuffer(frame, dtype=WIRE_DTYPE)
-            if not all_finite(part):
-                bad = int(np.flatnonzero(~np.isfinite(part))[0])
-                raise ProtocolError("non_finite", f"`{request.op}` data must be finite. Received: {part[bad]} at "
-                                    f"index {offset + bad}")
-            parts.append(part)
-            offset += part.size
-        return parts
-
     def _payload(self, request: Request, frames: Sequence[Frame]) -> np.ndarray:
         self._check_size(request)
         data, finite = join_checked(frames, out=self._recv_buffer)
@@ -456,15 +442,20 @@ class ShardCore:
                                 f"Received: base={request.base}")
         report = _check_report(request.args.get("report", {}))
         if self.algorithm.server_update is add_delta:
-            # θ̃ += Δ is elementwise: apply each frame where it lands, with no joined copy, once
-            # every frame has been checked (a bad frame leaves the center untouched).
-            parts = self._checked_parts(request, frames)
+            # θ̃ + Δ is elementwise: it is computed frame by frame into a free buffer, each block
+            # checked while in cache, and becomes the center only if all of it is finite. No joined
+            # copy, no separate validation pass, the live center is never written (so in-flight
+            # zero-copy pulls need no copy-on-write), and bad data leaves it untouched.
+            self._check_size(request)
+            fresh = self._free_buffer()
+            bad = add_checked(self.state.center, frames, fresh)
+            if bad is not None:
+                value = np.frombuffer(b"".join(bytes(f) for f in frames), dtype=WIRE_DTYPE)[bad]
+                raise ProtocolError("non_finite", f"`{request.op}` data must be finite and keep the center finite. "
+                                    f"Received: {value} at index {bad}")
             slot.report = report or slot.report
             slot.staleness = self.version - request.base
-            center, offset = self._writable_state().center, 0
-            for part in parts:
-                center[offset:offset + part.size] += part
-                offset += part.size
+            self.state.center = fresh
             result = APPLIED
         else:
             data = self._payload(request, frames)
