@@ -56,16 +56,21 @@ def test_warm_workers_leaves_keras_imported_in_the_python_workers(spark):
         for _ in batches:
             pass
         loading = any(t.name == "zdk-keras-import" for t in threading.enumerate())
-        yield pa.RecordBatch.from_pydict({"pid": [os.getpid()], "ready": ["keras" in sys.modules and not loading]})
+        yield pa.RecordBatch.from_pydict({"pid": [os.getpid()], "ready": ["keras" in sys.modules and not loading],
+                                          "threads": [os.environ.get("TF_NUM_INTRAOP_THREADS", "")]})
 
     slots = spark.sparkContext.defaultParallelism
 
     def all_ready():
-        found = spark.range(slots, numPartitions=slots).mapInArrow(check, "pid long, ready boolean").collect()
-        return all(r.ready for r in found)
+        found = spark.range(slots, numPartitions=slots).mapInArrow(check, "pid long, ready boolean, threads string"
+                                                                   ).collect()
+        return all(r.ready for r in found) and found
 
     # The import runs on a thread of each worker process, so the warm-up's tasks return at once.
-    poll_until(all_ready, timeout=60, interval=0.5, what="Keras to be imported in every Python worker")
+    found = poll_until(all_ready, timeout=60, interval=0.5, what="Keras to be imported in every Python worker")
+    # TensorFlow started with one intra-op thread per CPU Spark gives a task (spark.task.cpus = 1),
+    # not one per core of the host in every worker.
+    assert {r.threads for r in found} == {"1"}
 
 
 def test_timings_account_for_the_phases_of_train(spark, digits_df):
@@ -155,3 +160,21 @@ def test_training_twice_on_a_cached_dataframe_reuses_its_prepared_data(spark, di
         trained = trainer.train(digits_df, shuffle=True)
         results.append((trainer.reused_data, float((trained.predict(x_test, verbose=0).argmax(1) == y_test).mean())))
     assert results[1][0] and results[0][1] > 0.85 and results[1][1] > 0.85, results
+
+
+def test_tf_threads_follow_the_task_cpus_unless_the_environment_or_tensorflow_decided_first():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys; from zdk.runtime.threads import size_tf_threads; {pre}"
+            "print(size_tf_threads(), os.environ.get('TF_NUM_INTRAOP_THREADS'), os.environ.get('TF_NUM_INTEROP_THREADS'))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_NUM_")}
+
+    def run(pre: str = "", **extra: str) -> str:
+        return subprocess.run([sys.executable, "-c", code.format(pre=pre)], env={**env, **extra}, check=True,
+                              capture_output=True, text=True).stdout.split("\n")[0]
+
+    assert run() == "1 1 2"  # outside a task: one CPU
+    assert run(TF_NUM_INTRAOP_THREADS="4") == "None 4 None"
+    assert run(pre="sys.modules['tensorflow'] = object(); ") == "None None None"

@@ -129,6 +129,9 @@ def _import_keras(batches: Iterator) -> Iterator:
     task that arrives meanwhile waits on the import lock only for what is left of it."""
     import pyarrow as pa
 
+    from zdk.runtime.threads import size_tf_threads
+
+    size_tf_threads()  # before the import thread starts TensorFlow
     if not any(t.name == "zdk-keras-import" for t in threading.enumerate()) and "keras" not in sys.modules:
         threading.Thread(target=_load_keras, name="zdk-keras-import", daemon=True).start()
     for _ in batches:

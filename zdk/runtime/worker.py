@@ -23,6 +23,7 @@ from zdk import algorithms
 from zdk.algorithms.sources import load_sources
 from zdk.ps.client import PSClient
 from zdk.runtime.minibatches import MinibatchStream, fit_to_shapes
+from zdk.runtime.threads import size_tf_threads
 from zdk.errors import NonFiniteError, RemoteError
 from zdk.ps.exchange import Exchange
 from zdk.transports.curve import CurveKeys
@@ -309,6 +310,7 @@ def train_partition(config_json: str, batches: Iterator) -> Iterator:
     from pyspark import TaskContext
 
     t_start = time.time()
+    size_tf_threads()
     ctx = TaskContext.get()
     worker_id = ctx.partitionId() if ctx is not None else 0
     attempt = ctx.attemptNumber() if ctx is not None else 0
