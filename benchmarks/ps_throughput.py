@@ -8,7 +8,7 @@ For each model size it measures, in one run on this machine:
   (c) np.copyto of the same bytes: the memory bound.
 GB/s counts the bytes that cross the wire per round trip (2 × model size; 1 × for copyto).
 
-Run: .venv/bin/python benchmarks/ps_throughput.py [--sizes-mib 4 40 160] [--repeats 7]
+Run: .venv/bin/python benchmarks/ps_throughput.py [--sizes-mib 4 40 160] [--repeats 7] [--curve-frames 1 4 16]
 """
 
 from __future__ import annotations
@@ -100,13 +100,15 @@ def _zdk_worker(endpoints, worker_id, size, repeats, barrier, result_queue) -> N
         result_queue.put(time.perf_counter() - t0)
 
 
-def zdk_roundtrip(nbytes: int, repeats: int, shards: int, workers: int, curve: bool = False) -> float:
+def zdk_roundtrip(nbytes: int, repeats: int, shards: int, workers: int, curve: bool = False,
+                  chunk: int = DEFAULT_CHUNK_BYTES) -> float:
     """Seconds per commit+pull round, all workers running at once (aggregate)."""
     size = nbytes // 4
     keys = CurveKeys.generate() if curve else None
-    with start_shards(num_shards=shards, total_size=size, algorithm="downpour", curve=keys) as group:
+    with start_shards(num_shards=shards, total_size=size, algorithm="downpour", curve=keys, chunk_bytes=chunk,
+                      max_frame_bytes=max(chunk, DEFAULT_CHUNK_BYTES)) as group:
         if workers == 1:
-            with PSClient(group.endpoints, worker_id=0, timeout=120, curve=keys) as client:
+            with PSClient(group.endpoints, worker_id=0, timeout=120, curve=keys, chunk_bytes=chunk) as client:
                 client.hello()
                 delta = np.full(size, 1e-6, dtype=np.float32)
                 center = np.empty(size, dtype=np.float32)
@@ -141,6 +143,9 @@ def main() -> int:
     parser.add_argument("--grid", nargs="*", default=[], metavar="SHARDSxWORKERS",
                         help="also print aggregate GB/s for these shard × worker counts, e.g. 1x1 4x4 8x16 on a "
                         "bigger machine (default: none)")
+    parser.add_argument("--curve-frames", type=int, nargs="*", default=[], metavar="MIB",
+                        help="also print 1×1 plaintext and CURVE GB/s with these frame sizes, e.g. 1 4 16 "
+                        "(default: none)")
     args = parser.parse_args()
     try:
         grid = [tuple(int(v) for v in cell.lower().split("x")) for cell in args.grid]
@@ -165,6 +170,16 @@ def main() -> int:
         c = nbytes / copyto(nbytes, args.repeats) / 1e9
         print(f"| {mib} | {a1:.2f} | {a2:.2f} | {a3:.2f} | {b1:.2f} | {b2:.2f} | {c:.2f} | {a1 / b1:.2f} | {a1 / b2:.2f} "
               f"| {a1 / c:.2f} | {a1 / 0.24:.1f}× |", flush=True)
+    if args.curve_frames:
+        print()
+        print("| MiB | frame MiB | zdk 1×1 GB/s | zdk 1×1 CURVE GB/s | CURVE / plaintext |")
+        print("|---|---|---|---|---|")
+        for mib in args.sizes_mib:
+            nbytes = mib << 20
+            for frame in args.curve_frames:
+                plain = 2 * nbytes / zdk_roundtrip(nbytes, args.repeats, 1, 1, chunk=frame << 20) / 1e9
+                secure = 2 * nbytes / zdk_roundtrip(nbytes, args.repeats, 1, 1, curve=True, chunk=frame << 20) / 1e9
+                print(f"| {mib} | {frame} | {plain:.2f} | {secure:.2f} | {secure / plain:.2f} |", flush=True)
     if grid:
         print()
         print("| MiB | " + " | ".join(f"{k}×{w} GB/s" for k, w in grid) + " | echo 1 MiB frames GB/s |")

@@ -106,4 +106,7 @@ def test_the_dashboard_shows_why_a_job_failed(job_server, browser, tmp_path):
     poll_until(lambda: browser.find_element(By.ID, "state").text == "failed", timeout=120, what="failed")
     assert browser.find_element(By.ID, "detail-name").text == "five <b>classes</b>"  # text, never markup
     error = browser.find_element(By.ID, "error")
-    assert error.is_displayed() and "label" in error.text.lower(), error.text
+    assert error.is_displayed() and "label value of" in error.text, error.text
+    log = requests.get(f"{job_server.url}/api/jobs/{job_id}/logs", headers={"Authorization": f"Bearer {token}"},
+                       timeout=10).text
+    assert "Spark's full report" in log and "Traceback" in log  # the owner reads it without server access

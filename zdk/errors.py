@@ -55,7 +55,12 @@ class LaunchError(ZdkError):
 
 
 class WorkerFailed(ZdkError):
-    """A training task failed; the message carries the worker's own error."""
+    """A training task failed; the message carries the worker's own error, and ``report`` the
+    path of the file holding Spark's full report (when there is one)."""
+
+    def __init__(self, message: str, *, report: str | None = None) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 class NonFiniteError(ZdkError):

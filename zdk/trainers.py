@@ -578,7 +578,7 @@ class Trainer:
             if type(exc).__module__.startswith(("pyspark", "py4j")):
                 report = _save_report(group_id, exc)
                 raise WorkerFailed(f"training failed in a Spark task: {_worker_message(exc)} "
-                                   f"(Spark's full report: {report})") from None
+                                   f"(Spark's full report: {report})", report=report) from None
             raise
         finally:
             self._group_id = None

@@ -239,6 +239,12 @@ class _Running:
         except ZdkError as exc:
             outcome = {"state": FAILED, "error": str(exc)}
             logger.error("job %s failed: %s", job.id, exc)
+            report = getattr(exc, "report", None)
+            if report and os.path.exists(report):
+                # The report lives on the server's disk; the job's log is what its owner can read.
+                with open(report) as source, open(os.path.join(job.directory, "job.log"), "a") as log:
+                    log.write("\n---- Spark's full report ----\n")
+                    shutil.copyfileobj(source, log)
         except Exception as exc:  # anything else is a bug in zdk or Spark: recorded with its traceback
             outcome = {"state": FAILED, "error": f"{type(exc).__name__}: {exc}"}
             logger.exception("job %s failed", job.id)
