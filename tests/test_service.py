@@ -423,7 +423,8 @@ def test_zdk_job_and_zdk_serve_token_commands(job_server, model_file, tmp_path):
 
 
 def test_tls(spark, job_data, tmp_path):
-    from zdk.jobs import JobClient, JobError
+    from zdk.errors import JobError
+    from zdk.jobs import JobClient
     from zdk.service.app import JobServer, ServeConfig
     from zdk.service.build import Policy
 

@@ -8,7 +8,21 @@ class ZdkError(Exception):
 
 
 class ConfigError(ZdkError, ValueError):
-    """A constructor or CLI argument is invalid."""
+    """A constructor, CLI or job-spec argument is invalid.
+
+    Args:
+        message: what was wrong, the value seen and what would be valid.
+        field: the argument or spec field the error is about (``"num_workers"``,
+            ``"data.path"``), when there is one; the job service returns it with a 400.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class TooLarge(ConfigError):
+    """A part of a job submission is over its size limit (HTTP 413)."""
 
 
 class ProtocolError(ZdkError):
@@ -65,6 +79,20 @@ class WorkerFailed(ZdkError):
 
 class NonFiniteError(ZdkError):
     """Training produced NaN or infinite values (a loss, or weights the PS refused)."""
+
+
+class JobError(ZdkError):
+    """The job server refused a request, or a job did not finish; the message is the server's.
+
+    Args:
+        status: the HTTP status of the refusal, when there was one.
+        field: the field the server named.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.field = field
 
 
 class JobCancelled(ZdkError):

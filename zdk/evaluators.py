@@ -38,7 +38,7 @@ class AccuracyEvaluator(Evaluator):
         hit = (as_index(dataframe, self.label_col) == as_index(dataframe, self.prediction_col)).cast("double")
         row = dataframe.agg(F.avg(hit).alias("accuracy"), F.count(F.lit(1)).alias("n")).first()
         if not row["n"]:
-            raise ConfigError("`dataframe` must have rows to evaluate. Received: an empty DataFrame")
+            raise ConfigError("`dataframe` must have rows to evaluate. Received: an empty DataFrame", field="dataframe")
         return float(row["accuracy"])
 
     def isLargerBetter(self) -> bool:
@@ -58,7 +58,7 @@ class F1Evaluator(Evaluator):
                  positive_label: int = 1) -> None:
         super().__init__()
         if average not in ("macro", "binary"):
-            raise ConfigError(f"`average` must be 'macro' or 'binary'. Received: average={average!r}")
+            raise ConfigError(f"`average` must be 'macro' or 'binary'. Received: average={average!r}", field="average")
         self.label_col, self.prediction_col = label_col, prediction_col
         self.average, self.positive_label = average, positive_label
 
@@ -67,7 +67,7 @@ class F1Evaluator(Evaluator):
                                  as_index(dataframe, self.prediction_col).alias("p"))
         counts = {(int(r["y"]), int(r["p"])): int(r["count"]) for r in pairs.groupBy("y", "p").count().collect()}
         if not counts:
-            raise ConfigError("`dataframe` must have rows to evaluate. Received: an empty DataFrame")
+            raise ConfigError("`dataframe` must have rows to evaluate. Received: an empty DataFrame", field="dataframe")
         classes = sorted({c for pair in counts for c in pair})
         if self.average == "binary":
             classes = [self.positive_label]
@@ -123,7 +123,7 @@ class LossEvaluator(Evaluator):
         row = staged.mapInArrow(run, "total double, rows long").agg(
             F.sum("total").alias("total"), F.sum("rows").alias("rows")).first()
         if not row["rows"]:
-            raise ConfigError("`dataframe` must have rows to evaluate. Received: an empty DataFrame")
+            raise ConfigError("`dataframe` must have rows to evaluate. Received: an empty DataFrame", field="dataframe")
         return float(row["total"] / row["rows"])
 
     def isLargerBetter(self) -> bool:

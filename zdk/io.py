@@ -39,7 +39,7 @@ def copy_to_local(path: str, local: str, spark: Any = None) -> None:
     """Copies a file from a Hadoop path to a local one."""
     fs, source = _filesystem(path, spark)
     if not fs.exists(source):
-        raise ConfigError(f"`path` must exist. Received: path={path!r}")
+        raise ConfigError(f"`path` must exist. Received: path={path!r}", field="path")
     fs.copyToLocalFile(False, source, _local_path(local, spark), True)
 
 
@@ -51,7 +51,7 @@ def _local_path(local: str, spark: Any) -> Any:
 def save_model(model: Any, path: str, *, spark: Any = None) -> None:
     """Saves ``model`` as a ``.keras`` file at ``path`` (any Hadoop-compatible URI)."""
     if not path.endswith(".keras"):
-        raise ConfigError(f"`path` must end with .keras. Received: path={path!r}")
+        raise ConfigError(f"`path` must end with .keras. Received: path={path!r}", field="path")
     with tempfile.TemporaryDirectory(prefix="zdk-save-") as tmp:
         local = os.path.join(tmp, "model.keras")
         model.save(local)

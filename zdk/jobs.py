@@ -23,20 +23,11 @@ import tempfile
 import time
 from typing import Any, Sequence
 
-from zdk.errors import ConfigError, DeadlineExceeded, ZdkError
+from zdk.errors import ConfigError, DeadlineExceeded, JobError
 
 logger = logging.getLogger(__name__)
 
 ENDED = ("finished", "failed", "cancelled", "interrupted")
-
-
-class JobError(ZdkError):
-    """The job server refused a request, or a job did not finish; the message is the server's."""
-
-    def __init__(self, message: str, *, status: int | None = None, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.field = field
 
 
 class JobClient:
@@ -53,7 +44,7 @@ class JobClient:
         import requests
 
         if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"`url` must start with http:// or https://. Received: url={url!r}")
+            raise ConfigError(f"`url` must start with http:// or https://. Received: url={url!r}", field="url")
         self.url = url.rstrip("/")
         self.timeout = timeout
         self._session = requests.Session()
@@ -167,7 +158,7 @@ def trainer_spec(trainer: Any) -> dict[str, Any]:
     cls = type(trainer)
     if getattr(trainers, cls.__name__, None) is not cls:
         raise ConfigError(f"`trainer` must be a zdk.trainers class (a job server builds it by name). Received: "
-                          f"{cls.__module__}.{cls.__name__}")
+                          f"{cls.__module__}.{cls.__name__}", field="trainer")
     arguments = {}
     for name, value in trainer.arguments.items():
         arguments[name] = _json_argument(name, value)
@@ -192,11 +183,12 @@ def _json_argument(name: str, value: Any) -> Any:
         if isinstance(serialized, str):
             return serialized
         raise ConfigError(f"`{name}` has no JSON form for a job server: give a Keras name or a built-in Keras "
-                          f"object. Received: {name}={value!r}")
+                          f"object. Received: {name}={value!r}", field=name)
     try:
         json.dumps(value)
     except TypeError:
-        raise ConfigError(f"`{name}` has no JSON form for a job server. Received: {name}={value!r}") from None
+        raise ConfigError(f"`{name}` has no JSON form for a job server. Received: {name}={value!r}",
+                          field=name) from None
     return value
 
 
@@ -309,4 +301,4 @@ class Job:
         return list(self.client.history(str(self.id)))
 
 
-__all__ = ["Job", "JobClient", "JobError", "trainer_spec"]
+__all__ = ["Job", "JobClient", "trainer_spec"]

@@ -149,9 +149,10 @@ class KerasEstimator(Estimator, _ColumnParams, MLReadable, MLWritable):
         from zdk.trainers import Trainer
 
         if self.keras_model is None:
-            raise ConfigError("`keras_model` must be given to KerasEstimator. Received: keras_model=None")
+            raise ConfigError("`keras_model` must be given to KerasEstimator. Received: keras_model=None",
+                              field="keras_model")
         if not self.isDefined(self.loss):
-            raise ConfigError("`loss` must be set on KerasEstimator. Received: loss=None")
+            raise ConfigError("`loss` must be set on KerasEstimator. Received: loss=None", field="loss")
         get = self.getOrDefault
         optimizer = json.loads(get(self.workerOptimizer))
         if not isinstance(optimizer, str):
@@ -166,7 +167,8 @@ class KerasEstimator(Estimator, _ColumnParams, MLReadable, MLWritable):
         trained = trainer.train(dataframe, shuffle=self.getOrDefault(self.shuffle))
         if isinstance(trained, list):
             raise ConfigError(f"`algorithm` must train one model for KerasEstimator. Received: "
-                              f"algorithm={self.getOrDefault(self.algorithm)!r}, which returns {len(trained)}")
+                              f"algorithm={self.getOrDefault(self.algorithm)!r}, which returns {len(trained)}",
+                              field="algorithm")
         model = KerasModel(keras_model=trained, featuresCols=self.getOrDefault(self.featuresCols),
                            predictionCol=self.getOrDefault(self.predictionCol))
         model.history = trainer.history

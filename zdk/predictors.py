@@ -93,9 +93,11 @@ class ModelPredictor:
         self.keras_model = keras_model
         self.features_col = (features_col,) if isinstance(features_col, str) else tuple(features_col)
         if not self.features_col:
-            raise ConfigError("`features_col` must name at least one column. Received: features_col=[]")
+            raise ConfigError("`features_col` must name at least one column. Received: features_col=[]",
+                              field="features_col")
         if not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"`batch_size` must be an int ≥ 1. Received: batch_size={batch_size!r}")
+            raise ConfigError(f"`batch_size` must be an int ≥ 1. Received: batch_size={batch_size!r}",
+                              field="batch_size")
         self.output_col = output_col
         self.batch_size = batch_size
         self.custom_modules = tuple(custom_modules)
@@ -109,7 +111,8 @@ class ModelPredictor:
         from zdk.runtime.columns import SCALAR, as_array, column_kind
 
         if self.output_col in dataframe.columns:
-            raise ConfigError(f"`output_col` must be a new column. Received: output_col={self.output_col!r} exists")
+            raise ConfigError(f"`output_col` must be a new column. Received: output_col={self.output_col!r} exists",
+                              field="output_col")
         weights = self.keras_model.get_weights()
         layout = FlatLayout.of(weights)
         flat = layout.flatten(weights).tobytes()

@@ -38,12 +38,13 @@ class Emperor:
     def __init__(self, trainer: Any, evaluate_loss: Callable[[Any, Any], float], num_epoch: int = 15,
                  evaluation_frequency: int = 5, loss_threshold: float = 0.005) -> None:
         if not isinstance(num_epoch, int) or num_epoch < 1:
-            raise ConfigError(f"`num_epoch` must be an int ≥ 1. Received: num_epoch={num_epoch!r}")
+            raise ConfigError(f"`num_epoch` must be an int ≥ 1. Received: num_epoch={num_epoch!r}", field="num_epoch")
         if not isinstance(evaluation_frequency, int) or not 1 <= evaluation_frequency:
             raise ConfigError(f"`evaluation_frequency` must be an int ≥ 1. "
-                              f"Received: evaluation_frequency={evaluation_frequency!r}")
+                              f"Received: evaluation_frequency={evaluation_frequency!r}", field="evaluation_frequency")
         if loss_threshold < 0:
-            raise ConfigError(f"`loss_threshold` must be ≥ 0. Received: loss_threshold={loss_threshold!r}")
+            raise ConfigError(f"`loss_threshold` must be ≥ 0. Received: loss_threshold={loss_threshold!r}",
+                              field="loss_threshold")
         self.trainer = trainer
         self.evaluate_loss = evaluate_loss
         self.num_epoch = num_epoch

@@ -46,7 +46,7 @@ PROBE_SECONDS = 5.0
 def _columns(value: str | Sequence[str], name: str) -> tuple[str, ...]:
     cols = (value,) if isinstance(value, str) else tuple(value)
     if not cols or not all(isinstance(c, str) and c for c in cols):
-        raise ConfigError(f"`{name}` must be a column name or a list of them. Received: {name}={value!r}")
+        raise ConfigError(f"`{name}` must be a column name or a list of them. Received: {name}={value!r}", field=name)
     return cols
 
 
@@ -61,14 +61,14 @@ def _by_name(cls: type, args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str
     for name, value in zip(order, args):
         if name in named:
             raise ConfigError(f"`{name}` was given both by position and by name to {cls.__name__}. "
-                              f"Received: {name}={value!r} and {name}={named[name]!r}")
+                              f"Received: {name}={value!r} and {name}={named[name]!r}", field=name)
         named[name] = value
     return named
 
 
 def _positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"`{name}` must be an int ≥ 1. Received: {name}={value!r}")
+        raise ConfigError(f"`{name}` must be an int ≥ 1. Received: {name}={value!r}", field=name)
     return value
 
 
@@ -141,10 +141,11 @@ class Trainer:
                  **algorithm_params: Any) -> None:
         if self.default_algorithm is not None and algorithm is not None and algorithm != self.default_algorithm:
             raise ConfigError(f"`algorithm` is fixed to {self.default_algorithm!r} in {type(self).__name__}; use "
-                              f"zdk.trainers.Trainer for another. Received: algorithm={algorithm!r}")
+                              f"zdk.trainers.Trainer for another. Received: algorithm={algorithm!r}", field="algorithm")
         name = algorithm if algorithm is not None else self.default_algorithm
         if name is None:
-            raise ConfigError("`algorithm` is required for the generic Trainer. Received: algorithm=None")
+            raise ConfigError("`algorithm` is required for the generic Trainer. Received: algorithm=None",
+                              field="algorithm")
         self.algorithm = algorithms.get(name)
         self.keras_model = keras_model
         self.worker_optimizer = worker_optimizer
@@ -159,7 +160,8 @@ class Trainer:
         self.num_shards = _positive_int(num_shards, "num_shards")
         self.parallelism_factor = _positive_int(parallelism_factor, "parallelism_factor")
         if master_port is not None and not (isinstance(master_port, int) and 0 <= master_port < 65536):
-            raise ConfigError(f"`master_port` must be a port in [0, 65536). Received: master_port={master_port!r}")
+            raise ConfigError(f"`master_port` must be a port in [0, 65536). Received: master_port={master_port!r}",
+                              field="master_port")
         self.master_port = master_port
         self.parameter_server = list(parameter_server) if parameter_server else None
         self.progress = progress
@@ -168,12 +170,14 @@ class Trainer:
         self.custom_modules = tuple(custom_modules)
         self.seed = seed
         if security not in ("auto", "curve", "none"):
-            raise ConfigError(f"`security` must be 'auto', 'curve' or 'none'. Received: security={security!r}")
+            raise ConfigError(f"`security` must be 'auto', 'curve' or 'none'. Received: security={security!r}",
+                              field="security")
         self.security = security
         self.curve_keys = curve_keys
         if checkpoint_every is not None and (checkpoint_dir is None or not checkpoint_every > 0):
             raise ConfigError(f"`checkpoint_every` must be > 0 seconds and needs `checkpoint_dir`. "
-                              f"Received: checkpoint_every={checkpoint_every!r}, checkpoint_dir={checkpoint_dir!r}")
+                              f"Received: checkpoint_every={checkpoint_every!r}, checkpoint_dir={checkpoint_dir!r}",
+                              field="checkpoint_every")
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_every = checkpoint_every if checkpoint_every is not None else (
             30.0 if checkpoint_dir is not None else None)
@@ -184,10 +188,10 @@ class Trainer:
         self._marks: dict[str, float] = {}
         if overlap and self.algorithm.synchronous:
             raise ConfigError(f"`overlap` must be False for the synchronous algorithm {self.algorithm.name!r}: its "
-                              f"rounds need every worker at the same point. Received: overlap=True")
+                              f"rounds need every worker at the same point. Received: overlap=True", field="overlap")
         self.overlap = bool(overlap)
         if on_nan not in ("raise", "warn"):
-            raise ConfigError(f"`on_nan` must be 'raise' or 'warn'. Received: on_nan={on_nan!r}")
+            raise ConfigError(f"`on_nan` must be 'raise' or 'warn'. Received: on_nan={on_nan!r}", field="on_nan")
         self.on_nan = on_nan
         self.learning_rate: float | None = None
         fields = {f.name for f in dataclasses.fields(self.algorithm.params)}
@@ -210,7 +214,7 @@ class Trainer:
             if given:
                 name, value = next(iter(given.items()))
                 raise ConfigError(f"`{name}` has no effect on {type(self).__name__} ({self.algorithm.name!r} trains "
-                                  f"without a parameter server); remove it. Received: {name}={value!r}")
+                                  f"without a parameter server); remove it. Received: {name}={value!r}", field=name)
         self.exchange_per_epoch = self.algorithm.synchronous and communication_window is None
         self.params: Params = self.algorithm.make_params(algorithm_params)
         self.max_prefetch = 8
@@ -311,7 +315,7 @@ class Trainer:
         """
         if resume and not self.algorithm.uses_ps:
             raise ConfigError(f"`resume` needs an algorithm with a parameter server. Received: resume=True with "
-                              f"{self.algorithm.name!r}")
+                              f"{self.algorithm.name!r}", field="resume")
         if resume and self.checkpoint_dir is None and not self.parameter_server:
             raise ConfigError("`resume=True` needs the `checkpoint_dir` the interrupted job wrote. "
                               "Received: checkpoint_dir=None")
@@ -464,10 +468,10 @@ class Trainer:
         model = self.keras_model
         if len(self.features_col) != len(model.inputs):
             raise ConfigError(f"`features_col` must name one column per model input ({len(model.inputs)}). "
-                              f"Received: features_col={list(self.features_col)}")
+                              f"Received: features_col={list(self.features_col)}", field="features_col")
         if len(self.label_col) != len(model.outputs):
             raise ConfigError(f"`label_col` must name one column per model output ({len(model.outputs)}). "
-                              f"Received: label_col={list(self.label_col)}")
+                              f"Received: label_col={list(self.label_col)}", field="label_col")
         row = preflight.first_row(dataframe, list(dict.fromkeys((*self.features_col, *self.label_col))))
         preflight.check_features(row, self.features_col, [tuple(t.shape) for t in model.inputs])
         preflight.check_labels(row, self.label_col, [tuple(t.shape) for t in model.outputs],
@@ -482,7 +486,7 @@ class Trainer:
                 f"`num_workers` must be ≤ the cluster's {slots} task slots for the synchronous algorithm "
                 f"{self.algorithm.name!r}, whose workers all run at once in one barrier stage. "
                 f"Received: num_workers={self.num_tasks}"
-            )
+            , field="num_workers")
 
     def _parameter_server(self, resume: bool = False) -> tuple[ShardGroup | None, list[str]]:
         assert self._spec is not None
@@ -493,10 +497,12 @@ class Trainer:
                 info = self._probe(client)
                 if info.total_size != initial.size:
                     raise ConfigError(f"`parameter_server` holds {info.total_size} parameters; the model has "
-                                      f"{initial.size}. Received: parameter_server={self.parameter_server}")
+                                      f"{initial.size}. Received: parameter_server={self.parameter_server}",
+                                      field="parameter_server")
                 if info.algorithm != self.algorithm.name:
                     raise ConfigError(f"`parameter_server` runs {info.algorithm!r}; this trainer needs "
-                                      f"{self.algorithm.name!r}. Received: parameter_server={self.parameter_server}")
+                                      f"{self.algorithm.name!r}. Received: parameter_server={self.parameter_server}",
+                                      field="parameter_server")
                 if not resume:
                     client.init(initial)
             return None, list(self.parameter_server)
@@ -506,7 +512,8 @@ class Trainer:
                                    for k in range(self.num_shards)) if not os.path.exists(p)]
             if missing:
                 raise ConfigError(f"`resume=True` needs a checkpoint of each of the {self.num_shards} shards in "
-                                  f"checkpoint_dir={self.checkpoint_dir!r}. Received: {missing} missing")
+                                  f"checkpoint_dir={self.checkpoint_dir!r}. Received: {missing} missing",
+                                  field="resume")
         port = self.master_port or 0
         group = start_shards(num_shards=self.num_shards, total_size=initial.size,
                              bind=f"tcp://{self.ps_host}:{port}", algorithm=self.algorithm.name,
@@ -774,12 +781,13 @@ def eamsgd_optimizer(optimizer: Any, params: EAMSGDParams) -> Any:
         config = optimizer.get_config()
         if config.get("momentum") not in (0.0, params.momentum):
             raise ConfigError(f"`momentum` is EAMSGD's Nesterov momentum ({params.momentum}); the SGD passed as "
-                              f"`worker_optimizer` has momentum={config['momentum']}. Set one of them only.")
+                              f"`worker_optimizer` has momentum={config['momentum']}. Set one of them only.",
+                              field="momentum")
         config.update(momentum=params.momentum, nesterov=True)
         return keras.optimizers.SGD.from_config(config)
     raise ConfigError(f"`worker_optimizer` must be 'sgd' or a keras.optimizers.SGD for EAMSGD, whose momentum is "
                       f"Nesterov momentum in a local SGD step; use AEASGD for elastic averaging with another "
-                      f"optimizer. Received: worker_optimizer={optimizer!r}")
+                      f"optimizer. Received: worker_optimizer={optimizer!r}", field="worker_optimizer")
 
 
 class SingleTrainer(Trainer):
@@ -792,7 +800,8 @@ class SingleTrainer(Trainer):
     def _setup(self, keras_model: Any, worker_optimizer: Any, loss: Any, **kwargs: Any) -> None:
         if kwargs.get("num_workers", 1) != 1:
             raise ConfigError(f"`num_workers` must be 1 for SingleTrainer, which trains on one worker; use "
-                              f"DOWNPOUR, ADAG or AveragingTrainer for more. Received: num_workers={kwargs['num_workers']}")
+                              f"DOWNPOUR, ADAG or AveragingTrainer for more. Received: num_workers={kwargs['num_workers']}",
+                              field="num_workers")
         kwargs["num_workers"] = 1
         super()._setup(keras_model, worker_optimizer, loss, **kwargs)
 
@@ -819,7 +828,8 @@ class EnsembleTrainer(Trainer):
                reinitialize: bool = False, **kwargs: Any) -> None:
         if "num_workers" in kwargs and kwargs["num_workers"] != num_ensembles:
             raise ConfigError(f"`num_workers` is `num_ensembles` for EnsembleTrainer; give only num_ensembles. "
-                              f"Received: num_workers={kwargs['num_workers']}, num_ensembles={num_ensembles}")
+                              f"Received: num_workers={kwargs['num_workers']}, num_ensembles={num_ensembles}",
+                              field="num_workers")
         kwargs["num_workers"] = num_ensembles
         super()._setup(keras_model, worker_optimizer, loss, **kwargs)
         self.reinitialize = bool(reinitialize)

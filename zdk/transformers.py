@@ -38,11 +38,11 @@ class _ZdkTransformer(Transformer, DefaultParamsReadable, DefaultParamsWritable)
                     self._set(**{name: value})
                 except TypeError:  # pyspark's type converters say only "Invalid param value"
                     raise ConfigError(f"`{name}` has the wrong type for {type(self).__name__}. Received: "
-                                      f"{name}={value!r}") from None
+                                      f"{name}={value!r}", field=name) from None
 
     def _value(self, name: str) -> Any:
         if not self.isDefined(self.getParam(name)):
-            raise ConfigError(f"`{name}` must be set on {type(self).__name__}. Received: {name}=None")
+            raise ConfigError(f"`{name}` must be set on {type(self).__name__}. Received: {name}=None", field=name)
         return self.getOrDefault(self.getParam(name))
 
     def _check_required(self) -> None:
@@ -74,7 +74,8 @@ class MinMaxTransformer(_ZdkTransformer, HasInputOutput):
                  is_vector: bool = True) -> None:
         super().__init__()
         if o_min is not None and o_max is not None and o_min == o_max:
-            raise ConfigError(f"`o_max` must differ from `o_min`. Received: o_min={o_min}, o_max={o_max}")
+            raise ConfigError(f"`o_max` must differ from `o_min`. Received: o_min={o_min}, o_max={o_max}",
+                              field="o_max")
         self._setDefault(is_vector=True)
         self._configure(self._input_kwargs)
 
@@ -86,10 +87,12 @@ class MinMaxTransformer(_ZdkTransformer, HasInputOutput):
         kind = column_kind(dataframe, name)
         if not self._value("is_vector"):
             if kind != SCALAR:
-                raise ConfigError(f"`is_vector` must be True for the {kind} column `{name}`. Received: is_vector=False")
+                raise ConfigError(f"`is_vector` must be True for the {kind} column `{name}`. Received: is_vector=False",
+                                  field="is_vector")
             return dataframe.withColumn(out, (F.col(name) - o_min) * scale + n_min)
         if kind == SCALAR:
-            raise ConfigError(f"`is_vector` must be False for the numeric column `{name}`. Received: is_vector=True")
+            raise ConfigError(f"`is_vector` must be False for the numeric column `{name}`. Received: is_vector=True",
+                              field="is_vector")
         scaled = F.transform(as_array(dataframe, name), lambda x: (x - o_min) * scale + n_min)
         return dataframe.withColumn(out, array_to_vector(scaled) if kind == VECTOR else scaled)
 
@@ -140,7 +143,8 @@ class StandardTransformer(_ZdkTransformer):
     def __init__(self, columns: Sequence[str] | None = None, suffix: str = "_normalized") -> None:
         super().__init__()
         if columns is not None and (isinstance(columns, str) or not columns):
-            raise ConfigError(f"`columns` must be a non-empty list of column names. Received: columns={columns!r}")
+            raise ConfigError(f"`columns` must be a non-empty list of column names. Received: columns={columns!r}",
+                              field="columns")
         self._setDefault(suffix="_normalized")
         self._configure(self._input_kwargs)
 
@@ -149,7 +153,8 @@ class StandardTransformer(_ZdkTransformer):
         columns, suffix = self._value("columns"), self._value("suffix")
         for c in columns:
             if column_kind(dataframe, c) != SCALAR:
-                raise ConfigError(f"`columns` must name numeric columns. Received: `{c}` is not numeric")
+                raise ConfigError(f"`columns` must name numeric columns. Received: `{c}` is not numeric",
+                                  field="columns")
         aggs = [F.mean(c).alias(f"m{i}") for i, c in enumerate(columns)]
         aggs += [F.stddev_pop(c).alias(f"s{i}") for i, c in enumerate(columns)]
         stats = dataframe.agg(*aggs).first()
@@ -197,7 +202,7 @@ class ReshapeTransformer(_ZdkTransformer, HasInputOutput):
                  shape: Sequence[int] | None = None) -> None:
         super().__init__()
         if shape is not None and (not shape or any(int(d) < 1 for d in shape)):
-            raise ConfigError(f"`shape` must be positive dimensions. Received: shape={tuple(shape)}")
+            raise ConfigError(f"`shape` must be positive dimensions. Received: shape={tuple(shape)}", field="shape")
         self._configure(self._input_kwargs)
 
     def _transform(self, dataframe: Any) -> Any:
@@ -233,13 +238,13 @@ class OneHotTransformer(_ZdkTransformer, HasInputOutput):
         super().__init__()
         self._configure(self._input_kwargs)
         if output_dim is not None and self.getOrDefault(self.output_dim) < 1:
-            raise ConfigError(f"`output_dim` must be ≥ 1. Received: output_dim={output_dim}")
+            raise ConfigError(f"`output_dim` must be ≥ 1. Received: output_dim={output_dim}", field="output_dim")
 
     def _transform(self, dataframe: Any) -> Any:
         self._check_required()
         name, dim = self._value("input_col"), self._value("output_dim")
         if column_kind(dataframe, name) != SCALAR:
-            raise ConfigError(f"`input_col` must be a numeric label column. Received: `{name}`")
+            raise ConfigError(f"`input_col` must be a numeric label column. Received: `{name}`", field="input_col")
         label = F.col(name).cast("int")
         hot = F.transform(F.sequence(F.lit(0), F.lit(dim - 1)), lambda i: F.when(i == label, 1.0).otherwise(0.0))
         valid = (label >= 0) & (label < dim) & (F.col(name) == label)
@@ -278,7 +283,8 @@ class LabelIndexTransformer(_ZdkTransformer, HasInputOutput):
         self._check_required()
         name, dim = self._value("input_col"), self._value("output_dim")
         if column_kind(dataframe, name) == SCALAR:
-            raise ConfigError(f"`input_col` must be a vector or array column. Received: `{name}` is numeric")
+            raise ConfigError(f"`input_col` must be a vector or array column. Received: `{name}` is numeric",
+                              field="input_col")
         array = as_array(dataframe, name)
         threshold = self._value("activation_threshold")
         first = F.array_position(F.transform(array, lambda x: x >= threshold), True)

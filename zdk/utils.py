@@ -19,7 +19,8 @@ def shuffle(dataframe: Any, seed: int | None = None) -> Any:
 def precache(dataframe: Any, num_workers: int) -> Any:
     """Repartitioned to ``num_workers``, cached and counted, so training reads it from memory."""
     if not isinstance(num_workers, int) or num_workers < 1:
-        raise ConfigError(f"`num_workers` must be an int ≥ 1. Received: num_workers={num_workers!r}")
+        raise ConfigError(f"`num_workers` must be an int ≥ 1. Received: num_workers={num_workers!r}",
+                          field="num_workers")
     cached = dataframe.repartition(num_workers).cache()
     cached.count()
     return cached
@@ -29,7 +30,7 @@ def to_one_hot_encoded_dense(value: int | float, n_dim: int) -> np.ndarray:
     """A float32 one-hot vector of length ``n_dim`` with a 1 at ``value``."""
     index = int(value)
     if index != value or not 0 <= index < n_dim:
-        raise ConfigError(f"`value` must be an integer in [0, {n_dim}). Received: value={value!r}")
+        raise ConfigError(f"`value` must be an integer in [0, {n_dim}). Received: value={value!r}", field="value")
     out = np.zeros(n_dim, dtype=np.float32)
     out[index] = 1.0
     return out
@@ -39,7 +40,8 @@ def uniform_weights(model: Any, constraints: Sequence[float] = (-0.5, 0.5), seed
     """Reinitialises every weight of ``model`` uniformly in [low, high); returns the model."""
     low, high = float(constraints[0]), float(constraints[1])
     if not low < high:
-        raise ConfigError(f"`constraints` must be [low, high] with low < high. Received: constraints={list(constraints)}")
+        raise ConfigError(f"`constraints` must be [low, high] with low < high. Received: constraints={list(constraints)}",
+                          field="constraints")
     rng = np.random.default_rng(seed)
     model.set_weights([rng.uniform(low, high, size=w.shape).astype(w.dtype) for w in model.get_weights()])
     return model

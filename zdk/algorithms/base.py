@@ -19,7 +19,7 @@ from zdk.errors import ConfigError
 def check(condition: bool, name: str, value: Any, rule: str) -> None:
     """Raises ``ConfigError("`name` must be rule. Received: name=value")`` unless ``condition``."""
     if not condition:
-        raise ConfigError(f"`{name}` must be {rule}. Received: {name}={value!r}")
+        raise ConfigError(f"`{name}` must be {rule}. Received: {name}={value!r}", field=name)
 
 
 @dataclass(frozen=True)

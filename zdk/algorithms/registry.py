@@ -34,7 +34,7 @@ def _add(algorithm: Algorithm) -> Algorithm:
             raise ConfigError(
                 f"`name` must be unique. Received: name={algorithm.name!r}, already registered by "
                 f"{existing.server_update!r}"
-            )
+            , field="name")
         _registry[algorithm.name] = algorithm
     return algorithm
 
@@ -66,7 +66,7 @@ def register(target: Algorithm | str) -> Algorithm | Callable[[type], Algorithm]
     if isinstance(target, Algorithm):
         return _add(target)
     if not isinstance(target, str):
-        raise ConfigError(f"`register` takes a name or an Algorithm. Received: {target!r}")
+        raise ConfigError(f"`register` takes a name or an Algorithm. Received: {target!r}", field="register")
 
     def decorate(cls: type) -> Algorithm:
         return _add(_from_class(target, cls))

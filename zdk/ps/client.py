@@ -89,17 +89,18 @@ class PSClient:
                  max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, context: zmq.Context | None = None,
                  curve: CurveKeys | None = None, session: int | None = None) -> None:
         if not endpoints:
-            raise ConfigError("`endpoints` must name at least one shard. Received: endpoints=[]")
+            raise ConfigError("`endpoints` must name at least one shard. Received: endpoints=[]", field="endpoints")
         if not isinstance(worker_id, int) or not 0 <= worker_id < 2**32:
-            raise ConfigError(f"`worker_id` must be an int in [0, 2^32). Received: worker_id={worker_id!r}")
+            raise ConfigError(f"`worker_id` must be an int in [0, 2^32). Received: worker_id={worker_id!r}",
+                              field="worker_id")
         if not isinstance(attempt, int) or not 0 <= attempt < 2**32:
-            raise ConfigError(f"`attempt` must be an int in [0, 2^32). Received: attempt={attempt!r}")
+            raise ConfigError(f"`attempt` must be an int in [0, 2^32). Received: attempt={attempt!r}", field="attempt")
         if not timeout > 0:
-            raise ConfigError(f"`timeout` must be > 0 seconds. Received: timeout={timeout!r}")
+            raise ConfigError(f"`timeout` must be > 0 seconds. Received: timeout={timeout!r}", field="timeout")
         if isinstance(tries, bool) or not isinstance(tries, int) or tries < 1:
-            raise ConfigError(f"`tries` must be an int ≥ 1. Received: tries={tries!r}")
+            raise ConfigError(f"`tries` must be an int ≥ 1. Received: tries={tries!r}", field="tries")
         if session is not None and not (isinstance(session, int) and 0 <= session < 2**64):
-            raise ConfigError(f"`session` must be an int in [0, 2^64). Received: session={session!r}")
+            raise ConfigError(f"`session` must be an int in [0, 2^64). Received: session={session!r}", field="session")
         tune_allocator()
         self.endpoints = list(endpoints)
         self.worker_id = worker_id
@@ -160,7 +161,7 @@ class PSClient:
                 raise ConfigError(
                     f"`endpoints` must list the {r.fields['num_shards']} shards of one server in order. "
                     f"Received: {self.endpoints[k]} is shard {r.shard} of {r.fields['num_shards']}, size {r.fields['total']}"
-                )
+                , field="endpoints")
         plan = ShardPlan(total, len(self._links))
         if list(ranges) != plan.ranges:
             raise ConfigError(f"shard ranges {ranges} do not tile [0, {total}) as {plan.ranges}")
@@ -191,13 +192,14 @@ class PSClient:
             out = np.empty(info.total_size, dtype=DTYPE)
         if out.dtype != DTYPE or out.shape != (info.total_size,) or not out.flags.c_contiguous:
             raise ConfigError(f"`out` must be a C-contiguous float32 vector of size {info.total_size}. "
-                              f"Received: dtype={out.dtype}, shape={out.shape}")
+                              f"Received: dtype={out.dtype}, shape={out.shape}", field="out")
         assert self.plan is not None
         targets = [s.data.cast("B") for s in self.plan.slices(out)]
         n = len(self._links)
         minimums = [min_version] * n if min_version is None or isinstance(min_version, int) else list(min_version)
         if len(minimums) != n:
-            raise ConfigError(f"`min_version` must hold one version per shard ({n}). Received: {min_version!r}")
+            raise ConfigError(f"`min_version` must hold one version per shard ({n}). Received: {min_version!r}",
+                              field="min_version")
         args = {"role": "observer"} if self._observer else {}
         requests = [self._request("pull", k, min_version=minimums[k], wait=wait, args=args) for k in range(n)]
         extra = 0.0 if wait is None else wait
@@ -215,7 +217,7 @@ class PSClient:
         info = self._require_info()
         if delta.dtype != DTYPE or delta.shape != (info.total_size,):
             raise ConfigError(f"`delta` must be a float32 vector of size {info.total_size}. "
-                              f"Received: dtype={delta.dtype}, shape={delta.shape}")
+                              f"Received: dtype={delta.dtype}, shape={delta.shape}", field="delta")
         delta = np.ascontiguousarray(delta)
         assert self.plan is not None
         requests = []
@@ -237,7 +239,7 @@ class PSClient:
         info = self._require_info()
         if flat.dtype != DTYPE or flat.shape != (info.total_size,):
             raise ConfigError(f"`flat` must be a float32 vector of size {info.total_size}. "
-                              f"Received: dtype={flat.dtype}, shape={flat.shape}")
+                              f"Received: dtype={flat.dtype}, shape={flat.shape}", field="flat")
         assert self.plan is not None
         requests = []
         for k, part in enumerate(self.plan.slices(np.ascontiguousarray(flat))):

@@ -39,11 +39,11 @@ class Exchange:
         self.algorithm = algorithms.get(algorithm if algorithm is not None else info.algorithm)
         if self.algorithm.name != info.algorithm:
             raise ConfigError(f"`algorithm` must match the shards' {info.algorithm!r}. "
-                              f"Received: algorithm={self.algorithm.name!r}")
+                              f"Received: algorithm={self.algorithm.name!r}", field="algorithm")
         self.params = params if params is not None else self.algorithm.make_params(dict(info.params))
         if local.dtype != np.float32 or local.shape != (info.total_size,) or not local.flags.c_contiguous:
             raise ConfigError(f"`local` must be a C-contiguous float32 vector of size {info.total_size}. "
-                              f"Received: dtype={local.dtype}, shape={local.shape}")
+                              f"Received: dtype={local.dtype}, shape={local.shape}", field="local")
         self.client = client
         self.local = local
         self.center = np.empty_like(local)
@@ -104,7 +104,8 @@ class Exchange:
             report: progress numbers for the shards' `stats`.
         """
         if self.algorithm.synchronous:
-            raise ConfigError(f"`overlap` needs an asynchronous algorithm; {self.algorithm.name!r} is synchronous")
+            raise ConfigError(f"`overlap` needs an asynchronous algorithm; {self.algorithm.name!r} is synchronous",
+                              field="overlap")
         self.collect(block=True)  # at most one exchange in flight
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zdk-exchange")

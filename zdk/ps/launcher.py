@@ -47,7 +47,8 @@ def shard_endpoints(bind: str, num_shards: int) -> list[str]:
             return [f"tcp://{host}:0"] * num_shards
         first = int(port)
         if first + num_shards - 1 > 65535:
-            raise ConfigError(f"`bind` port {first} + {num_shards} shards exceeds 65535. Received: bind={bind!r}")
+            raise ConfigError(f"`bind` port {first} + {num_shards} shards exceeds 65535. Received: bind={bind!r}",
+                              field="bind")
         return [f"tcp://{host}:{first + k}" for k in range(num_shards)]
     return [bind] if num_shards == 1 else [f"{bind}-{k}" for k in range(num_shards)]
 
@@ -169,9 +170,11 @@ def start_shards(*, num_shards: int = 1, total_size: int, bind: str = "tcp://127
     params_obj = algo.make_params(dict(params or {}))
     if checkpoint_every is not None and (checkpoint_dir is None or not checkpoint_every > 0):
         raise ConfigError(f"`checkpoint_every` must be > 0 seconds and needs `checkpoint_dir`. "
-                          f"Received: checkpoint_every={checkpoint_every!r}, checkpoint_dir={checkpoint_dir!r}")
+                          f"Received: checkpoint_every={checkpoint_every!r}, checkpoint_dir={checkpoint_dir!r}",
+                          field="checkpoint_every")
     if initial is not None and (initial.ndim != 1 or initial.size != total_size):
-        raise ConfigError(f"`initial` must be a flat vector of size {total_size}. Received: shape={initial.shape}")
+        raise ConfigError(f"`initial` must be a flat vector of size {total_size}. Received: shape={initial.shape}",
+                          field="initial")
     endpoints = shard_endpoints(bind, num_shards)
     child_env = dict(os.environ if env is None else env)
     # Shards must import this very zdk, even when it is not installed (tests, Spark drivers).

@@ -31,7 +31,8 @@ class FlatLayout:
     def __post_init__(self) -> None:
         for i, shape in enumerate(self.shapes):
             if any((not isinstance(d, int)) or d < 0 for d in shape):
-                raise ConfigError(f"`shapes[{i}]` must hold non-negative ints. Received: shapes[{i}]={shape!r}")
+                raise ConfigError(f"`shapes[{i}]` must hold non-negative ints. Received: shapes[{i}]={shape!r}",
+                                  field=f"shapes[{i}]")
 
     @classmethod
     def of(cls, arrays: Iterable[np.ndarray]) -> "FlatLayout":
@@ -53,7 +54,8 @@ class FlatLayout:
     def flatten(self, arrays: Sequence[np.ndarray], out: np.ndarray | None = None) -> np.ndarray:
         """Copies ``arrays`` into one flat vector (``out`` when given, so nothing is allocated)."""
         if len(arrays) != len(self.shapes):
-            raise ConfigError(f"`arrays` must hold {len(self.shapes)} arrays. Received: {len(arrays)} arrays")
+            raise ConfigError(f"`arrays` must hold {len(self.shapes)} arrays. Received: {len(arrays)} arrays",
+                              field="arrays")
         flat = self.empty() if out is None else out
         self._check_flat(flat)
         for view, array, shape in zip(self.views(flat), arrays, self.shapes):
@@ -76,7 +78,7 @@ class FlatLayout:
             raise ConfigError(
                 f"`flat` must be a C-contiguous float32 vector of size {self.total_size}. "
                 f"Received: dtype={flat.dtype}, shape={flat.shape}"
-            )
+            , field="flat")
 
 
 @dataclass(frozen=True)
@@ -97,18 +99,18 @@ class ShardPlan:
 
     def __post_init__(self) -> None:
         if not isinstance(self.total_size, int) or self.total_size < 1:
-            raise ConfigError(f"`total_size` must be ≥ 1. Received: total_size={self.total_size!r}")
+            raise ConfigError(f"`total_size` must be ≥ 1. Received: total_size={self.total_size!r}", field="total_size")
         if not isinstance(self.num_shards, int) or self.num_shards < 1:
-            raise ConfigError(f"`num_shards` must be ≥ 1. Received: num_shards={self.num_shards!r}")
+            raise ConfigError(f"`num_shards` must be ≥ 1. Received: num_shards={self.num_shards!r}", field="num_shards")
         if self.num_shards > self.total_size:
             raise ConfigError(
                 f"`num_shards` must be ≤ total_size ({self.total_size}). Received: num_shards={self.num_shards}"
-            )
+            , field="num_shards")
 
     def range(self, shard: int) -> tuple[int, int]:
         """``(start, stop)`` of shard ``shard``."""
         if not 0 <= shard < self.num_shards:
-            raise ConfigError(f"`shard` must be in [0, {self.num_shards}). Received: shard={shard}")
+            raise ConfigError(f"`shard` must be in [0, {self.num_shards}). Received: shard={shard}", field="shard")
         q, r = divmod(self.total_size, self.num_shards)
         start = shard * q + min(shard, r)
         return start, start + q + (1 if shard < r else 0)

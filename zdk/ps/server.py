@@ -144,7 +144,7 @@ def _parse_params(text: str) -> dict:
     try:
         params = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"`--params` must be a JSON object. Received: {text!r} ({exc})") from None
+        raise ConfigError(f"`--params` must be a JSON object. Received: {text!r} ({exc})", field="--params") from None
     if not isinstance(params, dict):
         raise ConfigError(f"`--params` must be a JSON object. Received: {text!r}")
     return params
@@ -159,7 +159,8 @@ async def _amain(args: argparse.Namespace) -> str:
     )
     if args.checkpoint_every is not None and (args.checkpoint_every <= 0 or args.checkpoint_dir is None):
         raise ConfigError(f"`--checkpoint-every` must be > 0 seconds and needs --checkpoint-dir. "
-                          f"Received: checkpoint_every={args.checkpoint_every}, checkpoint_dir={args.checkpoint_dir}")
+                          f"Received: checkpoint_every={args.checkpoint_every}, checkpoint_dir={args.checkpoint_dir}",
+                          field="--checkpoint-every")
     core = ShardCore(config)
     tune_allocator()
     # ZeroMQ itself cuts connections sending frames far over the protocol limit; between the

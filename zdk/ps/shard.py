@@ -107,9 +107,10 @@ class ShardConfig:
         for name in ("max_frame_bytes", "chunk_bytes", "dedupe_window"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"`{name}` must be an int ≥ 1. Received: {name}={value!r}")
+                raise ConfigError(f"`{name}` must be an int ≥ 1. Received: {name}={value!r}", field=name)
         if self.chunk_bytes % 4:
-            raise ConfigError(f"`chunk_bytes` must be a multiple of 4. Received: chunk_bytes={self.chunk_bytes}")
+            raise ConfigError(f"`chunk_bytes` must be a multiple of 4. Received: chunk_bytes={self.chunk_bytes}",
+                              field="chunk_bytes")
 
     @property
     def range(self) -> tuple[int, int]:
@@ -159,13 +160,14 @@ class ShardCore:
             raise ConfigError(
                 f"`algorithm` must use the parameter server. Received: algorithm={config.algorithm!r}, "
                 f"which trains without one"
-            )
+            , field="algorithm")
         self.params: Params = self.algorithm.make_params(dict(config.params))
         start, stop = config.range
         center = np.zeros(stop - start, dtype=DTYPE)
         if initial is not None:
             if initial.shape != center.shape:
-                raise ConfigError(f"`initial` must have shape {center.shape}. Received: shape={initial.shape}")
+                raise ConfigError(f"`initial` must have shape {center.shape}. Received: shape={initial.shape}",
+                                  field="initial")
             np.copyto(center, initial)
         self.state = ShardState(center=center)
         self.generation = time.time_ns() & 0xFFFF_FFFF_FFFF_FFFF
@@ -551,7 +553,8 @@ class ShardCore:
         """
         path = path or self.config.checkpoint_path
         if path is None:
-            raise ConfigError("`checkpoint_dir` must be set to write checkpoints. Received: checkpoint_dir=None")
+            raise ConfigError("`checkpoint_dir` must be set to write checkpoints. Received: checkpoint_dir=None",
+                              field="checkpoint_dir")
         directory = os.path.dirname(path) or "."
         os.makedirs(directory, exist_ok=True)
         start, stop = self.config.range

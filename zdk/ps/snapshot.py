@@ -29,14 +29,15 @@ def pack(value: Any, arrays: dict[str, np.ndarray], where: str = "state") -> Any
         items = []
         for key, item in value.items():
             if not isinstance(key, (str, int)) or isinstance(key, bool):
-                raise ConfigError(f"`{where}` keys must be str or int to be checkpointed. Received: key={key!r}")
+                raise ConfigError(f"`{where}` keys must be str or int to be checkpointed. Received: key={key!r}",
+                                  field=where)
             items.append([key, pack(item, arrays, f"{where}[{key!r}]")])
         return {"t": "dict", "items": items}
     if isinstance(value, (set, frozenset, list, tuple)):
         kind = "set" if isinstance(value, (set, frozenset)) else "list"
         return {"t": kind, "items": [pack(v, arrays, f"{where}[]") for v in value]}
     raise ConfigError(f"`{where}` must hold arrays, numbers, strings, lists, sets or dicts to be checkpointed. "
-                      f"Received: {type(value).__name__}")
+                      f"Received: {type(value).__name__}", field=where)
 
 
 def unpack(description: Any, arrays: Any) -> Any:

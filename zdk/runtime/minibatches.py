@@ -149,7 +149,7 @@ class MinibatchStream:
     def __init__(self, batches: Iterable, *, features: Sequence[str], labels: Sequence[str], batch_size: int,
                  shuffle: bool = False, seed: int = 0, prefetch: int = 8) -> None:
         if batch_size < 1:
-            raise ConfigError(f"`batch_size` must be ≥ 1. Received: batch_size={batch_size}")
+            raise ConfigError(f"`batch_size` must be ≥ 1. Received: batch_size={batch_size}", field="batch_size")
         self._source: Iterator | None = iter(batches)
         self.features, self.labels = list(features), list(labels)
         self.batch_size = batch_size

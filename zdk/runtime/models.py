@@ -65,7 +65,8 @@ def _serializable(value: Any, what: str) -> Any:
     try:
         return keras.saving.serialize_keras_object(value)
     except Exception as exc:
-        raise ConfigError(f"`{what}` must be a name or a serializable Keras object. Received: {value!r} ({exc})") from None
+        raise ConfigError(f"`{what}` must be a name or a serializable Keras object. Received: {value!r} ({exc})",
+                          field=what) from None
 
 
 def serialize_optimizer(optimizer: Any) -> Any:
@@ -77,10 +78,10 @@ def serialize_optimizer(optimizer: Any) -> Any:
             optimizer = keras.optimizers.get(optimizer)
         except ValueError:
             raise ConfigError(f"`worker_optimizer` must be a Keras optimizer name or instance. "
-                              f"Received: worker_optimizer={optimizer!r}") from None
+                              f"Received: worker_optimizer={optimizer!r}", field="worker_optimizer") from None
     if not isinstance(optimizer, keras.optimizers.Optimizer):
         raise ConfigError(f"`worker_optimizer` must be a Keras optimizer name or instance. "
-                          f"Received: worker_optimizer={optimizer!r}")
+                          f"Received: worker_optimizer={optimizer!r}", field="worker_optimizer")
     return keras.optimizers.serialize(optimizer)
 
 
@@ -90,11 +91,12 @@ def make_spec(model: Any, *, optimizer: Any, loss: Any, metrics: Sequence[Any] |
     import keras
 
     if not isinstance(model, keras.Model):
-        raise ConfigError(f"`keras_model` must be a keras.Model. Received: {type(model).__name__}")
+        raise ConfigError(f"`keras_model` must be a keras.Model. Received: {type(model).__name__}", field="keras_model")
     if not model.built:
-        raise ConfigError("`keras_model` must be built (give it an Input or call build()) so its weights exist")
+        raise ConfigError("`keras_model` must be built (give it an Input or call build()) so its weights exist",
+                          field="keras_model")
     if loss is None:
-        raise ConfigError("`loss` must be a Keras loss name or object. Received: loss=None")
+        raise ConfigError("`loss` must be a Keras loss name or object. Received: loss=None", field="loss")
     return ModelSpec(
         model_json=model.to_json(), optimizer=serialize_optimizer(optimizer), loss=_serializable(loss, "loss"),
         metrics=_serializable(list(metrics or []), "metrics"), loss_weights=_serializable(loss_weights, "loss_weights"),

@@ -34,7 +34,7 @@ def first_row(dataframe: Any, columns: Sequence[str]) -> Any:
     rows = dataframe.select(*columns).limit(1).collect()
     if not rows:
         raise ConfigError("`dataframe` must have rows to train on. Received: an empty DataFrame (check the filter, "
-                          "the path or the split that produced it)")
+                          "the path or the split that produced it)", field="dataframe")
     return rows[0]
 
 
@@ -72,7 +72,7 @@ def check_labels(row: Any, labels: Sequence[str], output_shapes: Sequence[tuple]
                     f"`loss` {kind} needs one-hot labels of length {width}, but column `{name}` holds class "
                     f"indices (e.g. {value.ravel()[0]:g}). Use loss='sparse_categorical_crossentropy', or one-hot "
                     f"encode the labels with OneHotTransformer({width}, {name!r}, '{name}_onehot')."
-                )
+                , field="loss")
             if width is not None and value.size not in (1, width):
                 raise ConfigError(f"column `{name}` holds {value.size} values per row; the model's output has "
                                   f"{width} classes for {kind}.")
@@ -81,7 +81,7 @@ def check_labels(row: Any, labels: Sequence[str], output_shapes: Sequence[tuple]
                 raise ConfigError(
                     f"`loss` {kind} needs class indices, but column `{name}` holds vectors of length {value.size}. "
                     f"Use loss='categorical_crossentropy' for one-hot labels, or a column of class indices."
-                )
+                , field="loss")
             index = float(value.ravel()[0])
             if width is not None and not (index.is_integer() and 0 <= index < width):
                 raise ConfigError(f"column `{name}` holds the label {index:g}; the model's output has {width} "

@@ -13,7 +13,6 @@ import concurrent.futures
 import dataclasses
 import logging
 import os
-import re
 import shutil
 import ssl
 import tempfile
@@ -23,10 +22,10 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from zdk.errors import ConfigError
+from zdk.errors import ConfigError, TooLarge
 from zdk.service import build
 from zdk.service.runner import INPUT_MODEL, JobRunner
-from zdk.service.spec import JobSpec, TooLarge
+from zdk.service.spec import JobSpec
 from zdk.service.store import FINAL, RUNNING, JobRecord, Store
 
 logger = logging.getLogger(__name__)
@@ -62,9 +61,9 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError(f"`tls_cert` and `tls_key` go together. Received: tls_cert={self.tls_cert!r}, "
-                              f"tls_key={self.tls_key!r}")
+                              f"tls_key={self.tls_key!r}", field="tls_cert")
         if self.max_jobs < 1:
-            raise ConfigError(f"`max_jobs` must be ≥ 1. Received: max_jobs={self.max_jobs}")
+            raise ConfigError(f"`max_jobs` must be ≥ 1. Received: max_jobs={self.max_jobs}", field="max_jobs")
 
     @property
     def database(self) -> str:
@@ -76,9 +75,8 @@ def open_store(state_dir: str) -> Store:
     return Store(os.path.join(state_dir, "zdk.db"))
 
 
-def _error(status: int, message: str) -> web.Response:
-    field = re.match(r"`([^`]+)`", message)
-    return web.json_response({"error": message, "field": field.group(1) if field else None}, status=status)
+def _error(status: int, message: str, field: str | None = None) -> web.Response:
+    return web.json_response({"error": message, "field": field}, status=status)
 
 
 _UNAUTHORIZED = {"error": "a valid token is required: send `Authorization: Bearer <token>` "
@@ -116,9 +114,9 @@ class JobService:
         try:
             return await handler(request)
         except TooLarge as exc:
-            return _error(413, str(exc))
+            return _error(413, str(exc), exc.field)
         except ConfigError as exc:
-            return _error(400, str(exc))
+            return _error(400, str(exc), exc.field)
         except web.HTTPException:
             raise
         except Exception:
@@ -153,12 +151,12 @@ class JobService:
         """``multipart/form-data`` with a ``spec`` (JSON) and a ``model`` (``.keras``) part."""
         if not request.content_type.startswith("multipart/"):
             raise ConfigError(f"`request` must be multipart/form-data with the parts `spec` and `model`. "
-                              f"Received: Content-Type {request.content_type!r}")
+                              f"Received: Content-Type {request.content_type!r}", field="request")
         parts = await self._read_parts(request)
         if "spec" not in parts:
-            raise ConfigError("`spec` is missing: send the job spec as a form part named spec")
+            raise ConfigError("`spec` is missing: send the job spec as a form part named spec", field="spec")
         if "model" not in parts:
-            raise ConfigError("`model` is missing: send the .keras file as a form part named model")
+            raise ConfigError("`model` is missing: send the .keras file as a form part named model", field="model")
         spec = JobSpec.from_json(parts["spec"])
         build.check_model_file(parts["model"], self.config.policy)
         job = await asyncio.get_running_loop().run_in_executor(
@@ -177,18 +175,18 @@ class JobService:
     async def cancel(self, request: web.Request) -> web.Response:
         job = self._job(request)
         if job.state in FINAL:
-            return _error(409, f"`id` names a job that already ended ({job.state}). Received: id={job.id!r}")
+            return _error(409, f"`id` names a job that already ended ({job.state}). Received: id={job.id!r}", "id")
         state = await asyncio.get_running_loop().run_in_executor(self.pool, self.runner.cancel, job)
         return web.json_response({"id": job.id, "state": state})
 
     async def model(self, request: web.Request) -> web.StreamResponse:
         job = self._job(request)
         if job.model_path is None:
-            return _error(409, f"`id` names a job without a trained model ({job.state}). Received: id={job.id!r}")
+            return _error(409, f"`id` names a job without a trained model ({job.state}). Received: id={job.id!r}", "id")
         member = request.query.get("member", "0")
         path = job.model_path if member == "0" else os.path.join(job.directory, f"model-{member}.keras")
         if not member.isdigit() or not os.path.exists(path):
-            return _error(404, f"`member` names no model of this job. Received: member={member!r}")
+            return _error(404, f"`member` names no model of this job. Received: member={member!r}", "member")
         return web.FileResponse(path, headers={
             "Content-Type": "application/zip",
             "Content-Disposition": f'attachment; filename="{job.id}{"" if member == "0" else "-" + member}.keras"'})
@@ -197,9 +195,9 @@ class JobService:
         job = self._job(request)
         fmt = request.query.get("format", "json")
         if fmt not in ("json", "csv"):
-            return _error(400, f"`format` must be json or csv. Received: format={fmt!r}")
+            return _error(400, f"`format` must be json or csv. Received: format={fmt!r}", "format")
         if job.history_path is None:
-            return _error(409, f"`id` names a job without a history ({job.state}). Received: id={job.id!r}")
+            return _error(409, f"`id` names a job without a history ({job.state}). Received: id={job.id!r}", "id")
         path = job.history_path if fmt == "json" else os.path.splitext(job.history_path)[0] + ".csv"
         return web.FileResponse(path, headers={"Content-Type": "application/json" if fmt == "json" else "text/csv"})
 
@@ -240,13 +238,13 @@ class JobService:
             name = getattr(part, "name", None)
             if name not in limits:
                 raise ConfigError(f"`{name}` is not a part of a job submission; send `spec` and `model`. "
-                                  f"Received: a part named {name!r}")
+                                  f"Received: a part named {name!r}", field=name)
             chunks, size = [], 0
             while chunk := await part.read_chunk(1 << 16):  # type: ignore[union-attr]
                 size += len(chunk)
                 if size > limits[name]:
                     raise TooLarge(f"`{name}` must be at most {limits[name]} bytes. Received: more than "
-                                      f"{limits[name]} bytes")
+                                      f"{limits[name]} bytes", field=name)
                 chunks.append(chunk)
             parts[name] = b"".join(chunks)
 
@@ -267,7 +265,7 @@ class JobService:
             if spec.slots > slots:
                 raise ConfigError(f"`resources` asks for {spec.slots} task slots (num_executors × num_processes); "
                                   f"the server's cluster has {slots}. Received: num_executors={spec.num_executors}, "
-                                  f"num_processes={spec.num_processes}")
+                                  f"num_processes={spec.num_processes}", field="resources")
             job_id = self.store.new_id()
             directory = os.path.join(self.config.state_dir, "jobs", job_id)
             os.rename(scratch, directory)

@@ -17,8 +17,8 @@ import zipfile
 from typing import Any, Sequence
 
 from zdk import trainers, transformers
-from zdk.errors import ConfigError, ZdkError
-from zdk.service.spec import DataSource, JobSpec, TooLarge
+from zdk.errors import ConfigError, TooLarge, ZdkError
+from zdk.service.spec import DataSource, JobSpec
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,8 @@ class Policy:
 
     def __post_init__(self) -> None:
         if self.max_model_bytes < 1:
-            raise ConfigError(f"`max_model_bytes` must be ≥ 1. Received: max_model_bytes={self.max_model_bytes}")
+            raise ConfigError(f"`max_model_bytes` must be ≥ 1. Received: max_model_bytes={self.max_model_bytes}",
+                              field="max_model_bytes")
 
 
 def import_custom_modules(policy: Policy) -> None:
@@ -69,7 +70,7 @@ def resolve_path(path: str, policy: Policy) -> str:
     local_roots = [os.path.realpath(r) for r in policy.data_roots if "://" not in r or r.startswith("file://")]
     uri_roots = [r for r in policy.data_roots if "://" in r and not r.startswith("file://")]
     refused = ConfigError(f"`data.path` must lie under the server's data roots ({', '.join(policy.data_roots) or 'none: start zdk serve with --data-root'}). "
-                          f"Received: data.path={path!r}")
+                          f"Received: data.path={path!r}", field="data.path")
     if "://" in path and not path.startswith("file://"):
         scheme, rest = path.split("://", 1)
         normal = f"{scheme}://{posixpath.normpath(rest)}"
@@ -83,7 +84,8 @@ def resolve_path(path: str, policy: Policy) -> str:
     if not any(os.path.commonpath([full, root]) == root for root in local_roots):
         raise refused
     if not os.path.exists(full):
-        raise ConfigError(f"`data.path` does not exist under the data roots. Received: data.path={path!r}")
+        raise ConfigError(f"`data.path` does not exist under the data roots. Received: data.path={path!r}",
+                          field="data.path")
     return full
 
 
@@ -92,7 +94,8 @@ def read_data(spark: Any, source: DataSource, policy: Policy) -> Any:
     if source.format == "table":
         if source.path not in policy.tables:
             raise ConfigError(f"`data.table` must be one of the tables the server allows "
-                              f"({', '.join(policy.tables) or 'none'}). Received: data.table={source.path!r}")
+                              f"({', '.join(policy.tables) or 'none'}). Received: data.table={source.path!r}",
+                              field="data.table")
         return spark.table(source.path)
     path = resolve_path(source.path, policy)
     try:
@@ -101,23 +104,24 @@ def read_data(spark: Any, source: DataSource, policy: Policy) -> Any:
         return spark.read.parquet(path)
     except Exception as exc:  # Spark's AnalysisException: not Parquet, empty directory, …
         raise ConfigError(f"`data.path` could not be read as {source.format}: {str(exc).splitlines()[0]}. "
-                          f"Received: data.path={source.path!r}") from None
+                          f"Received: data.path={source.path!r}", field="data.path") from None
 
 
 def check_model_file(data: bytes, policy: Policy) -> None:
     """A ``.keras`` file is a zip holding ``config.json``; anything else is refused unread."""
     if len(data) > policy.max_model_bytes:
-        raise TooLarge(f"`model` must be at most {policy.max_model_bytes} bytes. Received: {len(data)} bytes")
+        raise TooLarge(f"`model` must be at most {policy.max_model_bytes} bytes. Received: {len(data)} bytes",
+                       field="model")
     import io
 
     if not zipfile.is_zipfile(io.BytesIO(data)):
         raise ConfigError("`model` must be a .keras file (a zip archive from model.save('m.keras')). "
-                          f"Received: {len(data)} bytes that are not a zip archive")
+                          f"Received: {len(data)} bytes that are not a zip archive", field="model")
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         names = set(archive.namelist())
     if "config.json" not in names:
         raise ConfigError(f"`model` must be a .keras file holding config.json. Received: a zip with "
-                          f"{sorted(names)[:5]}")
+                          f"{sorted(names)[:5]}", field="model")
 
 
 def load_model(path: str) -> Any:
@@ -128,7 +132,7 @@ def load_model(path: str) -> Any:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:
         raise ConfigError(f"`model` could not be loaded as a Keras model: {type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}", field="model") from None
 
 
 def make_trainer(spec: JobSpec, model: Any, policy: Policy) -> Any:
@@ -136,12 +140,13 @@ def make_trainer(spec: JobSpec, model: Any, policy: Policy) -> Any:
     cls = TRAINERS.get(spec.trainer)
     if cls is None:
         raise ConfigError(f"`trainer.class` must be one of {', '.join(TRAINERS)}. Received: "
-                          f"trainer.class={spec.trainer!r}")
+                          f"trainer.class={spec.trainer!r}", field="trainer.class")
     arguments = dict(spec.arguments)
     modules = arguments.get("custom_modules", [])
     if not isinstance(modules, list) or any(m not in policy.custom_modules for m in modules):
         raise ConfigError(f"`trainer.arguments.custom_modules` may name only the modules the server allows "
-                          f"({', '.join(policy.custom_modules) or 'none'}). Received: custom_modules={modules!r}")
+                          f"({', '.join(policy.custom_modules) or 'none'}). Received: custom_modules={modules!r}",
+                          field="trainer.arguments.custom_modules")
     for field, kind in (("worker_optimizer", "optimizers"), ("loss", "losses")):
         if isinstance(arguments.get(field), dict):
             arguments[field] = _keras_object(kind, arguments[field], f"trainer.arguments.{field}")
@@ -151,11 +156,11 @@ def make_trainer(spec: JobSpec, model: Any, policy: Policy) -> Any:
     try:
         trainer = cls(model, progress=False, **arguments)
     except (ZdkError, TypeError, ValueError) as exc:
-        raise ConfigError(f"`trainer.arguments` refused by {spec.trainer}: {exc}") from None
+        raise ConfigError(f"`trainer.arguments` refused by {spec.trainer}: {exc}", field="trainer.arguments") from None
     if trainer.num_workers > spec.slots:
         raise ConfigError(f"`trainer.arguments.num_workers` ({trainer.num_workers}) must fit in the job's task "
                           f"slots, resources.num_executors × resources.num_processes = {spec.slots}. Received: "
-                          f"num_workers={trainer.num_workers}")
+                          f"num_workers={trainer.num_workers}", field="trainer.arguments.num_workers")
     return trainer
 
 
@@ -166,11 +171,12 @@ def make_stages(spec: JobSpec) -> list[Any]:
         cls = TRANSFORMERS.get(stage.cls)
         if cls is None:
             raise ConfigError(f"`transformers[{k}].class` must be one of {', '.join(TRANSFORMERS)}. Received: "
-                              f"transformers[{k}].class={stage.cls!r}")
+                              f"transformers[{k}].class={stage.cls!r}", field=f"transformers[{k}].class")
         try:
             stages.append(cls(**stage.arguments))
         except (ZdkError, TypeError, ValueError) as exc:
-            raise ConfigError(f"`transformers[{k}].arguments` refused by {stage.cls}: {exc}") from None
+            raise ConfigError(f"`transformers[{k}].arguments` refused by {stage.cls}: {exc}",
+                              field=f"transformers[{k}].arguments") from None
     return stages
 
 
@@ -181,19 +187,22 @@ def prepare(dataframe: Any, stages: Sequence[Any], trainer: Any, *, check_rows: 
         try:
             dataframe = stage.transform(dataframe)
         except ZdkError as exc:
-            raise ConfigError(f"`transformers[{k}]` cannot run on this data: {exc}") from None
+            raise ConfigError(f"`transformers[{k}]` cannot run on this data: {exc}",
+                              field=f"transformers[{k}]") from None
         except Exception as exc:  # Spark's AnalysisException names the missing column
-            raise ConfigError(f"`transformers[{k}]` cannot run on this data: {str(exc).splitlines()[0]}") from None
+            raise ConfigError(f"`transformers[{k}]` cannot run on this data: {str(exc).splitlines()[0]}",
+                              field=f"transformers[{k}]") from None
     for field in ("features_col", "label_col"):
         missing = [c for c in getattr(trainer, field) if c not in dataframe.columns]
         if missing:
             raise ConfigError(f"`trainer.arguments.{field}` names columns the data does not have: {missing}. "
-                              f"Received columns: {dataframe.columns}")
+                              f"Received columns: {dataframe.columns}", field=f"trainer.arguments.{field}")
     if check_rows:
         try:
             trainer.check(dataframe)
         except ConfigError as exc:
-            raise ConfigError(f"`trainer.arguments` do not fit the data or the model: {exc}") from None
+            raise ConfigError(f"`trainer.arguments` do not fit the data or the model: {exc}",
+                              field="trainer.arguments") from None
     return dataframe
 
 
@@ -208,5 +217,5 @@ def _keras_object(kind: str, config: dict[str, Any], field: str) -> Any:
         value = exc
     if not isinstance(value, expected):
         raise ConfigError(f"`{field}` must be a Keras {kind[:-1]} config (keras.{kind}.serialize), or a name. "
-                          f"Received: {field}={str(config)[:80]}") from None
+                          f"Received: {field}={str(config)[:80]}", field=field) from None
     return value

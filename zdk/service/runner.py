@@ -55,7 +55,7 @@ class JobRunner:
 
     def __init__(self, store: Store, *, spark: Callable[[], Any], policy: build.Policy, max_jobs: int = 1) -> None:
         if max_jobs < 1:
-            raise ConfigError(f"`max_jobs` must be ≥ 1. Received: max_jobs={max_jobs}")
+            raise ConfigError(f"`max_jobs` must be ≥ 1. Received: max_jobs={max_jobs}", field="max_jobs")
         self.store = store
         self.policy = policy
         self.max_jobs = max_jobs

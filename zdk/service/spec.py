@@ -23,17 +23,13 @@ import dataclasses
 import json
 from typing import Any
 
-from zdk.errors import ConfigError
+from zdk.errors import ConfigError, TooLarge
 
 #: Trainer arguments the server decides: a client naming one gets a 400 naming it.
 SERVER_MANAGED = ("parameter_server", "curve_keys", "checkpoint_dir", "checkpoint_every", "progress", "ps_host",
                   "master_port", "security")
 FORMATS = ("parquet", "csv", "table")
 MAX_NAME = 200
-
-
-class TooLarge(ConfigError):
-    """A part of a submission is over its size limit (HTTP 413)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +85,7 @@ class JobSpec:
         try:
             value = json.loads(text)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"`spec` must be a JSON object. Received: malformed JSON ({exc})") from None
+            raise ConfigError(f"`spec` must be a JSON object. Received: malformed JSON ({exc})", field="spec") from None
         return cls.from_dict(value)
 
     @classmethod
@@ -99,14 +95,15 @@ class JobSpec:
         _known(spec, "spec", ("name", "trainer", "data", "transformers", "resources", "shuffle"))
         name = _string(spec.get("name"), "name")
         if len(name) > MAX_NAME:
-            raise ConfigError(f"`name` must have at most {MAX_NAME} characters. Received: {len(name)} characters")
+            raise ConfigError(f"`name` must have at most {MAX_NAME} characters. Received: {len(name)} characters",
+                              field="name")
         trainer = _object(spec.get("trainer"), "trainer")
         _known(trainer, "trainer", ("class", "arguments"))
         arguments = _object(trainer.get("arguments", {}), "trainer.arguments")
         for key in SERVER_MANAGED:
             if key in arguments:
                 raise ConfigError(f"`trainer.arguments.{key}` is set by the job server; remove it. "
-                                  f"Received: {key}={arguments[key]!r}")
+                                  f"Received: {key}={arguments[key]!r}", field=f"trainer.arguments.{key}")
         data = _object(spec.get("data"), "data")
         _known(data, "data", ("format", "path", "table"))
         if "table" in data:
@@ -115,11 +112,11 @@ class JobSpec:
             fmt = _string(data.get("format", "parquet"), "data.format")
             if fmt not in FORMATS[:2]:
                 raise ConfigError(f"`data.format` must be 'parquet' or 'csv' (or give `data.table`). Received: "
-                                  f"data.format={fmt!r}")
+                                  f"data.format={fmt!r}", field="data.format")
             source = DataSource(fmt, _string(data.get("path"), "data.path"))
         stages = spec.get("transformers", [])
         if not isinstance(stages, list):
-            raise ConfigError(f"`transformers` must be a list. Received: transformers={stages!r}")
+            raise ConfigError(f"`transformers` must be a list. Received: transformers={stages!r}", field="transformers")
         parsed = []
         for k, stage in enumerate(stages):
             where = f"transformers[{k}]"
@@ -131,7 +128,7 @@ class JobSpec:
         _known(resources, "resources", ("num_executors", "num_processes"))
         shuffle = spec.get("shuffle", False)
         if not isinstance(shuffle, bool):
-            raise ConfigError(f"`shuffle` must be true or false. Received: shuffle={shuffle!r}")
+            raise ConfigError(f"`shuffle` must be true or false. Received: shuffle={shuffle!r}", field="shuffle")
         return cls(name=name, trainer=_string(trainer.get("class"), "trainer.class"), arguments=arguments,
                    data=source, transformers=tuple(parsed),
                    num_executors=_count(resources.get("num_executors", 1), "resources.num_executors"),
@@ -141,19 +138,19 @@ class JobSpec:
 
 def _object(value: Any, field: str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise ConfigError(f"`{field}` must be a JSON object. Received: {field}={_short(value)}")
+        raise ConfigError(f"`{field}` must be a JSON object. Received: {field}={_short(value)}", field=field)
     return value
 
 
 def _string(value: Any, field: str) -> str:
     if not isinstance(value, str) or not value:
-        raise ConfigError(f"`{field}` must be a non-empty string. Received: {field}={_short(value)}")
+        raise ConfigError(f"`{field}` must be a non-empty string. Received: {field}={_short(value)}", field=field)
     return value
 
 
 def _count(value: Any, field: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"`{field}` must be an integer ≥ 1. Received: {field}={_short(value)}")
+        raise ConfigError(f"`{field}` must be an integer ≥ 1. Received: {field}={_short(value)}", field=field)
     return value
 
 
@@ -161,7 +158,7 @@ def _known(value: dict[str, Any], field: str, keys: tuple[str, ...]) -> None:
     unknown = sorted(set(value) - set(keys))
     if unknown:
         raise ConfigError(f"`{field}.{unknown[0]}` is not a field of {field}; known: {', '.join(keys)}. "
-                          f"Received: {unknown[0]}={_short(value[unknown[0]])}")
+                          f"Received: {unknown[0]}={_short(value[unknown[0]])}", field=f"{field}.{unknown[0]}")
 
 
 def _short(value: Any) -> str:

@@ -106,7 +106,8 @@ class Store:
     def create_token(self, user: str) -> str:
         """A new token for ``user``; only its hash is stored, so this is the one time it is seen."""
         if not user or not user.replace("-", "").replace("_", "").replace(".", "").isalnum() or len(user) > 64:
-            raise ConfigError(f"`user` must be 1-64 letters, digits, '-', '_' or '.'. Received: user={user!r}")
+            raise ConfigError(f"`user` must be 1-64 letters, digits, '-', '_' or '.'. Received: user={user!r}",
+                              field="user")
         token_id = secrets.token_hex(4)
         token = f"{TOKEN_PREFIX}{secrets.token_urlsafe(32)}"
         self._run("INSERT INTO tokens (id, user, hash, created) VALUES (?, ?, ?, ?)",

@@ -40,7 +40,8 @@ class CurveKeys:
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
             if not isinstance(value, str) or len(value) != 40:
-                raise ConfigError(f"`{name}` must be a 40-character Z85 CURVE key. Received: {len(str(value))} characters")
+                raise ConfigError(f"`{name}` must be a 40-character Z85 CURVE key. Received: {len(str(value))} characters",
+                                  field=name)
 
     @classmethod
     def generate(cls) -> "CurveKeys":
@@ -62,7 +63,7 @@ class CurveKeys:
             with open(path) as fh:
                 return cls(**json.load(fh))
         except (OSError, json.JSONDecodeError, TypeError) as exc:
-            raise ConfigError(f"`curve_keys` file {path!r} is not a zdk key file: {exc}") from None
+            raise ConfigError(f"`curve_keys` file {path!r} is not a zdk key file: {exc}", field="curve_keys") from None
 
     def server_env(self) -> dict[str, str]:
         """What a shard process needs: its key pair and the one client key it admits."""

@@ -38,11 +38,12 @@ _NEVER_DONE = _NeverDone()
 def check_endpoint(endpoint: str) -> str:
     """Accepts ``tcp://HOST:PORT`` (PORT may be 0 or ``*``) and ``ipc://PATH``."""
     if not isinstance(endpoint, str) or not endpoint.startswith(("tcp://", "ipc://", "inproc://")):
-        raise ConfigError(f"`endpoint` must be tcp://HOST:PORT or ipc://PATH. Received: endpoint={endpoint!r}")
+        raise ConfigError(f"`endpoint` must be tcp://HOST:PORT or ipc://PATH. Received: endpoint={endpoint!r}",
+                          field="endpoint")
     if endpoint.startswith("tcp://"):
         host, sep, port = endpoint[6:].rpartition(":")
         if not sep or not host or not (port == "*" or (port.isdigit() and int(port) < 65536)):
-            raise ConfigError(f"`endpoint` must be tcp://HOST:PORT. Received: endpoint={endpoint!r}")
+            raise ConfigError(f"`endpoint` must be tcp://HOST:PORT. Received: endpoint={endpoint!r}", field="endpoint")
     return endpoint
 
 
