@@ -103,6 +103,7 @@ def worker(endpoints: list[str], worker_id: int, x: np.ndarray, y: np.ndarray, s
 
 def run(algorithm: str, params: dict, workers: int, data, shapes, epochs: int, batch: int, lr: float) -> dict:
     from zdk.ps.client import PSClient
+    from zdk.ps.protocol import OBSERVER_TOOL
     from zdk.ps.launcher import start_shards
 
     x_train, y_train, x_test, y_test = data
@@ -121,7 +122,7 @@ def run(algorithm: str, params: dict, workers: int, data, shapes, epochs: int, b
         for proc in procs:
             proc.join(60)
         wall = time.perf_counter() - started
-        with PSClient(group.endpoints, worker_id=2**32 - 1, timeout=30) as observer:
+        with PSClient(group.endpoints, worker_id=OBSERVER_TOOL, timeout=30) as observer:
             observer.hello(register=False)
             center = observer.pull()
     acc = accuracy(center, shapes, x_test, y_test) if np.isfinite(center).all() else float("nan")

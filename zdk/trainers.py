@@ -27,6 +27,7 @@ from zdk.algorithms.base import Algorithm, Params
 from zdk.algorithms.easgd import EAMSGDParams
 from zdk.algorithms.sources import sources
 from zdk.ps.client import PSClient
+from zdk.ps.protocol import OBSERVER_DRIVER
 from zdk.errors import ConfigError, DeadlineExceeded, JobCancelled, WorkerFailed
 from zdk.ps.launcher import ShardGroup, start_shards
 from zdk.runtime.models import ModelSpec, build_model, make_spec, set_flat_weights
@@ -492,7 +493,7 @@ class Trainer:
         assert self._spec is not None
         initial = self._spec.layout.flatten(self.keras_model.get_weights())
         if self.parameter_server:
-            with PSClient(self.parameter_server, worker_id=2**32 - 3, timeout=self.timeout,
+            with PSClient(self.parameter_server, worker_id=OBSERVER_DRIVER, timeout=self.timeout,
                           curve=self._curve) as client:
                 info = self._probe(client)
                 if info.total_size != initial.size:
@@ -538,7 +539,7 @@ class Trainer:
 
     def _resume_point(self, endpoints: list[str]) -> int:
         """The first epoch not completed by every worker, from the checkpoint's progress reports."""
-        with PSClient(endpoints, worker_id=2**32 - 3, timeout=self.timeout, curve=self._curve) as client:
+        with PSClient(endpoints, worker_id=OBSERVER_DRIVER, timeout=self.timeout, curve=self._curve) as client:
             client.hello(register=False)
             stats = client.stats()[0]
         progress = {int(w): r for w, r in stats.get("restored_progress", {}).items() if int(w) < self.num_tasks}
@@ -624,7 +625,7 @@ class Trainer:
         return model
 
     def _model_from_ps(self, endpoints: list[str]) -> Any:
-        with PSClient(endpoints, worker_id=2**32 - 3, timeout=self.timeout, curve=self._curve) as client:
+        with PSClient(endpoints, worker_id=OBSERVER_DRIVER, timeout=self.timeout, curve=self._curve) as client:
             client.hello(register=False)
             center = client.pull()
         return self._compiled_model(center)

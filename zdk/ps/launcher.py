@@ -27,7 +27,7 @@ from zdk import algorithms
 from zdk.algorithms.sources import sources
 from zdk.errors import ConfigError, LaunchError
 from zdk.ps.layout import ShardPlan
-from zdk.ps.protocol import DEFAULT_CHUNK_BYTES, DEFAULT_MAX_FRAME_BYTES
+from zdk.ps.protocol import DEFAULT_CHUNK_BYTES, DEFAULT_MAX_FRAME_BYTES, OBSERVER_TOOL
 from zdk.transports.curve import CurveKeys
 from zdk.transports.zmq import check_endpoint
 
@@ -207,7 +207,7 @@ def start_shards(*, num_shards: int = 1, total_size: int, bind: str = "tcp://127
         if initial is not None:
             from zdk.ps.client import PSClient
 
-            with PSClient(group.endpoints, worker_id=2**32 - 1, timeout=startup_timeout, curve=curve) as client:
+            with PSClient(group.endpoints, worker_id=OBSERVER_TOOL, timeout=startup_timeout, curve=curve) as client:
                 client.hello(register=False)
                 client.init(np.ascontiguousarray(initial, dtype=np.float32))
     except BaseException:

@@ -21,6 +21,13 @@ PROTOCOL_VERSION = 1
 U64_MAX = 2**64 - 1
 U32_MAX = 2**32 - 1
 
+#: Worker ids of the clients that only observe: they say `hello` with ``args.role = "observer"``,
+#: never register and never commit. Training workers number from 0 (their Spark partition id);
+#: these come from the top of the u32 range so a shard's log tells who asked.
+OBSERVER_TOOL = U32_MAX  # `zdk ps status|stop|checkpoint`, and `start_shards` setting the initial center
+OBSERVER_PROGRESS = U32_MAX - 1  # the driver's progress poller (`stats` about twice a second)
+OBSERVER_DRIVER = U32_MAX - 2  # the driver's PS session: probe, init, resume point, final pull
+
 #: Request ops. Each has a reply with the same ``op``, or an ``error`` reply.
 OPS = ("hello", "pull", "commit", "stats", "checkpoint", "shutdown", "init", "bye")
 #: Ops that must carry a worker id and its client session (a `pull` as observer need not).

@@ -10,6 +10,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from zdk.ps.client import PSClient
+from zdk.ps.protocol import OBSERVER_PROGRESS
 from zdk.transports.curve import CurveKeys
 
 logger = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ class ShardProgress:
     def _run(self) -> None:
         started = time.monotonic()
         try:
-            with PSClient(self.endpoints, worker_id=2**32 - 2, timeout=5.0, curve=self.curve) as client:
+            with PSClient(self.endpoints, worker_id=OBSERVER_PROGRESS, timeout=5.0, curve=self.curve) as client:
                 client.hello(register=False)
                 if self.enabled:
                     self._show(client, started)

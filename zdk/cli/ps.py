@@ -1,10 +1,8 @@
-"""The ``zdk`` command: run a standalone sharded parameter server and inspect it.
+"""``zdk ps``: run a standalone sharded parameter server, and inspect, checkpoint or stop one.
 
     zdk ps --shards 2 --bind tcp://127.0.0.1:5000 --size 1000000 --algorithm adag
     zdk ps status tcp://127.0.0.1:5000 tcp://127.0.0.1:5001
     zdk ps stop tcp://127.0.0.1:5000 tcp://127.0.0.1:5001
-    zdk algorithms
-    zdk serve …, zdk job …  (the job server and its client: zdk.service.commands)
 """
 
 from __future__ import annotations
@@ -20,12 +18,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from zdk import algorithms
-from zdk.errors import ZdkError
-from zdk.ps.protocol import DEFAULT_MAX_FRAME_BYTES
-from zdk.service.commands import add_commands
+from zdk.cli.table import print_table
+from zdk.ps.protocol import DEFAULT_MAX_FRAME_BYTES, OBSERVER_TOOL
 
-logger = logging.getLogger("zdk.cli")
+logger = logging.getLogger(__name__)
 
 
 def _model_vector(path: str) -> np.ndarray:
@@ -109,7 +105,7 @@ def _curve_keys(path: str | None, *, create: bool = False) -> Any:
 def _observe(endpoints: Sequence[str], timeout: float, curve_keys: str | None = None) -> Any:
     from zdk.ps.client import PSClient
 
-    client = PSClient(endpoints, worker_id=2**32 - 1, timeout=timeout, curve=_curve_keys(curve_keys))
+    client = PSClient(endpoints, worker_id=OBSERVER_TOOL, timeout=timeout, curve=_curve_keys(curve_keys))
     client.hello(register=False)
     return client
 
@@ -125,7 +121,7 @@ def _status(args: argparse.Namespace) -> int:
         rows.append((s["shard"], endpoint, f"{s['range'][0]}:{s['range'][1]}", s["version"], s["updates"],
                      s["dropped"], s["errors"], s["connected"], max(lags, default=0),
                      f"{s['bytes_in'] / 1e6:.1f}", f"{s['bytes_out'] / 1e6:.1f}", f"{s['uptime']:.0f}"))
-    _print_table(cols, rows)
+    print_table(cols, rows)
     infos = {k: v for s in stats for k, v in s["info"].items()}
     if infos:
         print("algorithm reports (mean per commit): " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(infos.items())))
@@ -146,31 +142,11 @@ def _checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
-def _list_algorithms(args: argparse.Namespace) -> int:
-    rows = []
-    for name in algorithms.available():
-        algo = algorithms.get(name)
-        first = " ".join(algo.doc.split("\n\n")[0].split())
-        first = first if len(first) <= 90 else first[:87] + "..."
-        rows.append((name, "sync" if algo.synchronous else ("no PS" if not algo.uses_ps else "async"), first))
-    _print_table(("name", "kind", "description"), rows)
-    return 0
 
 
-def _print_table(cols: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    cells = [[str(c) for c in cols]] + [[str(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(cols))]
-    for n, row in enumerate(cells):
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zdk", description="zdk parameter-server tools")
-    parser.add_argument("--log-level", default="WARNING", help="logging level (default: WARNING)")
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def add_parser(commands: Any) -> None:
     ps = commands.add_parser("ps", help="run a sharded parameter server, or inspect/stop one",
                              description="Start N shard processes on PORT..PORT+N-1 (without an action), "
                              "or inspect or stop running shards.")
@@ -202,23 +178,3 @@ def build_parser() -> argparse.ArgumentParser:
         action.add_argument("--timeout", type=float, default=10.0, help="seconds to wait per request (default: 10)")
         action.add_argument("--curve-keys", default=None, help="the server's CURVE key file (default: none)")
         action.set_defaults(func=func)
-
-    algos = commands.add_parser("algorithms", help="list registered algorithms, plugins included")
-    algos.set_defaults(func=_list_algorithms)
-    add_commands(commands)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        return int(args.func(args))
-    except (ZdkError, json.JSONDecodeError) as exc:
-        print(f"zdk: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
