@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import numpy as np
 
     from zdk import datasets, trainers
-    from zdk.runtime.session import get_session
+    from zdk.driver.session import get_session
 
     source, x_train, y_train, x_test, y_test = datasets.load_images()
     if args.rows:

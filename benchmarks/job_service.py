@@ -42,7 +42,7 @@ def main() -> None:
     from sklearn.datasets import load_digits
 
     from zdk.jobs import JobClient
-    from zdk.runtime.session import get_session
+    from zdk.driver.session import get_session
     from zdk.service.app import JobServer, ServeConfig
     from zdk.service.build import Policy
     from zdk.trainers import ADAG

@@ -52,7 +52,7 @@ def main() -> None:
 
     from zdk import datasets
     from zdk.predictors import ModelPredictor
-    from zdk.runtime.session import get_session
+    from zdk.driver.session import get_session
 
     spark = get_session()
     if datasets.fashion_mnist_available():

@@ -80,7 +80,7 @@ def child_trainer(spec: dict) -> dict:
     import keras
 
     from zdk import datasets, trainers
-    from zdk.runtime.session import get_session
+    from zdk.driver.session import get_session
 
     started = time.perf_counter()
     spark = get_session(f"local[{max(2, spec['workers'])}]")

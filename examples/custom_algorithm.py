@@ -57,7 +57,7 @@ def main() -> None:
     from zdk import datasets
     from zdk.evaluators import AccuracyEvaluator
     from zdk.predictors import ModelPredictor
-    from zdk.runtime.session import get_session
+    from zdk.driver.session import get_session
     from zdk.trainers import Trainer
 
     spark = get_session()

@@ -29,7 +29,7 @@ def main() -> None:
     import keras
 
     from zdk import datasets
-    from zdk.runtime.session import get_session
+    from zdk.driver.session import get_session
     from zdk.trainers import ADAG
 
     name, x_train, y_train, x_test, y_test = datasets.load_images()

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from zdk import datasets, trainers
     from zdk.evaluators import AccuracyEvaluator
     from zdk.predictors import ModelPredictor
-    from zdk.runtime.session import get_session
+    from zdk.driver.session import get_session
     from zdk.transformers import DenseTransformer, LabelIndexTransformer, MinMaxTransformer, OneHotTransformer
 
     source, x_train, y_train, x_test, y_test = datasets.load_images()

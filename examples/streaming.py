@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from zdk.evaluators import AccuracyEvaluator
     from zdk.predictors import ModelPredictor
-    from zdk.runtime.session import get_session
+    from zdk.driver.session import get_session
     from zdk.trainers import SingleTrainer
     from zdk.transformers import LabelIndexTransformer, MinMaxTransformer
 

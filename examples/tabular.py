@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from zdk.evaluators import AccuracyEvaluator, F1Evaluator
     from zdk.predictors import ModelPredictor
-    from zdk.runtime.session import get_session
+    from zdk.driver.session import get_session
     from zdk.trainers import DOWNPOUR
     from zdk.transformers import BinaryLabelTransformer, StandardTransformer
 

@@ -114,7 +114,7 @@ def python() -> str:
 def spark():
     """One local[2] Spark session for the whole test session."""
     pytest.importorskip("pyspark")
-    from zdk.runtime.session import get_session
+    from zdk.driver.session import get_session
 
     session = get_session("local[2]")
     yield session

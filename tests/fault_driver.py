@@ -67,7 +67,7 @@ def main() -> int:
     import keras
 
     from zdk.datasets import load_digits_split, to_dataframe
-    from zdk.runtime.session import get_session
+    from zdk.driver.session import get_session
     from zdk.trainers import DOWNPOUR
 
     spark = get_session(args.master, dict(c.split("=", 1) for c in args.conf))

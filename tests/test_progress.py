@@ -9,13 +9,13 @@ import textwrap
 
 import pytest
 
-from zdk.runtime.progress import ShardProgress
+from zdk.driver.progress import ShardProgress
 
 SCRIPT = textwrap.dedent("""
     import time, numpy as np
     from zdk.ps.launcher import start_shards
     from zdk.ps.client import PSClient
-    from zdk.runtime.progress import ShardProgress
+    from zdk.driver.progress import ShardProgress
     with start_shards(num_shards=2, total_size=100) as group:
         with ShardProgress(group.endpoints, num_workers=1, epochs=4, enabled=True, interval=0.05) as bar:
             assert bar.enabled

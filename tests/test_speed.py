@@ -10,7 +10,7 @@ keras = pytest.importorskip("keras")
 pytest.importorskip("pyspark")
 
 from zdk import trainers  # noqa: E402
-from zdk.runtime.session import warm_workers  # noqa: E402
+from zdk.driver.session import warm_workers  # noqa: E402
 
 pytestmark = pytest.mark.spark
 

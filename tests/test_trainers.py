@@ -233,7 +233,7 @@ def test_adag_on_local_cluster_with_separate_executor_jvms(tmp_path):
     script = textwrap.dedent("""
         import numpy as np, keras
         from sklearn.datasets import load_digits
-        from zdk.runtime.session import get_session
+        from zdk.driver.session import get_session
         from zdk.trainers import ADAG
         spark = get_session("local-cluster[2,1,1024]")
         d = load_digits()
@@ -263,7 +263,7 @@ def test_ctrl_c_during_training_stops_every_shard(tmp_path):
 
     script = textwrap.dedent("""
         import keras, numpy as np
-        from zdk.runtime.session import get_session
+        from zdk.driver.session import get_session
         from zdk.trainers import DOWNPOUR
         spark = get_session("local[2]")
         rng = np.random.default_rng(0)

@@ -15,7 +15,7 @@ import numpy as np
 from pyspark.ml.evaluation import Evaluator
 from pyspark.sql import functions as F
 
-from zdk.runtime.columns import as_array, as_index
+from zdk.driver.columns import as_array, as_index
 from zdk.errors import ConfigError
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ def _filesystem(path: str, spark: Any = None) -> tuple[Any, Any]:
 
         spark = SparkSession.getActiveSession()
         if spark is None:
-            raise ConfigError("a Spark session is needed for Hadoop paths; start one (zdk.runtime.session.get_session())")
+            raise ConfigError("a Spark session is needed for Hadoop paths; start one (zdk.driver.session.get_session())")
     sc = spark.sparkContext
     jvm = sc._jvm
     hpath = jvm.org.apache.hadoop.fs.Path(path)

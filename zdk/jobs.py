@@ -156,7 +156,7 @@ def trainer_spec(trainer: Any) -> dict[str, Any]:
     from zdk import trainers
 
     cls = type(trainer)
-    if getattr(trainers, cls.__name__, None) is not cls:
+    if trainers.TRAINERS.get(cls.__name__) is not cls:
         raise ConfigError(f"`trainer` must be a zdk.trainers class (a job server builds it by name). Received: "
                           f"{cls.__module__}.{cls.__name__}", field="trainer")
     arguments = {}

@@ -21,7 +21,7 @@ from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReadable
 from zdk import io
 from zdk.errors import ConfigError
 from zdk.runtime.models import serialize_optimizer
-from zdk.runtime.mlparams import param as _param
+from zdk.mlparams import param as _param
 from zdk.predictors import ModelPredictor
 
 logger = logging.getLogger(__name__)

@@ -108,7 +108,7 @@ class ModelPredictor:
         from pyspark.sql import functions as F
         from pyspark.sql import types as T
 
-        from zdk.runtime.columns import SCALAR, as_array, column_kind
+        from zdk.driver.columns import SCALAR, as_array, column_kind
 
         if self.output_col in dataframe.columns:
             raise ConfigError(f"`output_col` must be a new column. Received: output_col={self.output_col!r} exists",

@@ -31,11 +31,11 @@ from zdk.ps.protocol import OBSERVER_DRIVER
 from zdk.errors import ConfigError, DeadlineExceeded, JobCancelled, WorkerFailed
 from zdk.ps.launcher import ShardGroup, start_shards
 from zdk.runtime.models import ModelSpec, build_model, make_spec, set_flat_weights
-from zdk.runtime import preflight
-from zdk.runtime.prepared import prepared
-from zdk.runtime.progress import ShardProgress
+from zdk.driver import preflight
+from zdk.driver.prepared import prepared
+from zdk.driver.progress import ShardProgress
 from zdk.transports.curve import CurveKeys, is_loopback
-from zdk.runtime.session import session_seconds, task_slots, warm_workers
+from zdk.driver.session import session_seconds, task_slots, warm_workers
 from zdk.runtime.worker import HISTORY_SCHEMA, WorkerConfig, train_partition
 
 logger = logging.getLogger(__name__)
@@ -308,7 +308,7 @@ class Trainer:
                 restored, and only the epochs not completed by every worker are trained
                 (the epoch in progress at the crash starts over from the checkpointed weights).
             on_progress: called about every second from a background thread with a progress
-                snapshot (``zdk.runtime.progress.snapshot``: steps, samples/s, loss per worker,
+                snapshot (``zdk.driver.progress.snapshot``: steps, samples/s, loss per worker,
                 the shards' version and staleness); algorithms with a parameter server only.
 
         Raises:
@@ -421,7 +421,7 @@ class Trainer:
 
     def _prepare(self, dataframe: Any, shuffle: bool) -> Any:
         """The training data: checked, then prepared (or reused, for a cached DataFrame trained
-        again with the same columns, tasks and shuffle: see ``zdk.runtime.prepared``)."""
+        again with the same columns, tasks and shuffle: see ``zdk.driver.prepared``)."""
         self.check(dataframe)
         key = (self.features_col, self.label_col, self.num_tasks, shuffle, self.seed)
         data, self.reused_data = prepared(dataframe, key, lambda: self._prepared(dataframe, shuffle))
@@ -834,3 +834,8 @@ class EnsembleTrainer(Trainer):
         kwargs["num_workers"] = num_ensembles
         super()._setup(keras_model, worker_optimizer, loss, **kwargs)
         self.reinitialize = bool(reinitialize)
+
+
+#: Every trainer class by name: the names a job spec's ``trainer.class`` may use.
+TRAINERS: dict[str, type[Trainer]] = {cls.__name__: cls for cls in (
+    DOWNPOUR, AGN, ADAG, DynSGD, AEASGD, EAMSGD, SingleTrainer, AveragingTrainer, EnsembleTrainer, Trainer)}

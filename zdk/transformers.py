@@ -17,10 +17,10 @@ from pyspark.ml.param import TypeConverters
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import functions as F
 
-from zdk.runtime.columns import ARRAY, SCALAR, VECTOR, argmax, as_array, column_kind
+from zdk.driver.columns import ARRAY, SCALAR, VECTOR, argmax, as_array, column_kind
 from zdk.errors import ConfigError
-from zdk.runtime.mlparams import HasInputOutput, positional_too
-from zdk.runtime.mlparams import param as _param
+from zdk.mlparams import HasInputOutput, positional_too
+from zdk.mlparams import param as _param
 
 logger = logging.getLogger(__name__)
 

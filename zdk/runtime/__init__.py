@@ -1,1 +1,1 @@
-"""What runs inside Spark: the session, the executor worker loop, Arrow minibatches, model shipping, progress."""
+"""What runs on Spark executors: the worker loop, Arrow minibatches, model shipping, TensorFlow threads and warm-up."""

@@ -342,6 +342,6 @@ class JobServer:
 
 
 def _session(master: str | None) -> Any:
-    from zdk.runtime.session import get_session
+    from zdk.driver.session import get_session
 
     return get_session(master or "local[*]")

@@ -22,9 +22,6 @@ from zdk.service.spec import DataSource, JobSpec
 
 logger = logging.getLogger(__name__)
 
-TRAINERS: dict[str, type] = {cls.__name__: cls for cls in (
-    trainers.DOWNPOUR, trainers.AGN, trainers.ADAG, trainers.DynSGD, trainers.AEASGD, trainers.EAMSGD,
-    trainers.SingleTrainer, trainers.AveragingTrainer, trainers.EnsembleTrainer, trainers.Trainer)}
 TRANSFORMERS: dict[str, type] = {cls.__name__: cls for cls in (
     transformers.MinMaxTransformer, transformers.BinaryLabelTransformer, transformers.StandardTransformer,
     transformers.DenseTransformer, transformers.ReshapeTransformer, transformers.OneHotTransformer,
@@ -137,9 +134,9 @@ def load_model(path: str) -> Any:
 
 def make_trainer(spec: JobSpec, model: Any, policy: Policy) -> Any:
     """The trainer the spec names, built by its own constructor (its errors name the argument)."""
-    cls = TRAINERS.get(spec.trainer)
+    cls = trainers.TRAINERS.get(spec.trainer)
     if cls is None:
-        raise ConfigError(f"`trainer.class` must be one of {', '.join(TRAINERS)}. Received: "
+        raise ConfigError(f"`trainer.class` must be one of {', '.join(trainers.TRAINERS)}. Received: "
                           f"trainer.class={spec.trainer!r}", field="trainer.class")
     arguments = dict(spec.arguments)
     modules = arguments.get("custom_modules", [])

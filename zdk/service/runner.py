@@ -117,7 +117,7 @@ class JobRunner:
             logger.exception("starting Spark failed; the next submission tries again")
 
     def slots(self) -> int:
-        from zdk.runtime.session import task_slots
+        from zdk.driver.session import task_slots
 
         return task_slots(self.spark())
 

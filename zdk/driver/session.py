@@ -7,7 +7,9 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any
+
+from zdk.runtime.warmup import import_keras
 
 logger = logging.getLogger(__name__)
 
@@ -110,33 +112,6 @@ def session_seconds(*, consume: bool = False) -> float:
     return value
 
 
-def _load_keras() -> None:
-    import numpy as np
-
-    import keras
-
-    import zdk.runtime.worker  # noqa: F401  (the training task's own imports)
-
-    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
-    model.compile(optimizer="sgd", loss="mse")
-    model.train_on_batch(np.zeros((1, 1), np.float32), np.zeros((1, 1), np.float32))
-
-
-def _import_keras(batches: Iterator) -> Iterator:
-    """Runs in a Python worker: starts importing Keras (and its backend) and one tiny training step
-    on a thread of the worker process, and returns at once. The task frees its slot right away, so
-    the driver's own small jobs (pre-flight) do not queue behind TensorFlow's start-up; a training
-    task that arrives meanwhile waits on the import lock only for what is left of it."""
-    import pyarrow as pa
-
-    from zdk.runtime.threads import size_tf_threads
-
-    size_tf_threads()  # before the import thread starts TensorFlow
-    if not any(t.name == "zdk-keras-import" for t in threading.enumerate()) and "keras" not in sys.modules:
-        threading.Thread(target=_load_keras, name="zdk-keras-import", daemon=True).start()
-    for _ in batches:
-        pass
-    yield pa.RecordBatch.from_pydict({"pid": [os.getpid()]})
 
 
 def warm_workers(spark: Any, slots: int | None = None, *, force: bool = False) -> threading.Thread | None:
@@ -168,7 +143,7 @@ def warm_workers(spark: Any, slots: int | None = None, *, force: bool = False) -
         def run() -> None:
             try:
                 sc.setJobGroup(f"zdk-warm-up-{key}", "zdk: importing Keras in the Python workers")
-                spark.range(count, numPartitions=count).mapInArrow(_import_keras, "pid long").collect()
+                spark.range(count, numPartitions=count).mapInArrow(import_keras, "pid long").collect()
             except Exception:  # only an optimization: a task failing here fails again, with its message, in train()
                 logger.debug("warming the Python workers failed", exc_info=True)
 
