@@ -140,3 +140,32 @@ def test_zdk_ps_without_a_checkpoint_stops_when_a_shard_dies(ps_process):
     assert proc.wait(20) == 1
     assert "has no checkpoint to restart from" in proc.stderr.read()
     poll_until(lambda: not any(pid_alive(p) for p in pids), timeout=10, what="every shard to exit")
+
+
+@pytest.mark.parametrize("every,directory", [(0, "dir"), (-1.0, "dir"), (1.0, None), ("1", "dir")])
+def test_checkpoint_every_is_checked_the_same_way_by_shard_configs_and_the_launcher(every, directory, tmp_path):
+    from zdk.ps.launcher import start_shards
+
+    directory = None if directory is None else str(tmp_path)
+    message = "`checkpoint_every` must be > 0 seconds and needs `checkpoint_dir`"
+    with pytest.raises(ConfigError, match=message) as config_error:
+        ShardConfig(shard=0, num_shards=1, total_size=SIZE, checkpoint_dir=directory, checkpoint_every=every)
+    with pytest.raises(ConfigError, match=message) as launcher_error:
+        start_shards(total_size=SIZE, checkpoint_dir=directory, checkpoint_every=every)
+    assert config_error.value.field == launcher_error.value.field == "checkpoint_every"
+
+
+def test_a_shard_process_refuses_a_bad_checkpoint_period(python):
+    result = subprocess.run([python, "-m", "zdk.ps.server", "--size", str(SIZE), "--checkpoint-every", "0"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "`checkpoint_every` must be > 0 seconds and needs `checkpoint_dir`" in result.stdout
+
+
+def test_a_shard_checkpoints_to_the_file_the_checkpoint_module_names(tmp_path):
+    from zdk.ps.checkpoint import checkpoint_path, read
+
+    core = ShardCore(ShardConfig(shard=1, num_shards=3, total_size=SIZE, checkpoint_dir=str(tmp_path)))
+    written = core.write_checkpoint()
+    assert written == core.config.checkpoint_path == checkpoint_path(str(tmp_path), 1, 3)
+    assert read(written)["range"].tolist() == [2, 4, SIZE]

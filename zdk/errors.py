@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ZdkError(Exception):
     """Base of every error zdk raises on purpose."""
@@ -66,6 +68,15 @@ class AlgorithmNotFound(ZdkError, KeyError):
 
 class LaunchError(ZdkError):
     """Shard processes could not be started or stopped."""
+
+
+class ShardLost(LaunchError):
+    """A shard exited and was not restarted; ``stopped`` holds, per shard, its exit code and why
+    (:class:`zdk.ps.supervisor.Stopped`)."""
+
+    def __init__(self, message: str, *, stopped: tuple[Any, ...] = ()) -> None:
+        super().__init__(message)
+        self.stopped = stopped
 
 
 class WorkerFailed(ZdkError):

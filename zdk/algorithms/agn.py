@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from zdk.algorithms.base import Params, WorkerWindow, add_delta, reset_to_center
+from zdk.algorithms.base import Params, WorkerWindow, reset_to_center
 from zdk.algorithms.registry import register
 
 
@@ -47,6 +47,6 @@ class AGN:
     """
 
     Params = AGNParams
-    server_update = staticmethod(add_delta)
+    additive = True
     worker_delta = staticmethod(normalized_delta)
     worker_reset = staticmethod(reset_to_center)

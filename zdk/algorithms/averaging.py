@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +34,11 @@ class AveragingParams(Params):
         n = self.num_workers
         check(isinstance(n, int) and not isinstance(n, bool) and n >= 0, "num_workers", n, "an int ≥ 0")
         _positive("round_timeout", self.round_timeout)
+
+    def for_job(self, num_workers: int) -> "AveragingParams":
+        """K = ``num_workers`` when it was left at 0: every task of the job is in every round."""
+        super().for_job(num_workers)
+        return dataclasses.replace(self, num_workers=num_workers) if self.num_workers == 0 else self
 
 
 def quorum(shard: ShardState, params: AveragingParams) -> int:
@@ -107,6 +113,21 @@ def averaging_reregister(shard: ShardState, old: WorkerSlot, params: AveragingPa
     departed.discard(old.worker)
 
 
+def round_timeout(params: AveragingParams) -> float:
+    """A pull waiting for its round gives up after ``round_timeout`` seconds."""
+    return float(params.round_timeout)
+
+
+def describe_round(shard: ShardState, params: AveragingParams) -> str:
+    """What a pull waiting for the round waits for: the active workers that have not committed
+    to it and, when K is known, how many of the K workers never said `hello`."""
+    waiting = sorted(set(shard.active_workers) - set(shard.state.get("contributions", ())))
+    expected = params.num_workers or shard.quorum
+    unseen = "" if not expected else (
+        f"; {max(0, expected - len(shard.workers))} of the {expected} workers never said `hello`")
+    return f"workers not yet committed: {waiting}{unseen}"
+
+
 def commit_weights(win: WorkerWindow, params: Params) -> np.ndarray:
     """The worker commits its weights θ_k themselves."""
     return win.local
@@ -126,3 +147,5 @@ class Averaging:
     synchronous = True
     on_leave = staticmethod(averaging_leave)
     on_reregister = staticmethod(averaging_reregister)
+    pull_timeout = staticmethod(round_timeout)
+    describe_wait = staticmethod(describe_round)

@@ -39,6 +39,18 @@ class Params:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def for_job(self, num_workers: int) -> "Params":
+        """These params with the defaults that depend on the job filled in, for a job of
+        ``num_workers`` workers (Spark tasks). The base has none and returns ``self``; model
+        averaging sets its quorum K = ``num_workers`` when it was left at 0.
+
+        Raises:
+            ConfigError: when ``num_workers`` is not an int ≥ 1.
+        """
+        check(isinstance(num_workers, int) and not isinstance(num_workers, bool) and num_workers >= 1,
+              "num_workers", num_workers, "an int ≥ 1")
+        return self
+
     @classmethod
     def window_for(cls, num_workers: int) -> int | None:
         """The window a trainer uses with ``num_workers`` when the user gives none; None: the
@@ -156,6 +168,12 @@ WorkerDelta = Callable[[WorkerWindow, Any], np.ndarray]
 WorkerReset = Callable[[WorkerWindow, Any], None]
 LeaveHook = Callable[[ShardState, WorkerSlot, Any], UpdateResult]
 RejoinHook = Callable[[ShardState, WorkerSlot, Any], None]
+PullTimeout = Callable[[Any], float | None]
+WaitDescription = Callable[[ShardState, Any], str]
+#: A Keras optimizer as data: a name (``"sgd"``), or the map ``keras.optimizers.serialize`` returns
+#: (``{"module": ..., "class_name": "SGD", "config": {...}, "registered_name": ...}``).
+OptimizerSpec = str | Mapping[str, Any]
+LocalOptimizer = Callable[[OptimizerSpec, Any], OptimizerSpec]
 
 
 def add_delta(shard: ShardState, worker: WorkerSlot, delta: np.ndarray, params: Any) -> UpdateResult:
@@ -181,37 +199,63 @@ class Algorithm:
     Args:
         name: the registry key.
         params: the dataclass of its hyperparameters (a :class:`Params` subclass).
-        server_update: applies one commit to one shard's slice; ``None`` without a PS.
+        server_update: applies one commit to one shard's slice; ``None`` without a PS (and for an
+            ``additive`` algorithm, which gets :func:`add_delta`).
         worker_delta: what a worker commits at the end of a window.
         worker_reset: how a worker's weights are reset after the exchange.
         pull_before_commit: the worker pulls the center before computing its commit (EASGD).
         synchronous: commits form rounds and pulls wait for the round (model averaging).
         keeps_pulled: the server keeps each worker's pulled slice (ADAG).
         uses_ps: False for algorithms with no parameter-server traffic.
+        workers: the number of workers the algorithm trains with, when it fixes one (plain local
+            training: 1); None: as many as the job asks for. Without a PS, training returns one
+            model when this is 1, else every worker's.
+        additive: the server update is θ̃ ← θ̃ + payload, elementwise, and every commit advances the
+            version. The shard then computes θ̃ + payload frame by frame into a buffer no reply
+            reads, checking each block finite, and swaps it in only when all of it is: no copy of
+            the payload, no copy-on-write of the live center. ``server_update`` must then be unset
+            (it becomes :func:`add_delta`) or :func:`add_delta`.
         on_leave: called when a worker says `bye`; lets synchronous rounds finish without it.
         on_reregister: called with a worker's old slot when a new client session or attempt replaces
             it, before the new slot exists: drop what the old one left in the shard's state (its
             share of an open round). Its ``WorkerSlot.state`` and ``pulled`` go with the old slot.
+        pull_timeout: ``(params) -> seconds or None``: how long a pull with ``min_version`` (a
+            worker waiting for its round) may wait on the shard; None, or a hook returning None:
+            as long as the request's ``wait`` says. Averaging: ``round_timeout``.
+        describe_wait: ``(shard, params) -> str``: what a pull with ``min_version`` whose wait ran
+            out was waiting for, appended to the ``deadline`` error (averaging: the workers not
+            yet committed to the round, and how many of the quorum never said `hello`).
+        local_optimizer: ``(optimizer, params) -> optimizer``: the local optimizer the algorithm's
+            math needs, given the one the user chose, both as Keras optimizer data (a name such
+            as ``"sgd"``, or the map ``keras.optimizers.serialize`` returns); raises
+            :class:`~zdk.errors.ConfigError` for one it cannot work with. None: the user's
+            optimizer as it is. EAMSGD: SGD with Nesterov momentum δ.
         doc: one paragraph with the math, shown by ``zdk algorithms``.
     """
 
     name: str
     params: type[Params]
-    server_update: ServerUpdate | None
+    server_update: ServerUpdate | None = None
     worker_delta: WorkerDelta | None = None
     worker_reset: WorkerReset | None = None
     pull_before_commit: bool = False
     synchronous: bool = False
     keeps_pulled: bool = False
     uses_ps: bool = True
+    workers: int | None = None
+    additive: bool = False
     on_leave: LeaveHook | None = None
     on_reregister: RejoinHook | None = None
+    pull_timeout: PullTimeout | None = None
+    describe_wait: WaitDescription | None = None
+    local_optimizer: LocalOptimizer | None = None
     doc: str = ""
 
     #: Attributes a class-style definition may set; see ``registry.register``.
     FIELDS: ClassVar[tuple[str, ...]] = (
         "params", "server_update", "worker_delta", "worker_reset", "pull_before_commit",
-        "synchronous", "keeps_pulled", "uses_ps", "on_leave", "on_reregister",
+        "synchronous", "keeps_pulled", "uses_ps", "workers", "additive", "on_leave", "on_reregister",
+        "pull_timeout", "describe_wait", "local_optimizer",
     )
 
     def __post_init__(self) -> None:
@@ -219,9 +263,27 @@ class Algorithm:
               "a non-empty string without surrounding spaces")
         check(isinstance(self.params, type) and issubclass(self.params, Params), "params", self.params,
               "a subclass of zdk.algorithms.Params")
+        for flag in ("pull_before_commit", "synchronous", "keeps_pulled", "uses_ps", "additive"):
+            check(isinstance(getattr(self, flag), bool), flag, getattr(self, flag), "a bool")
+        w = self.workers
+        check(w is None or (isinstance(w, int) and not isinstance(w, bool) and w >= 1), "workers", w,
+              "an int ≥ 1 or None")
+        if self.additive:
+            check(self.uses_ps, "additive", self.additive, "False when uses_ps=False")
+            check(self.server_update in (None, add_delta), "server_update", self.server_update,
+                  "unset or zdk.algorithms.add_delta when additive=True (the shard applies θ̃ + payload itself)")
+            object.__setattr__(self, "server_update", add_delta)
         if self.uses_ps:
             for attr in ("server_update", "worker_delta", "worker_reset"):
                 check(callable(getattr(self, attr)), attr, getattr(self, attr), "callable when uses_ps=True")
+        for hook in ("on_leave", "on_reregister", "pull_timeout", "describe_wait", "local_optimizer"):
+            value = getattr(self, hook)
+            check(value is None or callable(value), hook, value, "callable or None")
+
+    def pull_wait(self, params: Params) -> float | None:
+        """Seconds a pull with ``min_version`` may wait on a shard: ``pull_timeout(params)``, or None
+        (no limit of the algorithm's) without that hook."""
+        return None if self.pull_timeout is None else self.pull_timeout(params)
 
     def make_params(self, values: Mapping[str, Any] | Params | None = None, **kwargs: Any) -> Params:
         """Validated params from a mapping or keyword arguments (unknown keys are an error)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from zdk.algorithms.base import Params, accumulated_delta, add_delta, reset_to_center
+from zdk.algorithms.base import Params, accumulated_delta, reset_to_center
 from zdk.algorithms.registry import register
 
 
@@ -15,6 +15,6 @@ class Downpour:
     """
 
     Params = Params
-    server_update = staticmethod(add_delta)
+    additive = True
     worker_delta = staticmethod(accumulated_delta)
     worker_reset = staticmethod(reset_to_center)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import numpy as np
 
-from zdk.algorithms.base import Params, WorkerWindow, _positive, add_delta, check
+from zdk.algorithms.base import OptimizerSpec, Params, WorkerWindow, _positive, check
 from zdk.algorithms.registry import register
+from zdk.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,49 @@ def elastic_pull_back(win: WorkerWindow, params: EASGDParams) -> None:
     win.local -= win.delta
 
 
+#: The ``module`` of Keras's own optimizers in ``keras.optimizers.serialize``'s output.
+KERAS_OPTIMIZERS = "keras.optimizers"
+
+
+def nesterov_sgd(optimizer: OptimizerSpec, params: EAMSGDParams) -> dict[str, Any]:
+    """The local optimizer EAMSGD's math needs: SGD with Nesterov momentum δ = ``params.momentum``,
+    as Keras optimizer data (``keras.optimizers.deserialize`` builds it).
+
+    ``"sgd"`` becomes SGD(learning_rate=η, momentum=δ, nesterov=True); a serialized SGD keeps its
+    own settings (learning rate, clipping, ...) with momentum δ and ``nesterov=True``.
+
+    Args:
+        optimizer: the user's ``worker_optimizer``: a name, or ``keras.optimizers.serialize(opt)``.
+        params: EAMSGD's params (η, δ).
+
+    Raises:
+        ConfigError: for an optimizer other than SGD (``worker_optimizer``), or an SGD whose own
+            momentum is neither 0 nor δ (``momentum``).
+    """
+    if isinstance(optimizer, str) and optimizer.lower() == "sgd":
+        return {"module": KERAS_OPTIMIZERS, "class_name": "SGD", "registered_name": None,
+                "config": {"learning_rate": float(params.learning_rate), "momentum": float(params.momentum),
+                           "nesterov": True}}
+    if isinstance(optimizer, Mapping) and _is_keras_sgd(optimizer):
+        config = dict(optimizer.get("config") or {})
+        if config.get("momentum", 0.0) not in (0.0, params.momentum):
+            raise ConfigError(f"`momentum` is EAMSGD's Nesterov momentum ({params.momentum}); the SGD passed as "
+                              f"`worker_optimizer` has momentum={config['momentum']}. Set one of them only.",
+                              field="momentum")
+        config.update(momentum=params.momentum, nesterov=True)
+        return {**optimizer, "config": config}
+    shown = optimizer.get("class_name", optimizer) if isinstance(optimizer, Mapping) else optimizer
+    raise ConfigError(f"`worker_optimizer` must be 'sgd' or a keras.optimizers.SGD for EAMSGD, whose momentum is "
+                      f"Nesterov momentum in a local SGD step; use AEASGD for elastic averaging with another "
+                      f"optimizer. Received: worker_optimizer={shown!r}", field="worker_optimizer")
+
+
+def _is_keras_sgd(optimizer: Mapping[str, Any]) -> bool:
+    return (optimizer.get("class_name") == "SGD"
+            and optimizer.get("module", KERAS_OPTIMIZERS) in (None, KERAS_OPTIMIZERS)
+            and optimizer.get("registered_name") in (None, "SGD"))
+
+
 @register("aeasgd")
 class AEASGD:
     """Asynchronous EASGD (S. Zhang, A. Choromanska, Y. LeCun, "Deep learning with Elastic
@@ -74,7 +119,7 @@ class AEASGD:
     """
 
     Params = EASGDParams
-    server_update = staticmethod(add_delta)
+    additive = True
     worker_delta = staticmethod(elastic_difference)
     worker_reset = staticmethod(elastic_pull_back)
     pull_before_commit = True
@@ -86,11 +131,12 @@ class EAMSGD:
     Nesterov momentum, v ← δv − η∇f(θ + δv), θ ← θ + v.
 
     The elastic exchange is AEASGD's: E = α(θ − θ̃), θ ← θ − E, θ̃ ← θ̃ + E. The momentum
-    lives in the worker's local optimizer (the trainer builds SGD(momentum=δ, nesterov=True)).
+    lives in the worker's local optimizer: SGD(momentum=δ, nesterov=True) (``local_optimizer``).
     """
 
     Params = EAMSGDParams
-    server_update = staticmethod(add_delta)
+    additive = True
     worker_delta = staticmethod(elastic_difference)
     worker_reset = staticmethod(elastic_pull_back)
     pull_before_commit = True
+    local_optimizer = staticmethod(nesterov_sgd)

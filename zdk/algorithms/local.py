@@ -21,3 +21,4 @@ class Sequential:
 
     Params = Params
     uses_ps = False
+    workers = 1

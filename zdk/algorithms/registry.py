@@ -49,15 +49,16 @@ def register(target: Algorithm | str) -> Algorithm | Callable[[type], Algorithm]
     """Registers an algorithm under its name.
 
     Use it on an :class:`Algorithm`, or as a class decorator whose class attributes
-    (``Params``, ``server_update``, ``worker_delta``, ``worker_reset`` and the flags)
-    and docstring describe the algorithm; the decorator returns the frozen
-    :class:`Algorithm`::
+    (``Params`` and any of :attr:`Algorithm.FIELDS`: ``server_update``, ``worker_delta``,
+    ``worker_reset``, the flags and the hooks) and docstring describe the algorithm; the
+    decorator returns the frozen :class:`Algorithm`::
 
         @register("downpour")
         class Downpour:
             '''θ̃ ← θ̃ + Δ'''
             Params = Params
-            server_update = staticmethod(add_delta)
+            additive = True  # the server update is θ̃ + Δ
+            worker_delta = staticmethod(accumulated_delta)
             ...
 
     Raises:

@@ -14,12 +14,15 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from zdk.cli.table import print_table
 from zdk.ps.protocol import DEFAULT_MAX_FRAME_BYTES, OBSERVER_TOOL
+
+if TYPE_CHECKING:
+    from zdk.ps.supervisor import Stopped
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +38,13 @@ def _model_vector(path: str) -> np.ndarray:
 
 def _start(args: argparse.Namespace) -> int:
     from zdk.ps.launcher import start_shards
+    from zdk.ps.supervisor import Supervisor
 
     if (args.model is None) == (args.size is None):
         print("zdk ps: give exactly one of --model FILE.keras or --size N", file=sys.stderr)
+        return 2
+    if args.max_restarts < 0:
+        print(f"zdk ps: --max-restarts must be ≥ 0. Received: {args.max_restarts}", file=sys.stderr)
         return 2
     params = json.loads(args.params)
     curve = _curve_keys(args.curve_keys, create=True)
@@ -51,17 +58,24 @@ def _start(args: argparse.Namespace) -> int:
                          checkpoint_every=args.checkpoint_every, max_frame_bytes=args.max_frame_bytes,
                          idle_timeout=args.idle_timeout, log_level=args.log_level, curve=curve)
     try:
+        supervisor = Supervisor(group, max_restarts=args.max_restarts)
         security = f"CURVE, keys in {args.curve_keys}" if curve else "no encryption"
         print(f"zdk ps: {args.shards} shard(s) of {group.algorithm}, {size} parameters, {security}", flush=True)
         for k, endpoint in enumerate(group.endpoints):
             print(f"shard {k}: {endpoint}", flush=True)
         print("zdk ps: serving; Ctrl-C or SIGTERM stops every shard", flush=True)
         while not stop.wait(0.5):
-            dead = [k for k, alive in enumerate(group.alive()) if not alive]
-            if dead:
-                codes = [group.processes[k].returncode for k in dead]
-                if not all(c == 0 for c in codes) and _restart(group, dead, args):
-                    continue
+            outcome = supervisor.check()
+            for r in outcome.restarted:
+                print(f"zdk ps: shard {r.shard} died (code {r.code}); restarting it from {r.checkpoint}",
+                      file=sys.stderr, flush=True)
+                print(f"shard {r.shard}: {r.endpoint} (restarted)", flush=True)
+            if not outcome.whole:
+                for s in outcome.stopped:
+                    if s.crashed:
+                        print(f"zdk ps: {_why_stopped(s, args)}", file=sys.stderr)
+                dead = [s.shard for s in outcome.stopped]
+                codes = [s.code for s in outcome.stopped]
                 print(f"zdk ps: shard(s) {dead} exited (codes {codes}); stopping the rest", file=sys.stderr)
                 return 0 if all(c == 0 for c in codes) else 1
         print("zdk ps: stopping", flush=True)
@@ -70,24 +84,15 @@ def _start(args: argparse.Namespace) -> int:
         group.stop()
 
 
-def _restart(group: Any, dead: list[int], args: argparse.Namespace) -> bool:
-    """Restarts crashed shards from their checkpoints; False when one cannot be (no checkpoint,
-    or out of restarts), since a shard restarted without its state would hand workers zeros."""
-    for k in dead:
-        path = os.path.join(args.checkpoint_dir, f"shard-{k:03d}-of-{args.shards:03d}.npz") if args.checkpoint_dir else None
-        if path is None or not os.path.exists(path):
-            print(f"zdk ps: shard {k} died (code {group.processes[k].returncode}) and has no checkpoint to restart "
-                  "from (use --checkpoint-dir and --checkpoint-every)", file=sys.stderr)
-            return False
-        if group.restarts[k] >= args.max_restarts:
-            print(f"zdk ps: shard {k} died again after {group.restarts[k]} restarts (--max-restarts "
-                  f"{args.max_restarts})", file=sys.stderr)
-            return False
-        print(f"zdk ps: shard {k} died (code {group.processes[k].returncode}); restarting it from {path}",
-              file=sys.stderr, flush=True)
-        group.restart(k)
-        print(f"shard {k}: {group.endpoints[k]} (restarted)", flush=True)
-    return True
+def _why_stopped(stopped: Stopped, args: argparse.Namespace) -> str:
+    """The supervisor's reason, in terms of this command's flags."""
+    k, code = stopped.shard, stopped.code
+    if stopped.cause == "no_checkpoint":
+        return (f"shard {k} died (code {code}) and has no checkpoint to restart from (use --checkpoint-dir and "
+                "--checkpoint-every)")
+    if stopped.cause == "out_of_restarts":
+        return f"shard {k} died again after {stopped.restarts} restarts (--max-restarts {args.max_restarts})"
+    return stopped.message
 
 
 def _curve_keys(path: str | None, *, create: bool = False) -> Any:

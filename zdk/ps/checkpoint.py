@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -70,10 +70,12 @@ def write(path: str, arrays: Mapping[str, np.ndarray]) -> str:
     """
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
+    # Typed Any: numpy's stub would read a key named `allow_pickle` as its flag.
+    entries: dict[str, Any] = dict(arrays)
     fd, tmp = tempfile.mkstemp(prefix=".shard-", suffix=".npz.tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
+            np.savez(fh, **entries)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -12,22 +12,22 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
-import zmq
 
-from zdk.ps.allocator import tune_allocator
 from zdk.errors import ConfigError, DeadlineExceeded, ProtocolError, RemoteError, ShardRestarted
+from zdk.ps.allocator import tune_allocator
 from zdk.ps.layout import DTYPE, ShardPlan
-from zdk.transports.curve import CurveKeys
 from zdk.ps.protocol import (
-    DEFAULT_CHUNK_BYTES, DEFAULT_MAX_FRAME_BYTES, ERROR, WIRE_DTYPE, Reply, Request, as_frames, decode_reply,
+    DEFAULT_CHUNK_BYTES, DEFAULT_MAX_FRAME_BYTES, ERROR, U32_MAX, U64_MAX, WIRE_DTYPE, Reply, Request, as_frames,
+    decode_reply,
 )
-from zdk.transports.zmq import ZmqDealerTransport
+from zdk.transports.base import ClientConnector, ClientTransport
+from zdk.transports.curve import CurveKeys
+from zdk.transports.zmq import ZmqConnector
 
 logger = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -78,28 +78,30 @@ class PSClient:
         timeout: seconds any request may take, resends included, before :class:`DeadlineExceeded`.
         tries: how many times a request is sent (≥ 1); each try waits ``timeout / tries``.
         chunk_bytes: data frame size of commits.
-        context: a ``zmq.Context``; the process-wide one when omitted.
+        max_frame_bytes: the largest data frame a reply may carry.
         curve: the server's CURVE keys, when its shards require CURVE.
         session: this client's session id (u64); a random one when omitted. A worker's `hello`
             with a new session replaces its earlier registration on every shard.
+        connector: opens the links to the shards and waits on them; ZeroMQ DEALERs with ``curve``
+            and a message limit of ``max_frame_bytes`` + 1 MiB when omitted.
     """
 
     def __init__(self, endpoints: Sequence[str], *, worker_id: int = 0, attempt: int = 0, timeout: float = 30.0,
                  tries: int = 3, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, context: zmq.Context | None = None,
-                 curve: CurveKeys | None = None, session: int | None = None) -> None:
+                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, curve: CurveKeys | None = None,
+                 session: int | None = None, connector: ClientConnector | None = None) -> None:
         if not endpoints:
             raise ConfigError("`endpoints` must name at least one shard. Received: endpoints=[]", field="endpoints")
-        if not isinstance(worker_id, int) or not 0 <= worker_id < 2**32:
+        if not isinstance(worker_id, int) or not 0 <= worker_id <= U32_MAX:
             raise ConfigError(f"`worker_id` must be an int in [0, 2^32). Received: worker_id={worker_id!r}",
                               field="worker_id")
-        if not isinstance(attempt, int) or not 0 <= attempt < 2**32:
+        if not isinstance(attempt, int) or not 0 <= attempt <= U32_MAX:
             raise ConfigError(f"`attempt` must be an int in [0, 2^32). Received: attempt={attempt!r}", field="attempt")
         if not timeout > 0:
             raise ConfigError(f"`timeout` must be > 0 seconds. Received: timeout={timeout!r}", field="timeout")
         if isinstance(tries, bool) or not isinstance(tries, int) or tries < 1:
             raise ConfigError(f"`tries` must be an int ≥ 1. Received: tries={tries!r}", field="tries")
-        if session is not None and not (isinstance(session, int) and 0 <= session < 2**64):
+        if session is not None and not (isinstance(session, int) and 0 <= session <= U64_MAX):
             raise ConfigError(f"`session` must be an int in [0, 2^64). Received: session={session!r}", field="session")
         tune_allocator()
         self.endpoints = list(endpoints)
@@ -110,10 +112,9 @@ class PSClient:
         self.chunk_bytes = chunk_bytes
         self.session = secrets.randbits(64) if session is None else session
         self._rid = 0
-        self._context = context
-        self._curve = curve
-        self._max_message_bytes = max_frame_bytes + (1 << 20)
-        self._links = [self._connect(e) for e in self.endpoints]
+        self._connector: ClientConnector = connector or ZmqConnector(
+            max_message_bytes=max_frame_bytes + (1 << 20), curve=curve)
+        self._links: list[ClientTransport] = [self._connector.connect(e) for e in self.endpoints]
         self.info: ClusterInfo | None = None
         self.plan: ShardPlan | None = None
         self._versions = [0] * len(self._links)
@@ -268,10 +269,6 @@ class PSClient:
             link.close()
         self._links = []
 
-    def _connect(self, endpoint: str) -> ZmqDealerTransport:
-        return ZmqDealerTransport(endpoint, max_message_bytes=self._max_message_bytes, context=self._context,
-                                  curve=self._curve)
-
     def __enter__(self) -> "PSClient":
         return self
 
@@ -307,7 +304,7 @@ class PSClient:
                     if attempt:
                         # A fresh socket: whatever the old one still had queued is dropped with it.
                         self._links[k].close()
-                        self._links[k] = self._connect(self.endpoints[k])
+                        self._links[k] = self._connector.connect(self.endpoints[k])
                         self.resends += 1
                         logger.info("%s: no reply to `%s` (rid %d) within %.1f s; resending (try %d of %d)",
                                     self.endpoints[k], op, pending[k].rid, per_try, attempt + 1, self.tries)
@@ -327,22 +324,17 @@ class PSClient:
     def _gather(self, op: str, pending: dict[int, Request], replies: list[Reply | None],
                 targets: Sequence[memoryview] | None, deadline: float) -> None:
         """Receives replies into ``replies`` until every pending shard answered or ``deadline``."""
-        poller = zmq.Poller()
-        by_socket = {}
-        for k in pending:
-            poller.register(self._links[k].socket, zmq.POLLIN)
-            by_socket[self._links[k].socket] = k
         while pending:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            for sock, _ in poller.poll(max(1, int(remaining * 1000))):
-                k = by_socket[sock]
+            shards = list(pending)
+            for i in self._connector.wait([self._links[k] for k in shards], remaining):
+                k = shards[i]
                 reply = self._receive(k, pending.get(k), op, None if targets is None else targets[k])
                 if reply is not None:
                     replies[k] = reply
                     pending.pop(k, None)
-                    poller.unregister(sock)
 
     def _receive(self, k: int, request: Request | None, op: str, target: memoryview | None) -> Reply | None:
         link = self._links[k]

@@ -22,6 +22,10 @@ from zdk.errors import ConfigError, ShardRestarted
 
 logger = logging.getLogger(__name__)
 
+#: Seconds a synchronous algorithm's pull waits for its round when the algorithm sets no
+#: ``pull_timeout``.
+DEFAULT_ROUND_WAIT = 300.0
+
 
 class Exchange:
     """Drives one worker's exchanges with the parameter server.
@@ -176,14 +180,17 @@ class Exchange:
         win.delta = np.ascontiguousarray(algo.worker_delta(win, self.params), dtype=np.float32)
         receipt = self.client.commit(win.delta, report=report)
         if algo.synchronous:
-            self.client.pull(self.center, min_version=[b + 1 for b in bases],
-                             wait=float(getattr(self.params, "round_timeout", 300.0)))
+            self.client.pull(self.center, min_version=[b + 1 for b in bases], wait=self._round_wait())
         elif not algo.pull_before_commit:
             self.client.pull(self.center)
         algo.worker_reset(win, self.params)
         np.copyto(self.pulled, self.center)
         self.exchanges += 1
         return receipt
+
+    def _round_wait(self) -> float:
+        limit = self.algorithm.pull_wait(self.params)
+        return DEFAULT_ROUND_WAIT if limit is None else float(limit)
 
     def finish(self) -> None:
         """Waits for an exchange in flight, then tells the shards this worker is done."""

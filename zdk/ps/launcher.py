@@ -19,13 +19,14 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
 from zdk import algorithms
 from zdk.algorithms.sources import sources
 from zdk.errors import ConfigError, LaunchError
+from zdk.ps.checkpoint import CheckpointPolicy
 from zdk.ps.layout import ShardPlan
 from zdk.ps.protocol import DEFAULT_CHUNK_BYTES, DEFAULT_MAX_FRAME_BYTES, OBSERVER_TOOL
 from zdk.transports.curve import CurveKeys
@@ -56,16 +57,18 @@ def shard_endpoints(bind: str, num_shards: int) -> list[str]:
 class ShardGroup:
     """Running shard processes; a context manager that always stops them.
 
-    Use :func:`start_shards` to make one.
+    Use :func:`start_shards` to make one, and :class:`~zdk.ps.supervisor.Supervisor` to restart
+    the shards that crash.
     """
 
     def __init__(self, processes: list[subprocess.Popen], endpoints: list[str], plan: ShardPlan,
-                 algorithm: str, curve: CurveKeys | None = None) -> None:
+                 algorithm: str, curve: CurveKeys | None = None, checkpoints: CheckpointPolicy | None = None) -> None:
         self.processes = processes
         self.endpoints = endpoints
         self.curve = curve
         self.plan = plan
         self.algorithm = algorithm
+        self.checkpoints = checkpoints or CheckpointPolicy()
         self.commands: list[list[str]] = []
         self.env: dict[str, str] = {}
         self.startup_timeout = 30.0
@@ -168,10 +171,7 @@ def start_shards(*, num_shards: int = 1, total_size: int, bind: str = "tcp://127
     plan = ShardPlan(total_size, num_shards)
     algo = algorithms.get(algorithm)
     params_obj = algo.make_params(dict(params or {}))
-    if checkpoint_every is not None and (checkpoint_dir is None or not checkpoint_every > 0):
-        raise ConfigError(f"`checkpoint_every` must be > 0 seconds and needs `checkpoint_dir`. "
-                          f"Received: checkpoint_every={checkpoint_every!r}, checkpoint_dir={checkpoint_dir!r}",
-                          field="checkpoint_every")
+    checkpoints = CheckpointPolicy(directory=checkpoint_dir, every=checkpoint_every)
     if initial is not None and (initial.ndim != 1 or initial.size != total_size):
         raise ConfigError(f"`initial` must be a flat vector of size {total_size}. Received: shape={initial.shape}",
                           field="initial")
@@ -183,7 +183,7 @@ def start_shards(*, num_shards: int = 1, total_size: int, bind: str = "tcp://127
     if curve is not None:
         child_env.update(curve.server_env())
     processes: list[subprocess.Popen] = []
-    group = ShardGroup(processes, [], plan, algo.name, curve)
+    group = ShardGroup(processes, [], plan, algo.name, curve, checkpoints)
     group.env = child_env
     group.startup_timeout = startup_timeout
     try:
@@ -192,10 +192,10 @@ def start_shards(*, num_shards: int = 1, total_size: int, bind: str = "tcp://127
                    "--size", str(total_size), "--bind", endpoint, "--algorithm", algo.name,
                    "--params", json.dumps(params_obj.to_dict()), "--max-frame-bytes", str(max_frame_bytes),
                    "--chunk-bytes", str(chunk_bytes), "--parent-pid", str(os.getpid()), "--log-level", log_level]
-            if checkpoint_dir is not None:
-                cmd += ["--checkpoint-dir", checkpoint_dir]
-            if checkpoint_every is not None:
-                cmd += ["--checkpoint-every", str(checkpoint_every)]
+            if checkpoints.directory is not None:
+                cmd += ["--checkpoint-dir", checkpoints.directory]
+            if checkpoints.every is not None:
+                cmd += ["--checkpoint-every", str(checkpoints.every)]
             if idle_timeout is not None:
                 cmd += ["--idle-timeout", str(idle_timeout)]
             for source in sources(algo):

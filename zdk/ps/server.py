@@ -41,16 +41,16 @@ class ShardServer:
         transport: a bound server transport.
         parent_pid: exit when this process is gone (our parent changed); None disables it.
         idle_timeout: exit after this many seconds without a request; None disables it.
-        checkpoint_every: write a checkpoint every this many seconds; None disables it.
+
+    The shard checkpoints every ``core.config.checkpoint_every`` seconds, when that is set.
     """
 
     def __init__(self, core: ShardCore, transport: ServerTransport, *, parent_pid: int | None = None,
-                 idle_timeout: float | None = None, checkpoint_every: float | None = None) -> None:
+                 idle_timeout: float | None = None) -> None:
         self.core = core
         self.transport = transport
         self.parent_pid = parent_pid
         self.idle_timeout = idle_timeout
-        self.checkpoint_every = checkpoint_every
         self._stop = asyncio.Event()
         self.exit_reason = ""
 
@@ -106,7 +106,7 @@ class ShardServer:
             delay = WATCH_INTERVAL if deadline is None else min(WATCH_INTERVAL, max(0.0, deadline - time.monotonic()))
             await asyncio.sleep(delay)
             await self._send_all(self.core.expire())
-            if self.core.checkpoint_due(self.checkpoint_every):
+            if self.core.checkpoint_due():
                 # A few ms for a large slice; it runs between requests, so the state is consistent.
                 self.core.write_checkpoint()
             if self.parent_pid is not None and os.getppid() != self.parent_pid:
@@ -146,7 +146,7 @@ def _parse_params(text: str) -> dict:
     except json.JSONDecodeError as exc:
         raise ConfigError(f"`--params` must be a JSON object. Received: {text!r} ({exc})", field="--params") from None
     if not isinstance(params, dict):
-        raise ConfigError(f"`--params` must be a JSON object. Received: {text!r}")
+        raise ConfigError(f"`--params` must be a JSON object. Received: {text!r}", field="--params")
     return params
 
 
@@ -155,12 +155,8 @@ async def _amain(args: argparse.Namespace) -> str:
     config = ShardConfig(
         shard=args.shard, num_shards=args.num_shards, total_size=args.size, algorithm=args.algorithm,
         params=_parse_params(args.params), checkpoint_dir=args.checkpoint_dir,
-        max_frame_bytes=args.max_frame_bytes, chunk_bytes=args.chunk_bytes,
+        checkpoint_every=args.checkpoint_every, max_frame_bytes=args.max_frame_bytes, chunk_bytes=args.chunk_bytes,
     )
-    if args.checkpoint_every is not None and (args.checkpoint_every <= 0 or args.checkpoint_dir is None):
-        raise ConfigError(f"`--checkpoint-every` must be > 0 seconds and needs --checkpoint-dir. "
-                          f"Received: checkpoint_every={args.checkpoint_every}, checkpoint_dir={args.checkpoint_dir}",
-                          field="--checkpoint-every")
     core = ShardCore(config)
     tune_allocator()
     # ZeroMQ itself cuts connections sending frames far over the protocol limit; between the
@@ -169,8 +165,7 @@ async def _amain(args: argparse.Namespace) -> str:
     transport = ZmqRouterTransport(max_message_bytes=2 * config.max_frame_bytes + (1 << 20), curve=curve)
     try:
         endpoint = transport.bind(args.bind)
-        server = ShardServer(core, transport, parent_pid=args.parent_pid, idle_timeout=args.idle_timeout,
-                             checkpoint_every=args.checkpoint_every)
+        server = ShardServer(core, transport, parent_pid=args.parent_pid, idle_timeout=args.idle_timeout)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, server.stop, f"signal {signal.Signals(sig).name}")
@@ -179,7 +174,7 @@ async def _amain(args: argparse.Namespace) -> str:
         logger.info("shard %d/%d serving [%d, %d) at %s (%s%s)", args.shard, args.num_shards,
                     *config.range, endpoint, core.algorithm.name, ", CURVE" if curve else "")
         await server.serve()
-        if args.checkpoint_every is not None and config.checkpoint_dir is not None:
+        if config.checkpoint_every is not None:
             core.write_checkpoint()  # a clean stop keeps everything up to the last request
         return server.exit_reason
     finally:

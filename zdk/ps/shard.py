@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -19,9 +18,10 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from zdk import algorithms
-from zdk.algorithms.base import APPLIED, Algorithm, Params, ShardState, UpdateResult, WorkerSlot, add_delta
+from zdk.algorithms.base import APPLIED, Algorithm, Params, ShardState, UpdateResult, WorkerSlot
 from zdk.errors import ConfigError, ProtocolError, ZdkError
-from zdk.ps import snapshot
+from zdk.ps import checkpoint, snapshot
+from zdk.ps.checkpoint import CheckpointPolicy
 from zdk.ps.layout import DTYPE, ShardPlan
 from zdk.ps.protocol import (
     DEFAULT_CHUNK_BYTES, DEFAULT_MAX_FRAME_BYTES, ERROR, MAX_WAIT_SECONDS, WIRE_DTYPE,
@@ -87,6 +87,8 @@ class ShardConfig:
         algorithm: a registered algorithm name.
         params: its hyperparameters (validated by the algorithm's params class).
         checkpoint_dir: where `checkpoint` writes, and restores from at start; None disables it.
+        checkpoint_every: seconds between periodic checkpoints (needs ``checkpoint_dir``); None: only
+            on request. Checked by :class:`~zdk.ps.checkpoint.CheckpointPolicy`.
         max_frame_bytes: the largest data frame accepted.
         chunk_bytes: size of the data frames sent in pull replies.
         dedupe_window: replies to recent commits remembered per worker, for retries.
@@ -98,12 +100,14 @@ class ShardConfig:
     algorithm: str = "downpour"
     params: Mapping[str, Any] = field(default_factory=dict)
     checkpoint_dir: str | None = None
+    checkpoint_every: float | None = None
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     dedupe_window: int = 256
 
     def __post_init__(self) -> None:
         ShardPlan(self.total_size, self.num_shards).range(self.shard)
+        self.checkpoints  # validates checkpoint_every against checkpoint_dir
         for name in ("max_frame_bytes", "chunk_bytes", "dedupe_window"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -117,10 +121,13 @@ class ShardConfig:
         return ShardPlan(self.total_size, self.num_shards).range(self.shard)
 
     @property
+    def checkpoints(self) -> CheckpointPolicy:
+        return CheckpointPolicy(directory=self.checkpoint_dir, every=self.checkpoint_every)
+
+    @property
     def checkpoint_path(self) -> str | None:
-        if self.checkpoint_dir is None:
-            return None
-        return os.path.join(self.checkpoint_dir, f"shard-{self.shard:03d}-of-{self.num_shards:03d}.npz")
+        """This shard's checkpoint file, or None without a checkpoint directory."""
+        return self.checkpoints.path(self.shard, self.num_shards)
 
 
 @dataclass
@@ -240,18 +247,24 @@ class ShardCore:
         now = self._clock()
         expired = [p for p in self._parked if p.deadline <= now]
         self._parked = [p for p in self._parked if p.deadline > now]
-        out = []
-        for p in expired:
-            waiting = sorted(set(self.state.active_workers) - set(self.state.state.get("contributions", ())))
-            quorum = self.state.quorum or getattr(self.params, "num_workers", 0) or None
-            unseen = "" if quorum is None else (
-                f"; {max(0, quorum - len(self.state.workers))} of the {quorum} workers never said `hello`")
-            out.append(self._error(
-                p.peer, p.request.rid, "pull", "deadline",
-                f"shard {self.config.shard} stayed at version {self.version} < min_version="
-                f"{p.request.min_version} for the whole wait; workers not yet committed: {waiting}{unseen}",
-            ))
-        return out
+        if not expired:
+            return []
+        waited_for = self._describe_wait()
+        return [self._error(p.peer, p.request.rid, "pull", "deadline",
+                            f"shard {self.config.shard} stayed at version {self.version} < min_version="
+                            f"{p.request.min_version} for the whole wait{waited_for}")
+                for p in expired]
+
+    def _describe_wait(self) -> str:
+        """The algorithm's account of what a waiting pull waits for, as a suffix of its error."""
+        describe = self.algorithm.describe_wait
+        if describe is None:
+            return ""
+        try:
+            return f"; {describe(self.state, self.params)}"
+        except Exception:  # a plugin's bug must not cost the worker its deadline error
+            logger.exception("shard %d: `describe_wait` of %s failed", self.config.shard, self.algorithm.name)
+            return ""
 
     def stats(self) -> dict[str, Any]:
         """Counters, connected workers and their staleness, as sent in a `stats` reply."""
@@ -379,7 +392,7 @@ class ShardCore:
         slot = None if request.args.get("role") == "observer" else self._slot(request)
         if request.min_version is not None and self.version < request.min_version:
             wait = MAX_WAIT_SECONDS if request.wait is None else request.wait
-            limit = getattr(self.params, "round_timeout", None)
+            limit = self.algorithm.pull_wait(self.params)
             if limit is not None:
                 wait = min(wait, float(limit))
             self._parked.append(_Parked(peer, request, self._clock() + wait))
@@ -443,7 +456,7 @@ class ShardCore:
             raise ProtocolError("bad_base", f"`base` must be ≤ the shard version {self.version}. "
                                 f"Received: base={request.base}")
         report = _check_report(request.args.get("report", {}))
-        if self.algorithm.server_update is add_delta:
+        if self.algorithm.additive:
             # θ̃ + Δ is elementwise: it is computed frame by frame into a free buffer, each block
             # checked while in cache, and becomes the center only if all of it is finite. No joined
             # copy, no separate validation pass, the live center is never written (so in-flight
@@ -533,10 +546,10 @@ class ShardCore:
         self.write_checkpoint(path)
         return [self._reply(peer, request, path=path)]
 
-    def checkpoint_due(self, every: float | None) -> bool:
-        """Whether a periodic checkpoint is due (every ``every`` seconds; None: never)."""
-        return (every is not None and self.config.checkpoint_path is not None
-                and self._clock() - self.last_checkpoint >= every)
+    def checkpoint_due(self) -> bool:
+        """Whether a periodic checkpoint is due (every ``config.checkpoint_every`` seconds)."""
+        every = self.config.checkpoint_every
+        return every is not None and self._clock() - self.last_checkpoint >= every
 
     def _shutdown(self, peer: bytes, request: Request, frames: Sequence[Frame]) -> list[Outgoing]:
         self.stopping = True
@@ -546,7 +559,7 @@ class ShardCore:
 
     def write_checkpoint(self, path: str | None = None) -> str:
         """Writes the slice, its range, the version, the algorithm's shard state, the quorum and
-        the workers' last progress reports to ``path`` atomically (temp file, fsync, rename).
+        the workers' last progress reports to ``path`` atomically (:func:`zdk.ps.checkpoint.write`).
 
         Returns:
             the path written (the configured checkpoint path when ``path`` is None).
@@ -555,29 +568,17 @@ class ShardCore:
         if path is None:
             raise ConfigError("`checkpoint_dir` must be set to write checkpoints. Received: checkpoint_dir=None",
                               field="checkpoint_dir")
-        directory = os.path.dirname(path) or "."
-        os.makedirs(directory, exist_ok=True)
         start, stop = self.config.range
         arrays: dict[str, np.ndarray] = {}
         meta = {"algorithm": self.algorithm.name, "quorum": self.state.quorum,
                 "state": snapshot.pack(self.state.state, arrays),
                 "progress": {str(w): {**slot.report, "active": float(slot.active)}
                              for w, slot in self.state.workers.items() if slot.report}}
-        meta_bytes = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        fd, tmp = tempfile.mkstemp(prefix=".shard-", suffix=".npz.tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                entries: dict[str, Any] = {f"state_{k}": v for k, v in arrays.items()}
-                entries.update(center=self.center, version=np.array([self.version], dtype=np.uint64),
-                               range=np.array([start, stop, self.config.total_size], dtype=np.int64), meta=meta_bytes)
-                np.savez(fh, **entries)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        entries = {f"state_{k}": v for k, v in arrays.items()}
+        entries.update(center=self.center, version=np.array([self.version], dtype=np.uint64),
+                       range=np.array([start, stop, self.config.total_size], dtype=np.int64),
+                       meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+        checkpoint.write(path, entries)
         self.last_checkpoint = self._clock()
         return path
 
@@ -585,25 +586,25 @@ class ShardCore:
         path = self.config.checkpoint_path
         if path is None or not os.path.exists(path):
             return
-        with np.load(path, allow_pickle=False) as data:
-            saved_range = [int(x) for x in data["range"]]
-            start, stop = self.config.range
-            if saved_range != [start, stop, self.config.total_size]:
-                raise ConfigError(
-                    f"checkpoint {path} holds range {saved_range[:2]} of {saved_range[2]}; this shard is "
-                    f"[{start}, {stop}) of {self.config.total_size}"
-                )
-            meta = json.loads(bytes(data["meta"]).decode()) if "meta" in data.files else {}
-            if meta.get("algorithm", self.algorithm.name) != self.algorithm.name:
-                raise ConfigError(f"checkpoint {path} was written by algorithm {meta['algorithm']!r}; this shard "
-                                  f"runs {self.algorithm.name!r}")
-            np.copyto(self.state.center, data["center"])
-            self.state.version = int(data["version"][0])
-            if "state" in meta:
-                arrays = {k[len("state_"):]: data[k] for k in data.files if k.startswith("state_")}
-                self.state.state = snapshot.unpack(meta["state"], arrays)
-            self.state.quorum = meta.get("quorum")
-            self.restored_progress = {int(w): r for w, r in meta.get("progress", {}).items()}
+        data = checkpoint.read(path)
+        saved_range = [int(x) for x in data["range"]]
+        start, stop = self.config.range
+        if saved_range != [start, stop, self.config.total_size]:
+            raise ConfigError(
+                f"checkpoint {path} holds range {saved_range[:2]} of {saved_range[2]}; this shard is "
+                f"[{start}, {stop}) of {self.config.total_size}"
+            )
+        meta = json.loads(bytes(data["meta"]).decode()) if "meta" in data else {}
+        if meta.get("algorithm", self.algorithm.name) != self.algorithm.name:
+            raise ConfigError(f"checkpoint {path} was written by algorithm {meta['algorithm']!r}; this shard "
+                              f"runs {self.algorithm.name!r}")
+        np.copyto(self.state.center, data["center"])
+        self.state.version = int(data["version"][0])
+        if "state" in meta:
+            arrays = {k[len("state_"):]: v for k, v in data.items() if k.startswith("state_")}
+            self.state.state = snapshot.unpack(meta["state"], arrays)
+        self.state.quorum = meta.get("quorum")
+        self.restored_progress = {int(w): r for w, r in meta.get("progress", {}).items()}
         self.restored_from = path
         logger.info("shard %d: restored version %d from %s", self.config.shard, self.version, path)
 

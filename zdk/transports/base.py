@@ -1,6 +1,8 @@
 """The transport interface, after ps-lite's "van": bind or connect, send, receive, close.
 
-A transport moves a header frame plus data frames; it knows nothing of their meaning.
+A transport moves a header frame plus data frames; it knows nothing of their meaning. A
+server binds one :class:`ServerTransport`; a client gets one :class:`ClientTransport` per
+server from a :class:`ClientConnector`, which also waits on several of them at once.
 """
 
 from __future__ import annotations
@@ -53,3 +55,16 @@ class ClientTransport(Protocol):
         """Drops the remaining frames of the current message; returns how many."""
 
     def close(self) -> None: ...
+
+
+class ClientConnector(Protocol):
+    """Opens a client's links, and waits on several of them at once."""
+
+    def connect(self, endpoint: str) -> ClientTransport:
+        """A new link to ``endpoint``, sharing nothing with earlier ones (a resend opens a fresh
+        link, so whatever an old one still had queued is dropped with it)."""
+
+    def wait(self, links: Sequence[ClientTransport], timeout: float) -> list[int]:
+        """The indices in ``links`` of the links with a message ready, waiting up to ``timeout``
+        seconds for the first; ``[]`` when none is ready by then. ``links`` come from
+        :meth:`connect` of this connector."""

@@ -1,4 +1,5 @@
-"""ZeroMQ transports: an asyncio ROUTER for shards and a blocking DEALER for workers.
+"""ZeroMQ transports: an asyncio ROUTER for shards, and blocking DEALERs for workers that a
+:class:`ZmqConnector` opens and polls together.
 
 Both sockets bound their queues (high-water marks count messages), use linger 0 and
 cap inbound frame sizes with MAXMSGSIZE; the ROUTER sets ROUTER_MANDATORY so a
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import Any, Sequence
 
 import zmq
@@ -18,7 +20,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from zdk.errors import ConfigError, DeadlineExceeded
 from zdk.transports.curve import AllowedKeys, CurveKeys, ServerCurve
-from zdk.transports.base import Buffer
+from zdk.transports.base import Buffer, ClientTransport
 
 logger = logging.getLogger(__name__)
 
@@ -197,3 +199,35 @@ class ZmqDealerTransport:
 
     def close(self) -> None:
         self._socket.close(linger=0)
+
+
+class ZmqConnector:
+    """Opens :class:`ZmqDealerTransport` links and waits on several with one ``zmq.Poller``.
+
+    Args:
+        max_message_bytes: frames larger than this are refused by ZeroMQ.
+        context: a ``zmq.Context``; the process-wide one when omitted.
+        curve: talk CURVE with these keys (the shards must require it).
+    """
+
+    def __init__(self, *, max_message_bytes: int, context: zmq.Context | None = None,
+                 curve: CurveKeys | None = None) -> None:
+        self.max_message_bytes = max_message_bytes
+        self._context = context
+        self._curve = curve
+
+    def connect(self, endpoint: str) -> ZmqDealerTransport:
+        return ZmqDealerTransport(endpoint, max_message_bytes=self.max_message_bytes, context=self._context,
+                                  curve=self._curve)
+
+    def wait(self, links: Sequence[ClientTransport], timeout: float) -> list[int]:
+        poller = zmq.Poller()
+        index: dict[zmq.Socket, int] = {}
+        for i, link in enumerate(links):
+            if not isinstance(link, ZmqDealerTransport):
+                raise TypeError(f"ZmqConnector.wait takes the links it connected. Received: {link!r}")
+            poller.register(link.socket, zmq.POLLIN)
+            index[link.socket] = i
+        # Rounded up, so a wait of a fraction of a millisecond does not become a busy poll.
+        ready = poller.poll(max(0, math.ceil(timeout * 1000)))
+        return sorted(index[sock] for sock, _ in ready)
