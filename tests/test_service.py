@@ -17,7 +17,7 @@ import requests
 
 from conftest import digits_mlp, poll_until
 from zdk.errors import ConfigError
-from zdk.service.spec import JobSpec
+from zdk.jobs.spec import JobSpec
 
 pytestmark = pytest.mark.spark
 
@@ -125,21 +125,22 @@ def test_tokens_are_stored_hashed_and_revocable(tmp_path):
 
 def test_a_job_running_when_the_server_died_is_marked_interrupted(tmp_path):
     from zdk.service.build import Policy
-    from zdk.service.runner import JobRunner
+    from zdk.service.cluster import Cluster
+    from zdk.service.scheduler import Scheduler
     from zdk.service.store import Store
 
     store = Store(str(tmp_path / "zdk.db"))
     job = store.add_job(owner="alice", name="x", spec=base_spec(), directory=str(tmp_path), job_id="j1")
     store.transition(job.id, ("queued",), "running", progress={"steps": 12})
-    runner = JobRunner(store, spark=lambda: None, policy=Policy())
-    runner.start()
+    scheduler = Scheduler(store, cluster=Cluster(lambda: None), policy=Policy())
+    scheduler.start()
     try:
         after = store.job("j1")
         assert after is not None and after.state == "interrupted"
         assert "at step 12" in str(after.error) and "first checkpoint" in str(after.error)
         assert after.finished is not None
     finally:
-        runner.stop()
+        scheduler.stop()
         store.close()
 
 
@@ -361,21 +362,23 @@ def test_a_restart_keeps_finished_jobs_runs_queued_ones_and_resumes_running_ones
 
 
 def test_a_job_with_a_checkpoint_is_requeued_to_resume(tmp_path):
+    from zdk.service.artifacts import JobFolder
     from zdk.service.build import Policy
-    from zdk.service.runner import JobRunner, checkpoint_dir
+    from zdk.service.cluster import Cluster
+    from zdk.service.scheduler import Scheduler
     from zdk.service.store import Store
 
     store = Store(str(tmp_path / "zdk.db"))
     job = store.add_job(owner="alice", name="x", spec=base_spec(num_shards=2), directory=str(tmp_path), job_id="j2")
     store.transition(job.id, ("queued",), "running")
-    os.makedirs(checkpoint_dir(job))
+    os.makedirs(JobFolder(directory=job.directory).checkpoints)
     (tmp_path / "checkpoints" / "shard-000-of-002.npz").write_bytes(b"")
-    runner = JobRunner(store, spark=lambda: None, policy=Policy(), max_jobs=1)
-    runner.recover()
+    scheduler = Scheduler(store, cluster=Cluster(lambda: None), policy=Policy(), max_jobs=1)
+    scheduler.recover()
     assert store.job("j2").state == "interrupted"  # one shard of two has a checkpoint: cannot resume
     store.transition("j2", ("interrupted",), "running")
     (tmp_path / "checkpoints" / "shard-001-of-002.npz").write_bytes(b"")
-    runner.recover()
+    scheduler.recover()
     after = store.job("j2")
     assert after.state == "queued" and after.resumes == 1
     store.close()

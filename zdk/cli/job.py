@@ -20,12 +20,14 @@ def _client(args: argparse.Namespace) -> Any:
     from zdk.jobs import JobClient
 
     if not args.token:
-        raise ConfigError("`--token` is required (or set ZDK_TOKEN)")
+        raise ConfigError("`--token` is required (or set ZDK_TOKEN)", field="token")
     verify: bool | str = args.ca_cert if args.ca_cert else True
     return JobClient(args.url, args.token, verify=verify)
 
 
 def _job_submit(args: argparse.Namespace) -> int:
+    from zdk.jobs.states import FINISHED
+
     with open(args.spec, "rb") as fh:
         spec = json.loads(fh.read())
     with open(args.model, "rb") as fh:
@@ -37,7 +39,7 @@ def _job_submit(args: argparse.Namespace) -> int:
         job = client.wait(job["id"])
         print(f"zdk job {job['id']}: {job['state']}" + (f": {job['error']}" if job.get("error") else ""),
               file=sys.stderr)
-        return 0 if job["state"] == "finished" else 1
+        return 0 if job["state"] == FINISHED else 1
     return 0
 
 

@@ -35,7 +35,7 @@ def _serve(args: argparse.Namespace) -> int:
         os.makedirs(policy.data_roots[0], exist_ok=True)
     with JobServer(config) as server:
         # Spark starts in the background now, so the first submission does not wait for it.
-        threading.Thread(target=server.runner.warm, name="zdk-serve-spark", daemon=True).start()
+        threading.Thread(target=server.cluster.warm, name="zdk-serve-spark", daemon=True).start()
         print(f"zdk serve: listening on {server.url}; state in {args.state_dir}; data roots: "
               f"{', '.join(policy.data_roots)}", flush=True)
         if not server.url.startswith("https") and args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -49,10 +49,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _store(args: argparse.Namespace) -> Any:
+    from zdk.service.artifacts import StateDir
     from zdk.service.store import Store
 
     os.makedirs(args.state_dir, exist_ok=True)
-    return Store(os.path.join(args.state_dir, "zdk.db"))
+    return Store(StateDir(directory=args.state_dir).database)
 
 
 def _token_create(args: argparse.Namespace) -> int:
@@ -86,7 +87,6 @@ def _token_list(args: argparse.Namespace) -> int:
         store.close()
     print_table(("id", "user", "created", "revoked"), rows)
     return 0
-
 
 
 def add_parser(commands: Any) -> None:

@@ -1,4 +1,4 @@
-"""Turns a :class:`~zdk.service.spec.JobSpec` and a ``.keras`` file into a trainer and a
+"""Turns a :class:`~zdk.jobs.spec.JobSpec` and a ``.keras`` file into a trainer and a
 DataFrame, with the trainers' and transformers' own validation.
 
 Nothing the client sends is executed: the model loads with Keras's ``safe_mode`` (no lambda
@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import io
 import logging
 import os
 import posixpath
 import zipfile
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-from zdk import trainers, transformers
+from zdk import algorithms, trainers, transformers
 from zdk.errors import ConfigError, TooLarge, ZdkError
-from zdk.service.spec import DataSource, JobSpec
+from zdk.jobs.spec import SERVER_MANAGED, DataSource, JobSpec
 
 logger = logging.getLogger(__name__)
+
+#: Seconds between a running job's shard checkpoints, from which it resumes after a server restart.
+CHECKPOINT_EVERY = 10.0
 
 TRANSFORMERS: dict[str, type] = {cls.__name__: cls for cls in (
     transformers.MinMaxTransformer, transformers.BinaryLabelTransformer, transformers.StandardTransformer,
@@ -28,7 +32,7 @@ TRANSFORMERS: dict[str, type] = {cls.__name__: cls for cls in (
     transformers.LabelIndexTransformer)}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Policy:
     """What the operator allows.
 
@@ -109,8 +113,6 @@ def check_model_file(data: bytes, policy: Policy) -> None:
     if len(data) > policy.max_model_bytes:
         raise TooLarge(f"`model` must be at most {policy.max_model_bytes} bytes. Received: {len(data)} bytes",
                        field="model")
-    import io
-
     if not zipfile.is_zipfile(io.BytesIO(data)):
         raise ConfigError("`model` must be a .keras file (a zip archive from model.save('m.keras')). "
                           f"Received: {len(data)} bytes that are not a zip archive", field="model")
@@ -132,8 +134,46 @@ def load_model(path: str) -> Any:
                           f"{str(exc).splitlines()[0] if str(exc) else ''}", field="model") from None
 
 
-def make_trainer(spec: JobSpec, model: Any, policy: Policy) -> Any:
-    """The trainer the spec names, built by its own constructor (its errors name the argument)."""
+def server_arguments(spec: JobSpec, *, checkpoint_dir: str) -> dict[str, Any]:
+    """The trainer arguments the server decides for the job (of ``SERVER_MANAGED``).
+
+    No progress bar (the dashboard shows progress). With a parameter server, its shards
+    checkpoint into ``checkpoint_dir`` every ``CHECKPOINT_EVERY`` seconds, so that a server
+    restart resumes the job; trainers without one refuse a checkpoint directory.
+    """
+    server: dict[str, Any] = {"progress": False}
+    if _uses_ps(spec):
+        server.update(checkpoint_dir=checkpoint_dir, checkpoint_every=CHECKPOINT_EVERY)
+    return server
+
+
+def _uses_ps(spec: JobSpec) -> bool:
+    """Whether the spec's algorithm has a parameter server: its ``algorithm`` argument, else its
+    trainer class's. False when neither names a registered algorithm, which the trainer's
+    constructor then refuses with its own message."""
+    cls = trainers.TRAINERS.get(spec.trainer)
+    name = spec.arguments.get("algorithm")
+    if name is None and cls is not None:
+        name = cls.default_algorithm
+    try:
+        return algorithms.get(name).uses_ps if isinstance(name, str) else False
+    except ZdkError:
+        return False
+
+
+def make_trainer(spec: JobSpec, model: Any, policy: Policy, *, server: Mapping[str, Any]) -> Any:
+    """The trainer the spec names, built by its own constructor (its errors name the argument).
+
+    Args:
+        spec: the job; its arguments hold none of ``SERVER_MANAGED`` (the spec refuses them).
+        model: the submitted Keras model.
+        policy: the custom modules the job may name.
+        server: the server's own arguments (:func:`server_arguments`), merged after the spec's.
+    """
+    unknown = sorted(set(server) - set(SERVER_MANAGED))
+    if unknown:
+        raise ValueError(f"`server` may hold only server-managed arguments ({', '.join(SERVER_MANAGED)}). "
+                         f"Received: {unknown}")
     cls = trainers.TRAINERS.get(spec.trainer)
     if cls is None:
         raise ConfigError(f"`trainer.class` must be one of {', '.join(trainers.TRAINERS)}. Received: "
@@ -151,7 +191,7 @@ def make_trainer(spec: JobSpec, model: Any, policy: Policy) -> Any:
         arguments["metrics"] = [_keras_object("metrics", m, "trainer.arguments.metrics") if isinstance(m, dict)
                                 else m for m in arguments["metrics"]]
     try:
-        trainer = cls(model, progress=False, **arguments)
+        trainer = cls(model, **arguments, **server)
     except (ZdkError, TypeError, ValueError) as exc:
         raise ConfigError(f"`trainer.arguments` refused by {spec.trainer}: {exc}", field="trainer.arguments") from None
     if trainer.num_workers > spec.slots:

@@ -18,13 +18,8 @@ import uuid
 from typing import Any
 
 from zdk.errors import ConfigError
+from zdk.jobs.states import QUEUED
 
-#: Job states. ``queued`` → ``running`` → one of the final ones; ``interrupted``: the server
-#: stopped while the job ran and it cannot resume (no complete checkpoint); one that can goes
-#: back to ``queued`` with ``resumes`` incremented.
-QUEUED, RUNNING, FINISHED, FAILED, CANCELLED, INTERRUPTED = (
-    "queued", "running", "finished", "failed", "cancelled", "interrupted")
-FINAL = (FINISHED, FAILED, CANCELLED, INTERRUPTED)
 TOKEN_PREFIX = "zdk_"
 
 _SCHEMA = """
@@ -45,6 +40,9 @@ CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner, created);
 
 @dataclasses.dataclass(frozen=True)
 class JobRecord:
+    """A job as recorded: its spec as submitted, its state (:mod:`zdk.jobs.states`), its
+    progress, and the paths of its artifacts once written."""
+
     id: str
     owner: str
     name: str
@@ -117,7 +115,8 @@ class Store:
     def revoke(self, *, user: str | None = None, token: str | None = None) -> int:
         """Revokes every token of ``user``, or the one ``token``; returns how many were revoked."""
         if (user is None) == (token is None):
-            raise ConfigError("give exactly one of `user` or `token` to revoke")
+            raise ConfigError(f"give exactly one of `user` or `token` to revoke. Received: user={user!r}, "
+                              f"token={'<a token>' if token is not None else None}", field="user")
         if user is not None:
             return self._run("UPDATE tokens SET revoked = ? WHERE user = ? AND revoked IS NULL", (time.time(), user))
         return self._run("UPDATE tokens SET revoked = ? WHERE hash = ? AND revoked IS NULL",

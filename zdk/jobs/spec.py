@@ -1,8 +1,10 @@
 """The job spec: what a client sends with its ``.keras`` model, as a frozen value.
 
-Only the shape is checked here (no Spark, no Keras): names are strings, arguments are JSON
-objects, sizes are positive integers. What the names mean is checked by
-:mod:`zdk.service.build` with the trainers' and transformers' own constructors.
+Client and server share it: :class:`zdk.jobs.Job` builds one from a trainer, and the server
+parses each submission with :meth:`JobSpec.from_json`. Only the shape is checked here (no
+Spark, no Keras): names are strings, arguments are JSON objects, sizes are positive integers.
+What the names mean is checked by the job server with the trainers' and transformers' own
+constructors.
 
 Schema (JSON)::
 
@@ -23,24 +25,25 @@ import dataclasses
 import json
 from typing import Any
 
-from zdk.errors import ConfigError, TooLarge
+from zdk.errors import ConfigError
 
 #: Trainer arguments the server decides: a client naming one gets a 400 naming it.
 SERVER_MANAGED = ("parameter_server", "curve_keys", "checkpoint_dir", "checkpoint_every", "progress", "ps_host",
                   "master_port", "security")
+#: ``DataSource.format`` values: files at a path, or a catalog table.
 FORMATS = ("parquet", "csv", "table")
 MAX_NAME = 200
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Stage:
     """A transformer stage: a ``zdk.transformers`` class name and its keyword arguments."""
 
     cls: str
-    arguments: dict[str, Any]
+    arguments: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class DataSource:
     """Parquet or CSV (with a header row) at ``path``, or the catalog table ``path`` when
     ``format`` is ``"table"``."""
@@ -48,31 +51,74 @@ class DataSource:
     format: str
     path: str
 
+    @property
+    def field(self) -> str:
+        """The spec field that names this source: ``data.table`` or ``data.path``."""
+        return "data.table" if self.format == "table" else "data.path"
 
-@dataclasses.dataclass(frozen=True)
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class JobSpec:
     """A training job, as submitted.
 
     ``num_executors × num_processes`` task slots are reserved for the job while it runs (the
     seed's Punchcard asked YARN for that many); the trainer's workers must fit in them.
+
+    Args:
+        name: shown in listings and the dashboard; 1 to ``MAX_NAME`` characters.
+        trainer: a ``zdk.trainers`` class name.
+        arguments: the trainer's keyword arguments as JSON values, none of ``SERVER_MANAGED``.
+        data: where the training data is.
+        transformers: stages applied to the data, in order, before training.
+        num_executors, num_processes: the job's task slots are their product.
+        shuffle: ``train(df, shuffle=True)``.
+
+    Raises:
+        ConfigError: naming the spec field (``name``, ``trainer.arguments.progress``,
+            ``resources.num_executors`` …) of the first wrong value.
     """
 
     name: str
     trainer: str
-    arguments: dict[str, Any]
+    arguments: dict[str, Any] = dataclasses.field(default_factory=dict)
     data: DataSource
     transformers: tuple[Stage, ...] = ()
     num_executors: int = 1
     num_processes: int = 1
     shuffle: bool = False
 
+    def __post_init__(self) -> None:
+        _string(self.name, "name")
+        if len(self.name) > MAX_NAME:
+            raise ConfigError(f"`name` must have at most {MAX_NAME} characters. Received: {len(self.name)} "
+                              f"characters", field="name")
+        _string(self.trainer, "trainer.class")
+        _object(self.arguments, "trainer.arguments")
+        for key in SERVER_MANAGED:
+            if key in self.arguments:
+                raise ConfigError(f"`trainer.arguments.{key}` is set by the job server; remove it. "
+                                  f"Received: {key}={self.arguments[key]!r}", field=f"trainer.arguments.{key}")
+        if self.data.format not in FORMATS:
+            raise ConfigError(f"`data.format` must be 'parquet' or 'csv' (or give `data.table`). Received: "
+                              f"data.format={_short(self.data.format)}", field="data.format")
+        _string(self.data.path, self.data.field)
+        for k, stage in enumerate(self.transformers):
+            _string(stage.cls, f"transformers[{k}].class")
+            _object(stage.arguments, f"transformers[{k}].arguments")
+        _count(self.num_executors, "resources.num_executors")
+        _count(self.num_processes, "resources.num_processes")
+        if not isinstance(self.shuffle, bool):
+            raise ConfigError(f"`shuffle` must be true or false. Received: shuffle={_short(self.shuffle)}",
+                              field="shuffle")
+
     @property
     def slots(self) -> int:
         return self.num_executors * self.num_processes
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "trainer": {"class": self.trainer, "arguments": self.arguments},
-                "data": {"format": self.data.format, "path": self.data.path},
+        data = ({"table": self.data.path} if self.data.format == "table"
+                else {"format": self.data.format, "path": self.data.path})
+        return {"name": self.name, "trainer": {"class": self.trainer, "arguments": self.arguments}, "data": data,
                 "transformers": [{"class": s.cls, "arguments": s.arguments} for s in self.transformers],
                 "resources": {"num_executors": self.num_executors, "num_processes": self.num_processes},
                 "shuffle": self.shuffle}
@@ -90,50 +136,36 @@ class JobSpec:
 
     @classmethod
     def from_dict(cls, value: Any) -> "JobSpec":
-        """Checks the shape of a decoded spec; the error names the first wrong field."""
+        """Checks the structure of a decoded spec (objects, known keys), then builds it; the
+        error names the first wrong field."""
         spec = _object(value, "spec")
         _known(spec, "spec", ("name", "trainer", "data", "transformers", "resources", "shuffle"))
         name = _string(spec.get("name"), "name")
-        if len(name) > MAX_NAME:
-            raise ConfigError(f"`name` must have at most {MAX_NAME} characters. Received: {len(name)} characters",
-                              field="name")
         trainer = _object(spec.get("trainer"), "trainer")
         _known(trainer, "trainer", ("class", "arguments"))
         arguments = _object(trainer.get("arguments", {}), "trainer.arguments")
-        for key in SERVER_MANAGED:
-            if key in arguments:
-                raise ConfigError(f"`trainer.arguments.{key}` is set by the job server; remove it. "
-                                  f"Received: {key}={arguments[key]!r}", field=f"trainer.arguments.{key}")
         data = _object(spec.get("data"), "data")
         _known(data, "data", ("format", "path", "table"))
         if "table" in data:
-            source = DataSource("table", _string(data["table"], "data.table"))
+            source = DataSource(format="table", path=_string(data["table"], "data.table"))
         else:
-            fmt = _string(data.get("format", "parquet"), "data.format")
-            if fmt not in FORMATS[:2]:
-                raise ConfigError(f"`data.format` must be 'parquet' or 'csv' (or give `data.table`). Received: "
-                                  f"data.format={fmt!r}", field="data.format")
-            source = DataSource(fmt, _string(data.get("path"), "data.path"))
+            source = DataSource(format=data.get("format", "parquet"), path=_string(data.get("path"), "data.path"))
         stages = spec.get("transformers", [])
         if not isinstance(stages, list):
-            raise ConfigError(f"`transformers` must be a list. Received: transformers={stages!r}", field="transformers")
+            raise ConfigError(f"`transformers` must be a list. Received: transformers={_short(stages)}",
+                              field="transformers")
         parsed = []
         for k, stage in enumerate(stages):
             where = f"transformers[{k}]"
             stage = _object(stage, where)
             _known(stage, where, ("class", "arguments"))
-            parsed.append(Stage(_string(stage.get("class"), f"{where}.class"),
-                                _object(stage.get("arguments", {}), f"{where}.arguments")))
+            parsed.append(Stage(cls=_string(stage.get("class"), f"{where}.class"),
+                                arguments=_object(stage.get("arguments", {}), f"{where}.arguments")))
         resources = _object(spec.get("resources", {}), "resources")
         _known(resources, "resources", ("num_executors", "num_processes"))
-        shuffle = spec.get("shuffle", False)
-        if not isinstance(shuffle, bool):
-            raise ConfigError(f"`shuffle` must be true or false. Received: shuffle={shuffle!r}", field="shuffle")
         return cls(name=name, trainer=_string(trainer.get("class"), "trainer.class"), arguments=arguments,
-                   data=source, transformers=tuple(parsed),
-                   num_executors=_count(resources.get("num_executors", 1), "resources.num_executors"),
-                   num_processes=_count(resources.get("num_processes", 1), "resources.num_processes"),
-                   shuffle=shuffle)
+                   data=source, transformers=tuple(parsed), num_executors=resources.get("num_executors", 1),
+                   num_processes=resources.get("num_processes", 1), shuffle=spec.get("shuffle", False))
 
 
 def _object(value: Any, field: str) -> dict[str, Any]:
@@ -162,5 +194,8 @@ def _known(value: dict[str, Any], field: str, keys: tuple[str, ...]) -> None:
 
 
 def _short(value: Any) -> str:
-    text = json.dumps(value) if not isinstance(value, (bytes, bytearray)) else "<bytes>"
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):  # a Python object given to the constructor, not decoded JSON
+        text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."

@@ -1,0 +1,170 @@
+"""One job's run, on its own thread: build the trainer from the job's files, train, save the
+artifacts, record the outcome.
+
+``trainer.train`` blocks, so each running job has a thread; it has its own Spark job group
+(set by the trainer, so :meth:`Execution.cancel` stops its tasks) and its own shards (stopped
+when ``train`` returns or raises). Progress snapshots go to the job's record about once a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any, Callable
+
+from zdk.errors import JobCancelled, ZdkError
+from zdk.jobs.spec import JobSpec
+from zdk.jobs.states import CANCELLED, FAILED, FINAL, FINISHED, INTERRUPTED, QUEUED, RUNNING
+from zdk.service import build
+from zdk.service.artifacts import JobFolder
+from zdk.service.cluster import Cluster
+from zdk.service.progress import LiveProgress, final_progress
+from zdk.service.store import JobRecord, Store
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between writes of a running job's progress to its record.
+PROGRESS_WRITE_EVERY = 1.0
+
+
+def resumable(job: JobRecord) -> bool:
+    """Whether every shard of the job left a checkpoint to resume from."""
+    return JobFolder(directory=job.directory).resumable(job.spec["trainer"]["arguments"].get("num_shards", 1))
+
+
+class Execution:
+    """A job's run. :meth:`start` it once; it records its outcome, then calls ``on_end``.
+
+    Args:
+        job: the job's record, just moved to ``running``.
+        store: where the outcome and the progress go.
+        cluster: the Spark the job runs on.
+        policy: what the job may read and import.
+        on_end: called with the job's id when the run has ended and its outcome is recorded.
+    """
+
+    def __init__(self, job: JobRecord, *, store: Store, cluster: Cluster, policy: build.Policy,
+                 on_end: Callable[[str], None]) -> None:
+        self.job = job
+        self.spec = JobSpec.from_dict(job.spec)
+        self.folder = JobFolder(directory=job.directory)
+        self.progress = LiveProgress()
+        self.thread = threading.Thread(target=self._main, name=f"zdk-job-{job.id}", daemon=True)
+        self._store = store
+        self._cluster = cluster
+        self._policy = policy
+        self._on_end = on_end
+        self._trainer: Any = None
+        self._cancelled = threading.Event()
+        self._by_owner = False
+        self._stopping = False
+        self._written = 0.0
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def cancel(self) -> None:
+        """Stops the run at its owner's request: the job ends ``cancelled``."""
+        self._by_owner = True
+        self._interrupt()
+
+    def stop(self) -> None:
+        """Stops the run because the server stops: the job goes back to the queue when its
+        shards left a checkpoint (they write one as they stop), else ends ``interrupted``."""
+        self._stopping = True
+        self._interrupt()
+
+    def _interrupt(self) -> None:
+        self._cancelled.set()
+        trainer = self._trainer
+        if trainer is not None:
+            trainer.cancel()
+
+    def _main(self) -> None:
+        try:
+            handler = _job_log(self.folder.log, self.thread)
+            logging.getLogger("zdk").addHandler(handler)
+            try:
+                fields = self._outcome()
+            finally:
+                logging.getLogger("zdk").removeHandler(handler)
+                handler.close()
+            state = fields.pop("state")
+            fields["progress"] = {**self.progress.view(), **fields.get("progress", {})}
+            if state in FINAL:
+                fields["finished"] = time.time()
+            self._store.transition(self.job.id, (RUNNING,), state, log_path=handler.baseFilename, **fields)
+        except Exception:  # the record could not be written: the server's log keeps why
+            logger.exception("job %s: recording its outcome failed", self.job.id)
+        finally:
+            self._on_end(self.job.id)
+
+    def _outcome(self) -> dict[str, Any]:
+        """Runs the job; returns its new state and the record's fields that go with it."""
+        job = self.job
+        try:
+            logger.info("job %s (%s) of %s started", job.id, job.name, job.owner)
+            fields = {"state": FINISHED, **self._train()}
+            logger.info("job %s finished", job.id)
+        except JobCancelled:
+            fields = self._cancelled_outcome()
+            logger.info("job %s %s", job.id, fields["state"])
+        except ZdkError as exc:
+            fields = {"state": FAILED, "error": str(exc)}
+            logger.error("job %s failed: %s", job.id, exc)
+            report = getattr(exc, "report", None)
+            if report and os.path.exists(report):
+                # The report lives on the server's disk; the job's log is what its owner can read.
+                self.folder.append_to_log("Spark's full report", report)
+        except Exception as exc:  # anything else is a bug in zdk or Spark: recorded with its traceback
+            fields = {"state": FAILED, "error": f"{type(exc).__name__}: {exc}"}
+            logger.exception("job %s failed", job.id)
+        return fields
+
+    def _cancelled_outcome(self) -> dict[str, Any]:
+        if self._by_owner or not self._stopping:
+            return {"state": CANCELLED, "error": "cancelled by its owner"}
+        if resumable(self.job):
+            return {"state": QUEUED, "resumes": self.job.resumes + 1, "started": None}
+        return {"state": INTERRUPTED, "error": "the server stopped while this job was running, before its first "
+                                               "checkpoint; submit it again"}
+
+    def _train(self) -> dict[str, Any]:
+        spec, folder, job = self.spec, self.folder, self.job
+        server = build.server_arguments(spec, checkpoint_dir=folder.checkpoints)
+        self._trainer = trainer = build.make_trainer(spec, build.load_model(folder.submitted_model), self._policy,
+                                                     server=server)
+        if self._cancelled.is_set():
+            raise JobCancelled("cancelled before training started")
+        stages = build.make_stages(spec)
+        data = build.prepare(build.read_data(self._cluster.spark(), spec.data, self._policy), stages, trainer)
+        resume = "checkpoint_dir" in server and job.resumes > 0 and resumable(job)
+        if resume:
+            logger.info("job %s resumes from its checkpoint (resume %d)", job.id, job.resumes)
+        result = trainer.train(data, shuffle=spec.shuffle, resume=resume, on_progress=self._on_progress)
+        models = result if isinstance(result, list) else [result]
+        paths = folder.save_models(models)
+        history_path = folder.write_history(trainer.history)
+        folder.drop_checkpoints()
+        return {"model_path": paths[0], "history_path": history_path,
+                "progress": final_progress(trainer.history, num_epoch=trainer.num_epoch,
+                                           batch_size=trainer.batch_size, training_time=trainer.training_time,
+                                           timings=trainer.timings, members=len(models))}
+
+    def _on_progress(self, snapshot: dict[str, Any]) -> None:
+        self.progress.add(snapshot)
+        now = time.monotonic()
+        if now - self._written >= PROGRESS_WRITE_EVERY:
+            self._written = now
+            self._store.update(self.job.id, progress=self.progress.view())
+
+
+def _job_log(path: str, thread: threading.Thread) -> logging.FileHandler:
+    """A log file for the job, fed by zdk's loggers from the job's own thread."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(lambda record: record.thread == thread.ident)
+    handler.setLevel(logging.INFO)
+    return handler
