@@ -20,11 +20,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def kill_worker_when(trainer, step: int, killed: dict) -> None:
     from zdk.ps.client import PSClient
+    from zdk.ps.protocol import OBSERVER_TOOL
 
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not trainer.endpoints:
         time.sleep(0.1)
-    with PSClient(trainer.endpoints, worker_id=2**32 - 5, timeout=10) as client:
+    with PSClient(trainer.endpoints, worker_id=OBSERVER_TOOL, timeout=10) as client:
         client.hello(register=False)
         while time.monotonic() < deadline:
             report = client.stats()[0]["workers"].get("0", {}).get("report", {})
@@ -39,12 +40,13 @@ def probe_without_keys(trainer, result: dict) -> None:
     """Connects to the job's shards without its CURVE keys, as an intruder on the network would."""
     from zdk.errors import DeadlineExceeded
     from zdk.ps.client import PSClient
+    from zdk.ps.protocol import OBSERVER_TOOL
 
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not trainer.endpoints:
         time.sleep(0.1)
     try:
-        with PSClient(trainer.endpoints, worker_id=2**32 - 6, timeout=3.0, tries=1) as client:
+        with PSClient(trainer.endpoints, worker_id=OBSERVER_TOOL, timeout=3.0, tries=1) as client:
             client.hello(register=False)
         result["probe"] = "answered"
     except DeadlineExceeded:
@@ -96,7 +98,7 @@ def main() -> int:
         "killed": {k: v for k, v in killed.items() if k != "at"},
         "recovered_s": finished - killed["at"] if killed else None, "wall_s": finished - started,
         "epochs": sorted({r["epoch"] for r in trainer.history}), "endpoints": trainer.endpoints,
-        "curve": trainer._curve is not None, "probe": probe.get("probe"),
+        "curve": trainer.encrypted, "probe": probe.get("probe"),
     }), flush=True)
     spark.stop()
     return 0

@@ -24,6 +24,7 @@ from conftest import pid_alive, poll_until  # noqa: E402
 from zdk import trainers  # noqa: E402
 from zdk.errors import WorkerFailed  # noqa: E402
 from zdk.ps.client import PSClient  # noqa: E402
+from zdk.ps.protocol import OBSERVER_TOOL  # noqa: E402
 
 pytestmark = [pytest.mark.spark, pytest.mark.fault]
 
@@ -104,7 +105,7 @@ def kill_a_shard_once_training(trainer, what: dict, pids=None) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not trainer.endpoints:
         time.sleep(0.05)
-    with PSClient(trainer.endpoints, worker_id=2**32 - 5, timeout=10) as client:
+    with PSClient(trainer.endpoints, worker_id=OBSERVER_TOOL, timeout=10) as client:
         client.hello(register=False)
         while time.monotonic() < deadline and client.stats()[0]["updates"] < 20:
             time.sleep(0.05)

@@ -123,13 +123,19 @@ def mlp():
                              keras.layers.Dense(10, activation="softmax")])
 
 
+def workers_optimizer(trainer):
+    """The optimizer the trainer's workers build (from the plan they are shipped)."""
+    return keras.optimizers.deserialize(trainer.plan.model.optimizer)
+
+
 def test_eamsgd_momentum_is_on_whatever_the_optimizer_is_given_as():
-    sgd = trainers.EAMSGD(mlp(), loss="mse", momentum=0.7)._worker_optimizer()
+    sgd = workers_optimizer(trainers.EAMSGD(mlp(), loss="mse", momentum=0.7))
+    assert isinstance(sgd, keras.optimizers.SGD)
     assert sgd.get_config()["momentum"] == 0.7 and sgd.get_config()["nesterov"]
-    kept = trainers.EAMSGD(mlp(), keras.optimizers.SGD(0.03), "mse", momentum=0.8)._worker_optimizer()
+    kept = workers_optimizer(trainers.EAMSGD(mlp(), keras.optimizers.SGD(0.03), "mse", momentum=0.8))
     assert kept.get_config()["momentum"] == 0.8 and kept.get_config()["nesterov"]
     assert kept.get_config()["learning_rate"] == pytest.approx(0.03)
-    generic = trainers.Trainer(mlp(), "sgd", "mse", algorithm="eamsgd")._worker_optimizer()
+    generic = workers_optimizer(trainers.Trainer(mlp(), "sgd", "mse", algorithm="eamsgd"))
     assert generic.get_config()["momentum"] == 0.9
 
 
@@ -140,7 +146,7 @@ def test_eamsgd_momentum_is_on_whatever_the_optimizer_is_given_as():
 def test_eamsgd_refuses_an_optimizer_it_cannot_combine_with(optimizer, match):
     opt = optimizer() if callable(optimizer) else optimizer
     with pytest.raises(ConfigError, match=match):
-        trainers.Trainer(mlp(), opt, "mse", algorithm="eamsgd")._worker_optimizer()
+        trainers.Trainer(mlp(), opt, "mse", algorithm="eamsgd")
 
 
 @pytest.mark.parametrize("cls,kwargs,name", [

@@ -116,7 +116,7 @@ def test_a_worker_without_rows_is_named_in_a_warning(spark, caplog):
 
 
 def test_a_tensorflow_graph_error_is_reported_with_its_reason():
-    from zdk.trainers import _worker_message
+    from zdk.driver.spark_job import worker_message
 
     text = "\n".join([
         "An exception was thrown from the Python worker:", "Traceback (most recent call last):",
@@ -127,8 +127,8 @@ def test_a_tensorflow_graph_error_is_reported_with_its_reason():
         "Received a label value of 9 which is outside the valid range of [0, 5).  Label values: 5 7 9",
         "\t [[{{node loss/SparseSoftmaxCrossEntropyWithLogits}}]] [Op:__inference_one_step_on_data_9642]",
         "\tat org.apache.spark.api.python.BasePythonRunner.handlePythonException(PythonRunner.scala:1)"])
-    message = _worker_message(RuntimeError(text))
+    message = worker_message(RuntimeError(text))
     assert message.startswith("tensorflow.python.framework.errors_impl.InvalidArgumentError: Graph execution error:")
     assert message.endswith("Received a label value of 9 which is outside the valid range of [0, 5).  "
                             "Label values: 5 7 9")
-    assert _worker_message(RuntimeError("x\nValueError: bad shape\n\tat org.Foo")) == "ValueError: bad shape"
+    assert worker_message(RuntimeError("x\nValueError: bad shape\n\tat org.Foo")) == "ValueError: bad shape"

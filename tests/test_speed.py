@@ -10,6 +10,7 @@ keras = pytest.importorskip("keras")
 pytest.importorskip("pyspark")
 
 from zdk import trainers  # noqa: E402
+from zdk.driver import data  # noqa: E402
 from zdk.driver.session import warm_workers  # noqa: E402
 
 pytestmark = pytest.mark.spark
@@ -26,7 +27,7 @@ def test_shuffle_spreads_every_stretch_evenly_and_randomizes_each_partition_with
     df = spark.createDataFrame([([float(i), 0.0], i * 4 // rows) for i in range(rows)],
                                "features array<double>, label long")
     trainer = trainers.DOWNPOUR(mlp(), "adam", "sparse_categorical_crossentropy", num_workers=4, progress=False)
-    prepared = trainer._prepare(df, shuffle=True)
+    prepared = data.prepare(trainer.plan, df, shuffle=True).frame
     plan = prepared._jdf.queryExecution().executedPlan().toString()
     assert "RangePartitioning" not in plan, "shuffle=True still sorts globally"
     parts = prepared.rdd.glom().collect()
@@ -119,31 +120,30 @@ def test_a_second_run_reuses_the_model_with_a_fresh_optimizer_state(optimizer):
 
 
 def test_a_cached_dataframe_is_prepared_once_and_an_uncached_one_every_time(spark):
-    from zdk.runtime import prepared as cache
+    from zdk.driver import prepared as cache
 
     df = spark.createDataFrame([([float(i), 1.0], i % 4) for i in range(400)], "features array<double>, label long")
-    trainer = trainers.DOWNPOUR(mlp(), "adam", "sparse_categorical_crossentropy", num_workers=2, progress=False)
-    first = trainer._prepare(df, shuffle=True)
-    assert not trainer.reused_data and trainer._prepare(df, shuffle=True) is not first  # not cached: afresh
+    plan = trainers.DOWNPOUR(mlp(), "adam", "sparse_categorical_crossentropy", num_workers=2, progress=False).plan
+    first = data.prepare(plan, df, shuffle=True)
+    again = data.prepare(plan, df, shuffle=True)
+    assert not first.reused and not again.reused and again.frame is not first.frame  # not cached: afresh
 
     df.cache()
     try:
-        first = trainer._prepare(df, shuffle=True)
-        assert not trainer.reused_data
-        again = trainer._prepare(df, shuffle=True)
-        assert trainer.reused_data and again is first
+        first = data.prepare(plan, df, shuffle=True)
+        assert not first.reused
+        again = data.prepare(plan, df, shuffle=True)
+        assert again.reused and again.frame is first.frame
         # The reused data is what a fresh preparation gives: same rows in the same partitions and order.
-        fresh = trainer._prepared(df, shuffle=True)
-        assert again.rdd.glom().collect() == fresh.rdd.glom().collect()
+        fresh = data.partitioned(plan, df, shuffle=True)
+        assert again.frame.rdd.glom().collect() == fresh.rdd.glom().collect()
         # Another shuffle, column set or task count is another preparation, and the old one is released.
-        other = trainer._prepare(df, shuffle=False)
-        assert not trainer.reused_data and other is not first and not cache.is_cached(first)
-        trainer._prepare(df, shuffle=False)
-        assert trainer.reused_data
+        other = data.prepare(plan, df, shuffle=False)
+        assert not other.reused and other.frame is not first.frame and not cache.is_cached(first.frame)
+        assert data.prepare(plan, df, shuffle=False).reused
         # A DataFrame whose content may have changed (no longer cached) is prepared afresh.
         df.unpersist()
-        trainer._prepare(df, shuffle=False)
-        assert not trainer.reused_data
+        assert not data.prepare(plan, df, shuffle=False).reused
     finally:
         df.unpersist()
         cache.release(spark)

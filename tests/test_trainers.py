@@ -15,7 +15,7 @@ keras = pytest.importorskip("keras")
 pytest.importorskip("pyspark")
 
 from zdk import trainers  # noqa: E402
-from zdk.errors import ConfigError  # noqa: E402
+from zdk.errors import ConfigError, WorkerFailed  # noqa: E402
 from zdk.ps.launcher import start_shards  # noqa: E402
 
 from conftest import pid_alive  # noqa: E402
@@ -142,7 +142,7 @@ def test_worker_error_reaches_the_caller_and_no_shard_is_left(spark):
     df = spark.createDataFrame([([0.0] * 64, 1)] + [([0.0] * 10, 1)] * 20, "features array<double>, label long")
     trainer = trainers.ADAG(mlp(), "adam", "sparse_categorical_crossentropy", num_workers=2, num_shards=2,
                             progress=False)
-    with pytest.raises(trainers.WorkerFailed, match=r"column `features` (must hold lists of one length|has 10 values per row)") as info:
+    with pytest.raises(WorkerFailed, match=r"column `features` (must hold lists of one length|has 10 values per row)") as info:
         trainer.train(df)
     assert shard_pids() <= before
     report = re.search(r"Spark's full report: (\S+\.log)\)", str(info.value)).group(1)

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 from pyspark.ml.param import Param, Params, TypeConverters
 
-from zdk.errors import ConfigError
-
-F = TypeVar("F", bound=Callable[..., None])
+from zdk.signatures import checked_call
 
 
 def param(name: str, doc: str, converter: Any = TypeConverters.identity) -> Param:
@@ -25,24 +21,11 @@ class HasInputOutput(Params):
     output_col = param("output_col", "output column", TypeConverters.toString)
 
 
-def positional_too(init: F) -> F:
-    """pyspark's ``keyword_only``, also accepting dist-keras's positional order.
+def _record_input_kwargs(stage: Any, given: dict[str, Any], complete: dict[str, Any]) -> None:
+    stage._input_kwargs = given
 
-    The arguments given, by position or by name, are recorded in ``self._input_kwargs``
-    (what pyspark's stages read); a wrong call is a :class:`ConfigError` naming the class.
-    """
-    signature = inspect.signature(init)
 
-    @functools.wraps(init)
-    def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
-        try:
-            bound = signature.bind(self, *args, **kwargs)
-        except TypeError as exc:
-            names = ", ".join(list(signature.parameters)[1:])
-            raise ConfigError(f"{type(self).__name__}({names}): {exc}") from None
-        given = dict(bound.arguments)
-        given.pop(next(iter(signature.parameters)))
-        self._input_kwargs = given
-        init(self, **given)
-
-    return wrapper  # type: ignore[return-value]
+#: pyspark's ``keyword_only``, also accepting dist-keras's positional order: the arguments given,
+#: by position or by name, are recorded in ``self._input_kwargs`` (what pyspark's stages read); a
+#: wrong call is a :class:`ConfigError` naming the class (see :mod:`zdk.signatures`).
+positional_too = checked_call(_record_input_kwargs)

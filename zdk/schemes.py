@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from zdk.errors import ConfigError
-from zdk.runtime.models import serialize_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +54,7 @@ class Emperor:
     def _initial_learning_rate(self) -> float:
         if self.trainer.learning_rate is not None:
             return float(self.trainer.learning_rate)
-        config = serialize_optimizer(self.trainer._worker_optimizer())["config"]
-        return float(config["learning_rate"])
+        return float(self.trainer.plan.model.optimizer["config"]["learning_rate"])
 
     def optimize(self, training_set: Any, validation_set: Any) -> Any:
         """Runs the schedule and returns the last trained model."""

@@ -1,8 +1,7 @@
 """Reusing a training job's prepared data across ``train()`` calls.
 
 Preparing data for training (casting columns, repartitioning to one partition per task, the
-per-partition shuffle) is a shuffle stage that costs about a second on Fashion-MNIST here,
-every ``train()``. When the user's DataFrame is itself cached, its content is fixed for as long
+per-partition shuffle) is a shuffle stage, run again by every ``train()``. When the user's DataFrame is itself cached, its content is fixed for as long
 as it stays cached, so the prepared form can be cached too: a second ``train()`` on the same
 cached DataFrame, with the same columns, tasks and shuffle, starts from it.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -26,6 +27,9 @@ class ModelSpec:
         loss_weights: passed to ``compile``.
         custom_modules: modules to import first, so registered custom objects resolve.
         shapes: the shape of every weight, for the flat layout.
+        inputs: the shape of every model input (None for free dimensions, the batch first).
+        outputs: the shape of every model output.
+        output_names: the outputs' names, which a dict of losses is keyed by.
     """
 
     model_json: str
@@ -35,6 +39,9 @@ class ModelSpec:
     loss_weights: Any
     custom_modules: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
+    inputs: tuple[tuple[int | None, ...], ...] = ()
+    outputs: tuple[tuple[int | None, ...], ...] = ()
+    output_names: tuple[str, ...] = ()
 
     @property
     def layout(self) -> FlatLayout:
@@ -43,14 +50,17 @@ class ModelSpec:
     def to_json(self) -> str:
         return json.dumps({"model": self.model_json, "optimizer": self.optimizer, "loss": self.loss,
                            "metrics": self.metrics, "loss_weights": self.loss_weights,
-                           "custom_modules": list(self.custom_modules), "shapes": [list(s) for s in self.shapes]})
+                           "custom_modules": list(self.custom_modules), "shapes": [list(s) for s in self.shapes],
+                           "inputs": [list(s) for s in self.inputs], "outputs": [list(s) for s in self.outputs],
+                           "output_names": list(self.output_names)})
 
     @classmethod
     def from_json(cls, text: str) -> "ModelSpec":
         d = json.loads(text)
         return cls(model_json=d["model"], optimizer=d["optimizer"], loss=d["loss"], metrics=d["metrics"],
                    loss_weights=d["loss_weights"], custom_modules=tuple(d["custom_modules"]),
-                   shapes=tuple(tuple(s) for s in d["shapes"]))
+                   shapes=tuple(tuple(s) for s in d["shapes"]), inputs=tuple(tuple(s) for s in d["inputs"]),
+                   outputs=tuple(tuple(s) for s in d["outputs"]), output_names=tuple(d["output_names"]))
 
 
 def _serializable(value: Any, what: str) -> Any:
@@ -70,13 +80,13 @@ def _serializable(value: Any, what: str) -> Any:
 
 
 def serialize_optimizer(optimizer: Any) -> Any:
-    """A JSON-able config of a Keras optimizer given as a name or an instance."""
+    """A JSON-able config of a Keras optimizer given as a name, an instance, or such a config."""
     import keras
 
-    if isinstance(optimizer, str):
+    if isinstance(optimizer, (str, dict)):
         try:
             optimizer = keras.optimizers.get(optimizer)
-        except ValueError:
+        except (ValueError, TypeError):
             raise ConfigError(f"`worker_optimizer` must be a Keras optimizer name or instance. "
                               f"Received: worker_optimizer={optimizer!r}", field="worker_optimizer") from None
     if not isinstance(optimizer, keras.optimizers.Optimizer):
@@ -100,8 +110,21 @@ def make_spec(model: Any, *, optimizer: Any, loss: Any, metrics: Sequence[Any] |
     return ModelSpec(
         model_json=model.to_json(), optimizer=serialize_optimizer(optimizer), loss=_serializable(loss, "loss"),
         metrics=_serializable(list(metrics or []), "metrics"), loss_weights=_serializable(loss_weights, "loss_weights"),
-        custom_modules=tuple(custom_modules), shapes=FlatLayout.of(model.get_weights()).shapes,
+        custom_modules=tuple(custom_modules), shapes=tuple(tuple(int(d) for d in w.shape) for w in model.weights),
+        inputs=_shapes(getattr(model, "inputs", None) or ()), outputs=_shapes(getattr(model, "outputs", None) or ()),
+        output_names=tuple(_output_names(model)),
     )
+
+
+def _shapes(tensors: Sequence[Any]) -> tuple[tuple[int | None, ...], ...]:
+    return tuple(tuple(None if d is None else int(d) for d in t.shape) for t in tensors)
+
+
+def _output_names(model: Any) -> list[str]:
+    names = getattr(model, "output_names", None)
+    if names:
+        return list(names)
+    return [t.name.split("/")[0] for t in getattr(model, "outputs", None) or ()]
 
 
 def _deserialize(value: Any) -> Any:
@@ -137,7 +160,7 @@ _reusable: dict[str, Any] = {}
 
 def reusable_model(spec: ModelSpec, *, learning_rate: float | None = None) -> tuple[Any, bool]:
     """The compiled model for ``spec``, kept per process so a second ``train()`` in the same Python
-    worker skips building it and tracing its training step (about a second on a small MLP).
+    worker skips building it and tracing its training step.
 
     A kept model gets a fresh optimizer state: a new optimizer is built from the same config
     and its variables (step count, learning rate, moments, accumulators with their initial
@@ -147,7 +170,9 @@ def reusable_model(spec: ModelSpec, *, learning_rate: float | None = None) -> tu
     Returns:
         the model, and whether it was reused.
     """
-    key = hashlib.sha256((_canonical(spec.to_json()) + repr(learning_rate)).encode()).hexdigest()
+    # The signature fields are derived from the config, and carry Keras's per-process tensor names.
+    computation = dataclasses.replace(spec, inputs=(), outputs=(), output_names=())
+    key = hashlib.sha256((_canonical(computation.to_json()) + repr(learning_rate)).encode()).hexdigest()
     model = _reusable.get(key)
     if model is not None and _reset_optimizer(model):
         model.reset_metrics()

@@ -2,9 +2,7 @@
 
 By default TensorFlow starts one intra-op thread per core of the host in every process. With
 one Python worker per task slot that is cores × tasks threads (plus the shards and the JVM)
-fighting over the same cores: on this 2-core machine, two DOWNPOUR workers took 7.3-8.0 s of
-steps for two Fashion-MNIST epochs with the default and 5.1-5.8 s with one thread each, and
-one SingleTrainer worker was no slower with one thread (3.7-4.2 s either way).
+fighting over the same cores (benchmarks/RESULTS.md has what that cost, measured).
 
 So a worker uses ``spark.task.cpus`` intra-op threads (Spark's own contract: a task owns
 that many cores; raise it for larger models, and Spark schedules fewer tasks per executor to

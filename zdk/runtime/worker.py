@@ -131,10 +131,9 @@ class WorkerRun:
         self.spec = ModelSpec.from_json(config.spec)
         self.layout = self.spec.layout
         self.records: list[dict[str, Any]] = []
-        self._warned_nan = False
-        self._epoch_steps = 0
-        self._blocked = 0.0
+        self.epoch_steps = 0
         self.reused = False
+        self._warned_nan = False
 
     def run(self, batches: Iterable, *, initial: np.ndarray | None = None,
             t_start: float | None = None) -> list[dict[str, Any]]:
@@ -148,142 +147,85 @@ class WorkerRun:
         """
         cfg = self.config
         t_start = time.time() if t_start is None else t_start
-        t_first: float | None = None
+        model, local = self._model(initial)
+        stream = MinibatchStream(batches, features=cfg.features, labels=cfg.labels, batch_size=cfg.batch_size,
+                                 shuffle=cfg.shuffle, seed=cfg.seed + self.worker_id, prefetch=cfg.prefetch)
+        started = time.perf_counter()
+        clocks: dict[str, float | None] = {"t_start": t_start, "t_first": None}
+        with self._cadence(model, local) as cadence:
+            clocks["t_ready"] = time.time()
+            step = samples = 0
+            for epoch in range(cfg.first_epoch, cfg.num_epoch):
+                model.reset_metrics()
+                for xs, ys in stream.epoch():
+                    step += 1
+                    record = self._step(model, xs, ys, epoch, step)
+                    clocks["t_first"] = clocks["t_first"] or time.time()
+                    samples += len(xs[0])
+                    cadence.after_step(record, samples)
+                    self.records.append(record)
+                self.epoch_steps = self.epoch_steps or step
+                cadence.end_epoch(self._last(), samples)
+            cadence.finish(self._last(), samples)
+        busy = time.perf_counter() - started
+        summary = self._record("summary", cfg.num_epoch - 1, step, {})
+        summary.update(wait=cadence.blocked, busy=busy, rows=stream.rows, samples=samples, t_last=time.time(),
+                       reused=self.reused, **clocks)
+        if not self.algorithm.uses_ps:
+            summary["weights"] = get_flat_weights(model, self.layout, local).tobytes()
+        self.records.append(summary)
+        logger.info("worker %d: %d steps, %d rows in %.1f s (%.0f%% waiting on the PS)", self.worker_id, step,
+                    stream.rows, busy, 100 * cadence.blocked / max(busy, 1e-9))
+        return self.records
+
+    def _model(self, initial: np.ndarray | None) -> tuple[Any, np.ndarray]:
+        """The compiled model (kept from an earlier run in this process when possible) and the
+        worker's one flat weight buffer, holding the starting weights."""
+        cfg = self.config
         if cfg.reinitialize:
             import keras
 
             keras.utils.set_random_seed(cfg.seed + self.worker_id)
-        if cfg.reinitialize:
             model, self.reused = build_model(self.spec, learning_rate=cfg.learning_rate), False
         else:
             model, self.reused = reusable_model(self.spec, learning_rate=cfg.learning_rate)
-        input_shapes, output_shapes = _shapes(model.inputs), _shapes(model.outputs)
         local = self.layout.empty()
         if initial is not None:
             np.copyto(local, initial)
             set_flat_weights(model, self.layout, local)
         get_flat_weights(model, self.layout, local)
-        stream = MinibatchStream(batches, features=cfg.features, labels=cfg.labels, batch_size=cfg.batch_size,
-                                 shuffle=cfg.shuffle, seed=cfg.seed + self.worker_id, prefetch=cfg.prefetch)
-        client: PSClient | None = None
-        exchange: Exchange | None = None
-        started = time.perf_counter()
-        try:
-            if self.algorithm.uses_ps:
-                curve = CurveKeys(**cfg.curve) if cfg.curve else None
-                # Resend every ~10 s: long enough for a large pull, short enough to recover quickly
-                # from a lost message or a restarted shard.
-                client = PSClient(cfg.endpoints, worker_id=self.worker_id, attempt=self.attempt, timeout=cfg.timeout,
-                                  tries=max(3, int(cfg.timeout // 10)), curve=curve)
-                client.hello(quorum=cfg.quorum)
-                exchange = Exchange(client, local, params=self.algorithm.make_params(cfg.params))
-                exchange.start()
-                set_flat_weights(model, self.layout, local)
-            step, in_window, samples = 0, 0, 0
-            overlap = (cfg.overlap and exchange is not None and not self.algorithm.synchronous
-                       and not cfg.exchange_per_epoch)
-            t_ready = time.time()
-            for epoch in range(cfg.first_epoch, cfg.num_epoch):
-                model.reset_metrics()
-                for xs, ys in stream.epoch():
-                    xs = fit_to_shapes(xs, input_shapes, cfg.features)
-                    ys = fit_to_shapes(ys, output_shapes, cfg.labels, strict=False)
-                    logs = model.train_on_batch(_unwrap(xs), _unwrap(ys), return_dict=True)
-                    if t_first is None:
-                        t_first = time.time()
-                    step += 1
-                    in_window += 1
-                    samples += len(xs[0])
-                    record = self._record("step", epoch, step, logs)
-                    if record["loss"] is not None and not math.isfinite(record["loss"]):
-                        self._non_finite(record)
-                    if overlap and exchange is not None and exchange.ready():
-                        self._collect(model, exchange, local, record, block=False)
-                    if exchange is not None and not cfg.exchange_per_epoch and in_window == exchange.window:
-                        if overlap:
-                            self._collect(model, exchange, local, record, block=True)
-                            get_flat_weights(model, self.layout, local)
-                            exchange.begin_window(in_window, report=self._report(record, samples))
-                        else:
-                            self._exchange(model, exchange, local, in_window, record, samples)
-                        in_window = 0
-                    self.records.append(record)
-                if epoch == cfg.first_epoch:
-                    self._epoch_steps = step
-                if exchange is not None and cfg.exchange_per_epoch and in_window:
-                    self._exchange(model, exchange, local, in_window, self.records[-1], samples)
-                    in_window = 0
-            if overlap and exchange is not None:
-                self._collect(model, exchange, local, self.records[-1] if self.records else {}, block=True)
-            if exchange is not None and in_window:
-                self._exchange(model, exchange, local, in_window, self.records[-1] if self.records else {}, samples)
-            if exchange is not None:
-                exchange.finish()
-            busy = time.perf_counter() - started
-            summary = self._record("summary", cfg.num_epoch - 1, step, {})
-            summary.update(wait=self._blocked, busy=busy, rows=stream.rows, samples=samples,
-                           t_start=t_start, t_ready=t_ready, t_first=t_first, t_last=time.time(), reused=self.reused)
-            if not self.algorithm.uses_ps:
-                summary["weights"] = get_flat_weights(model, self.layout, local).tobytes()
-            self.records.append(summary)
-            logger.info("worker %d: %d steps, %d rows in %.1f s (%.0f%% waiting on the PS)", self.worker_id, step,
-                        stream.rows, busy, 100 * summary["wait"] / max(busy, 1e-9))
-            return self.records
-        finally:
-            if client is not None:
-                client.close()
+        return model, local
 
-    def _report(self, record: dict[str, Any], samples: int) -> dict[str, float]:
+    def _cadence(self, model: Any, local: np.ndarray) -> "_Cadence":
+        """How this worker exchanges with the parameter server, chosen once: never (no PS), every
+        window, every epoch (synchronous rounds without a window), or every window overlapped."""
+        cfg = self.config
+        if not self.algorithm.uses_ps:
+            return _Cadence()
+        kinds = {(False, False): _EveryWindow, (True, False): _EveryEpoch, (False, True): _Overlapped}
+        overlapped = cfg.overlap and not self.algorithm.synchronous and not cfg.exchange_per_epoch
+        return kinds[(cfg.exchange_per_epoch, overlapped)](self, model, local)
+
+    def _step(self, model: Any, xs: list[np.ndarray], ys: list[np.ndarray], epoch: int, step: int) -> dict[str, Any]:
+        xs = fit_to_shapes(xs, _shapes(model.inputs), self.config.features)
+        ys = fit_to_shapes(ys, _shapes(model.outputs), self.config.labels, strict=False)
+        record = self._record("step", epoch, step, model.train_on_batch(_unwrap(xs), _unwrap(ys), return_dict=True))
+        if record["loss"] is not None and not math.isfinite(record["loss"]):
+            self._non_finite(record)
+        return record
+
+    def _last(self) -> dict[str, Any]:
+        return self.records[-1] if self.records else {}
+
+    def report(self, record: dict[str, Any], samples: int) -> dict[str, float]:
+        """The progress numbers sent with a commit (the shards show them in `stats`)."""
         report = {"step": float(record.get("step", 0)), "samples": float(samples), "epoch": float(record.get("epoch", 0)),
                   "pid": float(os.getpid())}
-        if self._epoch_steps:
-            report["epoch_steps"] = float(self._epoch_steps)
+        if self.epoch_steps:
+            report["epoch_steps"] = float(self.epoch_steps)
         if record.get("loss") is not None:
             report["loss"] = float(record["loss"])
         return report
-
-    def _exchange(self, model: Any, exchange: Exchange, local: np.ndarray, steps: int, record: dict[str, Any],
-                  samples: int) -> None:
-        get_flat_weights(model, self.layout, local)
-        started = time.perf_counter()
-        with self._non_finite_commits(record):
-            receipt = exchange.end_window(steps, report=self._report(record, samples))
-        self._blocked += time.perf_counter() - started
-        set_flat_weights(model, self.layout, local)
-        self._note(record, receipt)
-
-    def _collect(self, model: Any, exchange: Exchange, local: np.ndarray, record: dict[str, Any], *,
-                 block: bool) -> None:
-        """Folds a finished background exchange into the model: θ ← θ + (θ_s' − θ_s)."""
-        if not exchange.in_flight:
-            return
-        get_flat_weights(model, self.layout, local)
-        started = time.perf_counter()
-        with self._non_finite_commits(record):
-            receipt = exchange.collect(block=block)
-        self._blocked += time.perf_counter() - started
-        set_flat_weights(model, self.layout, local)
-        if receipt is not None:
-            self._note(record, receipt)
-
-    @staticmethod
-    def _note(record: dict[str, Any], receipt: Any) -> None:
-        record["staleness"] = receipt.staleness
-        if "scale" in receipt.info:
-            record["scale"] = receipt.info["scale"]
-
-    @contextlib.contextmanager
-    def _non_finite_commits(self, record: dict[str, Any]) -> Iterator[None]:
-        try:
-            yield
-        except RemoteError as exc:
-            if exc.code != "non_finite":
-                raise
-            raise NonFiniteError(
-                f"worker {self.worker_id}: its weights became non-finite by epoch {record.get('epoch')}, step "
-                f"{record.get('step')}, and the parameter server refused them ({exc}). Check the input data for "
-                "NaN or infinite values and try a lower learning rate."
-            ) from None
 
     def _non_finite(self, record: dict[str, Any]) -> None:
         message = (f"worker {self.worker_id} (attempt {self.attempt}): the training loss became {record['loss']} at "
@@ -302,6 +244,135 @@ class WorkerRun:
                 "timestamp": time.time(), "loss": loss, "metrics": json.dumps(values), "staleness": None,
                 "scale": None, "wait": None, "busy": None, "rows": None, "samples": None, "weights": None,
                 "t_start": None, "t_ready": None, "t_first": None, "t_last": None, "reused": None}
+
+
+class _Cadence:
+    """No parameter server: nothing to exchange. Subclasses exchange at their own points; every
+    one is a context manager that closes its connection to the shards."""
+
+    blocked = 0.0  #: seconds the worker waited on the parameter server
+
+    def __enter__(self) -> "_Cadence":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def after_step(self, record: dict[str, Any], samples: int) -> None:
+        pass
+
+    def end_epoch(self, record: dict[str, Any], samples: int) -> None:
+        pass
+
+    def finish(self, record: dict[str, Any], samples: int) -> None:
+        pass
+
+
+class _EveryWindow(_Cadence):
+    """An exchange every λ steps (and one for a last, shorter window), the worker waiting for it."""
+
+    def __init__(self, run: WorkerRun, model: Any, local: np.ndarray) -> None:
+        cfg = run.config
+        self.run, self.model, self.local, self.layout = run, model, local, run.layout
+        curve = CurveKeys(**cfg.curve) if cfg.curve else None
+        # Resend every ~10 s: long enough for a large pull, short enough to recover quickly from a
+        # lost message or a restarted shard.
+        self.client = PSClient(cfg.endpoints, worker_id=run.worker_id, attempt=run.attempt, timeout=cfg.timeout,
+                               tries=max(3, int(cfg.timeout // 10)), curve=curve)
+        self.in_window = 0
+        self.blocked = 0.0
+        try:
+            self.client.hello(quorum=cfg.quorum)
+            self.exchange = Exchange(self.client, local, params=run.algorithm.make_params(cfg.params))
+            self.exchange.start()
+            set_flat_weights(model, self.layout, local)
+        except BaseException:
+            self.client.close()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.close()
+
+    def after_step(self, record: dict[str, Any], samples: int) -> None:
+        self.in_window += 1
+        if self.in_window == self.exchange.window:
+            self._exchange(record, samples)
+
+    def finish(self, record: dict[str, Any], samples: int) -> None:
+        if self.in_window:
+            self._exchange(record, samples)
+        self.exchange.finish()
+
+    def _exchange(self, record: dict[str, Any], samples: int) -> None:
+        get_flat_weights(self.model, self.layout, self.local)
+        with self._waiting(record):
+            receipt = self.exchange.end_window(self.in_window, report=self.run.report(record, samples))
+        set_flat_weights(self.model, self.layout, self.local)
+        self.in_window = 0
+        _note(record, receipt)
+
+    @contextlib.contextmanager
+    def _waiting(self, record: dict[str, Any]) -> Iterator[None]:
+        """Times a wait on the PS, and names the worker when the PS refuses non-finite weights."""
+        started = time.perf_counter()
+        try:
+            yield
+        except RemoteError as exc:
+            if exc.code != "non_finite":
+                raise
+            raise NonFiniteError(
+                f"worker {self.run.worker_id}: its weights became non-finite by epoch {record.get('epoch')}, step "
+                f"{record.get('step')}, and the parameter server refused them ({exc}). Check the input data for "
+                "NaN or infinite values and try a lower learning rate."
+            ) from None
+        finally:
+            self.blocked += time.perf_counter() - started
+
+
+class _EveryEpoch(_EveryWindow):
+    """An exchange at the end of every epoch (synchronous rounds without a window)."""
+
+    def after_step(self, record: dict[str, Any], samples: int) -> None:
+        self.in_window += 1
+
+    def end_epoch(self, record: dict[str, Any], samples: int) -> None:
+        if self.in_window:
+            self._exchange(record, samples)
+
+
+class _Overlapped(_EveryWindow):
+    """Every λ steps the exchange starts on a background thread and the worker trains on; a
+    finished exchange is folded into the model at the next step: θ ← θ + (θ_s' − θ_s)."""
+
+    def after_step(self, record: dict[str, Any], samples: int) -> None:
+        self.in_window += 1
+        if self.exchange.ready():
+            self._collect(record, block=False)
+        if self.in_window == self.exchange.window:
+            self._collect(record, block=True)
+            get_flat_weights(self.model, self.layout, self.local)
+            self.exchange.begin_window(self.in_window, report=self.run.report(record, samples))
+            self.in_window = 0
+
+    def finish(self, record: dict[str, Any], samples: int) -> None:
+        self._collect(record, block=True)
+        super().finish(record, samples)
+
+    def _collect(self, record: dict[str, Any], *, block: bool) -> None:
+        if not self.exchange.in_flight:
+            return
+        get_flat_weights(self.model, self.layout, self.local)
+        with self._waiting(record):
+            receipt = self.exchange.collect(block=block)
+        set_flat_weights(self.model, self.layout, self.local)
+        if receipt is not None:
+            _note(record, receipt)
+
+
+def _note(record: dict[str, Any], receipt: Any) -> None:
+    record["staleness"] = receipt.staleness
+    if "scale" in receipt.info:
+        record["scale"] = receipt.info["scale"]
 
 
 def train_partition(config_json: str, batches: Iterator) -> Iterator:

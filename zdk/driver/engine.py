@@ -1,0 +1,157 @@
+"""``train(plan, dataframe, weights=...)``: one training run, from a plan to a result.
+
+1. Python workers start importing Keras in the background (:func:`~zdk.driver.session.warm_workers`).
+2. The data is checked against the model and prepared (:mod:`zdk.driver.data`).
+3. The starting point is set up: the run's parameter server (:class:`~zdk.driver.ps_session.PSSession`:
+   own shards, or a running ``zdk ps``; the resume point), or, without one, the starting
+   weights shipped as a file (:func:`~zdk.driver.models.ship_weights`).
+4. One Spark task per worker trains (:func:`zdk.runtime.worker.train_partition`) in a job
+   group that can be cancelled (:mod:`zdk.driver.spark_job`), with progress polled from the shards.
+5. The workers' records become the history; the center (or each worker's weights) becomes
+   compiled models; the shards stop whatever happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any, Callable, ContextManager, Sequence
+
+import numpy as np
+
+from zdk.algorithms.sources import sources
+from zdk.driver import data, spark_job
+from zdk.driver.models import compiled_model, ship_weights
+from zdk.driver.plan import TrainingPlan
+from zdk.driver.progress import Listener, ShardProgress
+from zdk.driver.ps_session import PSSession, check_resume
+from zdk.driver.result import Marks, ResumeInfo, TrainingResult, split_records
+from zdk.driver.session import session_seconds, warm_workers
+from zdk.errors import ConfigError, WorkerFailed
+from zdk.runtime.worker import HISTORY_SCHEMA, WorkerConfig, train_partition
+from zdk.transports.curve import CurveKeys
+
+
+def train(plan: TrainingPlan, dataframe: Any, *, weights: np.ndarray, shuffle: bool = False, resume: bool = False,
+          on_progress: Listener | None = None, on_shards: Callable[[Sequence[str]], None] | None = None,
+          cancel: spark_job.CancelToken | None = None) -> TrainingResult:
+    """Trains ``plan`` on ``dataframe``, starting from ``weights``.
+
+    Args:
+        plan: what to train, how (see :class:`~zdk.driver.plan.TrainingPlan`).
+        dataframe: a Spark DataFrame with the plan's feature and label columns.
+        weights: the flat float32 starting weights (``plan.model.layout``).
+        shuffle: shuffle the rows before they are split among workers, and every epoch.
+        resume: continue an interrupted run from its shards' checkpoints (or a running ``zdk ps``'s
+            state): only the epochs not completed by every worker are trained.
+        on_progress: called about every second, from a thread, with a progress snapshot (runs with a PS).
+        on_shards: called with the shards' endpoints once they serve (before any task starts).
+        cancel: a token another thread may cancel the run with (:class:`JobCancelled` is raised then).
+
+    Raises:
+        ConfigError: for data, a cluster or a parameter server that does not fit the plan.
+        WorkerFailed: when a task failed; the message carries the worker's own error.
+        JobCancelled: when ``cancel`` was cancelled.
+    """
+    flat = np.ascontiguousarray(weights, dtype=np.float32)
+    if flat.shape != (plan.model.layout.total_size,):
+        raise ConfigError(f"`weights` must be a flat vector of the model's {plan.model.layout.total_size} parameters. "
+                          f"Received: shape={tuple(np.shape(weights))}", field="weights")
+    if resume:
+        check_resume(plan)
+    token = cancel or spark_job.CancelToken()
+    marks = Marks()
+    spark = dataframe.sparkSession
+    warm_workers(spark, plan.num_tasks)  # TensorFlow's import overlaps with what follows
+    prepared = data.prepare(plan, dataframe, shuffle=shuffle)
+    data.check_slots(plan, spark)
+    marks.mark("prepared")
+    token.check()
+    start: PSSession | _LocalStart = (PSSession(plan, initial=flat, resume=resume) if plan.uses_ps
+                                      else _LocalStart(spark, None if plan.reinitialize else flat))
+    with start:
+        marks.mark("shards")
+        if on_shards is not None:
+            on_shards(tuple(start.endpoints))
+        token.check()
+        config = worker_config(plan, shuffle=shuffle, endpoints=start.endpoints, curve=start.curve,
+                               first_epoch=start.first_epoch, initial_file=start.initial_file)
+        started = time.perf_counter()
+        records: list[dict[str, Any]] = []
+        if config.first_epoch < plan.num_epoch:
+            progress = _progress(plan, start, config, on_progress)
+            marks.mark("submitted")
+            records = _run_tasks(plan, prepared.frame, config, token, progress)
+        training_time = time.perf_counter() - started
+        history, summaries = split_records(records, plan.num_tasks)
+        models = _models(plan, start, summaries)
+    marks.mark("end")
+    return TrainingResult(models=tuple(models), result=plan.result, history=history, worker_summaries=summaries,
+                          training_time=training_time, timings=marks.timings(summaries, session=session_seconds(
+                              consume=True)), endpoints=tuple(start.endpoints), encrypted=start.curve is not None,
+                          reused_data=prepared.reused, resumed=start.resumed)
+
+
+def worker_config(plan: TrainingPlan, *, shuffle: bool, endpoints: Sequence[str] = (), curve: Any = None,
+                  first_epoch: int = 0, initial_file: str | None = None) -> WorkerConfig:
+    """What every task of ``plan`` is told (shipped as JSON in the task closure)."""
+    return WorkerConfig(
+        spec=plan.model.to_json(), algorithm=plan.algorithm.name, params=plan.params.to_dict(),
+        endpoints=tuple(endpoints), features=plan.features_col, labels=plan.label_col, batch_size=plan.batch_size,
+        num_epoch=plan.num_epoch, exchange_per_epoch=plan.exchange_per_epoch, shuffle=shuffle, seed=plan.seed,
+        learning_rate=plan.learning_rate, timeout=plan.server.timeout, prefetch=plan.max_prefetch,
+        algorithm_sources=tuple(sources(plan.algorithm)), curve=curve.to_dict() if curve else None,
+        quorum=plan.num_tasks, first_epoch=first_epoch, initial_file=initial_file,
+        reinitialize=plan.reinitialize, on_nan=plan.on_nan, overlap=plan.overlap,
+    )
+
+
+class _LocalStart:
+    """The starting point of an algorithm without a parameter server: the weights, shipped to the
+    executors as a file (None: every worker draws fresh ones). It has the attributes of a
+    :class:`PSSession` that the engine reads."""
+
+    def __init__(self, spark: Any, flat: np.ndarray | None) -> None:
+        self._spark, self._flat = spark, flat
+        self.endpoints: Sequence[str] = ()
+        self.curve: CurveKeys | None = None
+        self.first_epoch = 0
+        self.resumed: ResumeInfo | None = None
+        self.initial_file: str | None = None
+
+    def __enter__(self) -> "_LocalStart":
+        if self._flat is not None:
+            self.initial_file = ship_weights(self._spark, self._flat)
+        return self
+
+    def center(self) -> np.ndarray:
+        raise ConfigError("an algorithm without a parameter server has no center", field="algorithm")
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _progress(plan: TrainingPlan, start: PSSession | _LocalStart, config: WorkerConfig, listener: Listener | None) -> ContextManager[Any]:
+    if not start.endpoints:
+        return contextlib.nullcontext()
+    return ShardProgress(start.endpoints, num_workers=plan.num_tasks, epochs=plan.num_epoch - config.first_epoch,
+                         enabled=plan.progress, curve=start.curve, listener=listener,
+                         interval=0.5 if plan.progress else 1.0)
+
+
+def _run_tasks(plan: TrainingPlan, frame: Any, config: WorkerConfig, token: spark_job.CancelToken,
+               progress: ContextManager[Any]) -> list[dict[str, Any]]:
+    config_json = config.to_json()
+    job = frame.mapInArrow(lambda batches: train_partition(config_json, batches), HISTORY_SCHEMA,
+                           barrier=plan.algorithm.synchronous)
+    return spark_job.collect(job, name=f"zdk-{plan.algorithm.name}", description=f"zdk {plan.algorithm.name} training",
+                             token=token, around=progress)
+
+
+def _models(plan: TrainingPlan, start: PSSession | _LocalStart, summaries: Sequence[dict[str, Any]]) -> list[Any]:
+    if plan.uses_ps:
+        return [compiled_model(plan.model, start.center())]
+    weights = [np.frombuffer(s["weights"], dtype="<f4").copy() for s in summaries if s.get("weights")]
+    if not weights:
+        raise WorkerFailed("no worker returned weights: was the DataFrame empty?")
+    return [compiled_model(plan.model, w) for w in weights]
