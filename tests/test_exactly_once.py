@@ -9,7 +9,7 @@ import pytest
 
 from zdk.errors import RemoteError
 from zdk.ps.client import PSClient
-from zdk.ps.protocol import Request, as_frames, decode_reply
+from zdk.ps.protocol import PROTOCOL_VERSION, Request, as_frames, decode_reply
 from zdk.ps.shard import ShardConfig, ShardCore
 
 SIZE = 12
@@ -153,7 +153,7 @@ def test_required_fields_are_required_and_errors_name_the_op(header, missing):
     core = make_core()
     call(core, "hello")
     frames = [np.ones(SIZE, np.float32).tobytes()] if header["op"] == "commit" else []
-    (out,) = core.handle(b"peer", msgpack.packb({"v": 1, "rid": 5, "shard": 0, **header}), frames)
+    (out,) = core.handle(b"peer", msgpack.packb({"v": PROTOCOL_VERSION, "rid": 5, "shard": 0, **header}), frames)
     reply = decode_reply(out.header)
     assert reply.op == "error" and reply.fields["code"] == "bad_header" and missing in reply.fields["message"]
     assert reply.fields["request_op"] == header["op"] and reply.rid == 5
@@ -162,7 +162,7 @@ def test_required_fields_are_required_and_errors_name_the_op(header, missing):
 
 def test_an_observer_pull_needs_neither_worker_nor_session():
     core = make_core()
-    out = core.handle(b"peer", msgpack.packb({"v": 1, "rid": 5, "shard": 0, "op": "pull",
+    out = core.handle(b"peer", msgpack.packb({"v": PROTOCOL_VERSION, "rid": 5, "shard": 0, "op": "pull",
                                               "args": {"role": "observer"}}), [])
     assert decode_reply(out[0].header).op == "pull"
 

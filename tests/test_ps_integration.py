@@ -15,7 +15,7 @@ import zmq
 
 from zdk.ps.client import PSClient
 from zdk.errors import ConfigError, DeadlineExceeded, LaunchError, RemoteError, ShardRestarted
-from zdk.ps.protocol import Request, decode_reply
+from zdk.ps.protocol import PROTOCOL_VERSION, Request, decode_reply
 
 from conftest import assert_logged, pid_alive, poll_until
 
@@ -79,7 +79,7 @@ def test_malformed_messages_over_the_wire_get_errors_and_the_server_keeps_servin
     sock = raw_dealer(group.endpoints[0])
     cases = [
         ([b"\xc1garbage"], "bad_header"),
-        ([msgpack.packb({"v": 1, "op": "explode", "rid": 3, "shard": 0})], "unknown_op"),
+        ([msgpack.packb({"v": PROTOCOL_VERSION, "op": "explode", "rid": 3, "shard": 0})], "unknown_op"),
         ([Request(op="commit", base=0, rid=4, shard=0, worker=1, session=SESSION, dtype="<f4", lens=(32,)).encode(), b"\0" * 32], "unknown_worker"),
         ([Request(op="commit", base=0, rid=5, shard=0, worker=1, session=SESSION, dtype="<f4", lens=(128,)).encode(), b"\0" * 128], "frame_too_large"),
     ]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from zdk.errors import ConfigError
-from zdk.ps.protocol import Request, as_frames, decode_reply
+from zdk.ps.protocol import PROTOCOL_VERSION, Request, as_frames, decode_reply
 from zdk.ps.shard import ShardConfig, ShardCore
 
 SIZE = 12
@@ -117,7 +117,7 @@ def bad_commit_cases():
     nan[3] = np.nan
     yield "garbage header", b"\x92\xc1\xff", [], "bad_header"
     yield "not a map", msgpack.packb([1, 2, 3]), [], "bad_header"
-    yield "unknown op", msgpack.packb({"v": 1, "op": "drop_table", "rid": 1, "shard": 0}), [], "unknown_op"
+    yield "unknown op", msgpack.packb({"v": PROTOCOL_VERSION, "op": "drop_table", "rid": 1, "shard": 0}), [], "unknown_op"
     yield "wrong shard", Request(op="commit", base=0, rid=1, shard=5, worker=1, session=SESSION, dtype="<f4", lens=(48,)).encode(), [good.tobytes()], "wrong_shard"
     yield "truncated", Request(op="commit", base=0, rid=1, shard=0, worker=1, session=SESSION, dtype="<f4", lens=(16, 32)).encode(), [good[:4].tobytes()], "truncated"
     yield "extra frame", Request(op="commit", base=0, rid=1, shard=0, worker=1, session=SESSION, dtype="<f4", lens=(48,)).encode(), [good.tobytes(), b"x"], "extra_frame"
@@ -148,7 +148,7 @@ def test_malformed_input_gets_an_error_reply_and_leaves_the_center(name, header,
 
 def test_error_reply_echoes_the_request_id_when_it_can():
     core = make_core()
-    (_, reply, _), = send(core, msgpack.packb({"v": 1, "op": "nope", "rid": 4242, "shard": 0}))
+    (_, reply, _), = send(core, msgpack.packb({"v": PROTOCOL_VERSION, "op": "nope", "rid": 4242, "shard": 0}))
     assert reply.op == "error" and reply.rid == 4242
 
 

@@ -9,10 +9,11 @@ bounded number of times: shards apply a commit once per (worker, session, rid).
 from __future__ import annotations
 
 import logging
+import numbers
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -20,8 +21,8 @@ from zdk.errors import ConfigError, DeadlineExceeded, ProtocolError, RemoteError
 from zdk.ps.allocator import tune_allocator
 from zdk.ps.layout import DTYPE, ShardPlan
 from zdk.ps.protocol import (
-    DEFAULT_CHUNK_BYTES, DEFAULT_MAX_FRAME_BYTES, ERROR, U32_MAX, U64_MAX, WIRE_DTYPE, Reply, Request, as_frames,
-    decode_reply,
+    DEFAULT_CHUNK_BYTES, DEFAULT_MAX_FRAME_BYTES, ERROR, U32_MAX, U64_MAX, WIRE_DTYPE, Control, Reply, Request,
+    as_frames, check_epoch_end, check_epochs_from, check_report, decode_reply,
 )
 from zdk.transports.base import ClientConnector, ClientTransport
 from zdk.transports.curve import CurveKeys
@@ -60,16 +61,28 @@ class CommitReceipt:
         staleness: the largest staleness any shard saw.
         info: the algorithm's reported numbers, averaged over shards.
         versions: each shard's version after the commit.
+        control: the driver's control state as the client knew it after this commit (the newest
+            of its replies and of every earlier one); empty before any was set.
+        control_version: its version; 0 before any was set.
     """
 
     applied: bool
     staleness: int
     info: Mapping[str, float] = field(default_factory=dict)
     versions: tuple[int, ...] = ()
+    control: Mapping[str, Any] = field(default_factory=dict)
+    control_version: int = 0
 
 
 class PSClient:
     """Talks to every shard of a parameter server.
+
+    Attributes:
+        control: the driver's control state (``stop``, and ``learning_rate`` when set) from the
+            replies to `hello`, `pull`, `commit`, `report` and `control` (:meth:`set_control`):
+            the one with the highest ``control_version`` seen, so a control that reached some
+            shards before others wins once seen. Empty before any. Replaced, never changed in place.
+        control_version: that state's version; 0 before any.
 
     Args:
         endpoints: the shards' endpoints, shard k at index k.
@@ -123,6 +136,8 @@ class PSClient:
         self.resends = 0
         self._observer = False
         self._quorum: int | None = None
+        self.control: Mapping[str, Any] = {}
+        self.control_version = 0
 
     # ------------------------------------------------------------------ public API
 
@@ -226,14 +241,55 @@ class PSClient:
             frames = as_frames(part, self.chunk_bytes)
             requests.append((self._request("commit", k, base=self._versions[k], dtype=WIRE_DTYPE,
                                            lens=tuple(f.nbytes for f in frames),
-                                           args={"report": dict(report)} if report else {}), frames))
+                                           args={"report": _numbers(report, "report")} if report else {}), frames))
         replies = self._roundtrip("commit", requests)
         infos = [r.fields.get("info", {}) for r in replies]
         keys = set().union(*infos) if infos else set()
         merged = {k: float(np.mean([i[k] for i in infos if k in i])) for k in keys}
         return CommitReceipt(applied=all(r.fields.get("applied", False) for r in replies),
                              staleness=max(int(r.fields.get("staleness", 0)) for r in replies),
-                             info=merged, versions=tuple(r.version for r in replies))
+                             info=merged, versions=tuple(r.version for r in replies),
+                             control=self.control, control_version=self.control_version)
+
+    def report(self, epoch_end: Mapping[str, float], *, report: Mapping[str, float] | None = None) -> None:
+        """Tells every shard this worker finished an epoch, with its figures for it.
+
+        The shards keep the summary by epoch number (a resend overwrites it) for the driver's
+        `stats`; their replies carry the driver's latest control (see :attr:`control`).
+
+        Args:
+            epoch_end: ``epoch`` (an int ≥ 0, the epoch just finished; a float with an integral
+                value is sent as that int), ``samples`` (≥ 0, the
+                samples trained in it) and the epoch's other figures (``loss``, metric names), at
+                most 16 names; those others may be NaN or ±inf, so a diverged loss reaches the driver.
+            report: progress numbers (step, samples, loss) for `stats`, as :meth:`commit` takes.
+
+        Raises:
+            ConfigError: when ``epoch_end`` or ``report`` is not such a map.
+        """
+        args: dict[str, Any] = {"epoch_end": _numbers(epoch_end, "epoch_end", check=check_epoch_end, ints=("epoch",))}
+        if report:
+            args["report"] = _numbers(report, "report")
+        self._roundtrip("report", self._all("report", args=args))
+
+    def set_control(self, *, stop: bool, learning_rate: float | None = None) -> None:
+        """Sets the control state of every shard with the `control` op, as an observer: the workers
+        see it in the replies to their next exchange or report. (Not named after its op like the
+        other methods: :attr:`control` is the state this client last saw.)
+
+        Each call replaces the whole state and bumps each shard's ``control_version``; `init`
+        clears it. Shards do not checkpoint it: send it again to a restarted shard.
+
+        Args:
+            stop: whether the workers should stop training.
+            learning_rate: the learning rate they should train with from now on (a finite float
+                ≥ 0; 0 freezes them); None leaves theirs.
+
+        Raises:
+            ConfigError: naming the argument that is wrong.
+        """
+        wire = Control(stop=stop, learning_rate=learning_rate).to_wire()
+        self._roundtrip("control", self._all("control", args={"role": "observer", "control": wire}))
 
     def init(self, flat: np.ndarray) -> None:
         """Sets the center to ``flat`` (only while no worker is registered)."""
@@ -248,9 +304,21 @@ class PSClient:
             requests.append((self._request("init", k, dtype=WIRE_DTYPE, lens=tuple(f.nbytes for f in frames)), frames))
         self._roundtrip("init", requests)
 
-    def stats(self) -> list[dict[str, Any]]:
-        """Every shard's `stats`."""
-        return [dict(r.fields["stats"]) for r in self._roundtrip("stats", self._all("stats"))]
+    def stats(self, *, epochs_from: int | None = None) -> list[dict[str, Any]]:
+        """Every shard's `stats`.
+
+        Args:
+            epochs_from: when given, each worker's entry also holds ``"epochs"``: the summaries of
+                the epochs ≥ ``epochs_from`` it reported (:meth:`report`), keyed by the epoch as a
+                string; a shard lists at most 100 per worker, the earliest first.
+        """
+        args: dict[str, Any] = {}
+        if epochs_from is not None:
+            try:
+                args["epochs_from"] = check_epochs_from(epochs_from, "epochs_from")
+            except ProtocolError as exc:
+                raise ConfigError(exc.message, field="epochs_from") from None
+        return [dict(r.fields["stats"]) for r in self._roundtrip("stats", self._all("stats", args=args))]
 
     def checkpoint(self) -> list[str]:
         """Asks every shard to write its checkpoint; returns the files written."""
@@ -282,8 +350,8 @@ class PSClient:
             raise ConfigError("call `hello()` before pulling or committing")
         return self.info
 
-    def _all(self, op: str) -> list[Request]:
-        return [self._request(op, k) for k in range(len(self._links))]
+    def _all(self, op: str, **fields: Any) -> list[Request]:
+        return [self._request(op, k, **fields) for k in range(len(self._links))]
 
     def _request(self, op: str, shard: int, **fields: Any) -> Request:
         self._rid += 1
@@ -341,9 +409,9 @@ class PSClient:
         raw, more = link.recv_header()
         try:
             reply = decode_reply(raw)
-        except ProtocolError:
+        except ProtocolError as exc:
             link.discard_rest()
-            raise
+            raise ProtocolError(exc.code, f"{self.endpoints[k]}: {exc.message}") from None
         if request is None or reply.rid != request.rid:
             dropped = link.discard_rest() if more else 0
             logger.debug("%s: dropped a late reply (rid %d, %d frames)", self.endpoints[k], reply.rid, dropped)
@@ -363,7 +431,23 @@ class PSClient:
         elif more:
             extra = link.discard_rest()
             raise ProtocolError("extra_frame", f"{self.endpoints[k]}: `{op}` reply carried {extra} unexpected frames")
+        self._note_control(k, reply)
         return reply
+
+    def _note_control(self, k: int, reply: Reply) -> None:
+        """Keeps the control state of ``reply`` when it is newer than any seen."""
+        version = reply.fields.get("control_version")
+        if version is None:
+            return
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            raise ProtocolError("bad_header", f"{self.endpoints[k]}: `control_version` must be an int ≥ 0. "
+                                f"Received: control_version={version!r}")
+        try:
+            control = Control.decode(reply.fields.get("control"), name="control")
+        except ProtocolError as exc:
+            raise ProtocolError(exc.code, f"{self.endpoints[k]}: {exc.message}") from None
+        if version > self.control_version:
+            self.control, self.control_version = control.to_wire(), version
 
     def _receive_data(self, k: int, reply: Reply, more: bool, target: memoryview) -> None:
         link = self._links[k]
@@ -386,3 +470,27 @@ class PSClient:
         if more:
             extra = link.discard_rest()
             raise ProtocolError("extra_frame", f"{self.endpoints[k]}: pull reply carried {extra} extra frames")
+
+
+def _numbers(values: Mapping[str, Any], name: str, *, check: Callable[[Any, str], dict[str, float]] = check_report,
+             ints: Sequence[str] = ()) -> dict[str, float]:
+    """``values`` as the wire carries them (numpy numbers become ints and floats, and the values
+    named in ``ints`` ints when they are integral), validated by ``check`` the way the shards will.
+
+    Raises:
+        ConfigError: naming ``name`` and the value that is wrong.
+    """
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"`{name}` must be a map of names to numbers. Received: {values!r}", field=name)
+    wire = {k: int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool)
+            else float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool) else v
+            for k, v in values.items()}
+    for k in ints:
+        value = wire.get(k)
+        if isinstance(value, float) and value.is_integer():
+            wire[k] = int(value)
+    try:
+        check(wire, name)
+    except ProtocolError as exc:
+        raise ConfigError(exc.message, field=name) from None
+    return wire

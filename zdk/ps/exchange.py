@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -89,6 +89,24 @@ class Exchange:
             return self._exchange(self._window(self.local, steps), report)
         except ShardRestarted as exc:
             return self._after_restart(exc)
+
+    def report(self, epoch_end: Mapping[str, float], *, report: Mapping[str, float] | None = None) -> None:
+        """Reports the end of an epoch to the shards (:meth:`PSClient.report`), after collecting
+        an exchange in flight, so that two threads never use the client at once.
+
+        The replies update ``client.control``, the driver's latest control state. A restarted
+        shard is handled as in :meth:`end_window` (re-sync, then the report is sent again).
+
+        Args:
+            epoch_end: ``epoch``, ``samples`` and the epoch's figures (``loss``, metrics).
+            report: progress numbers for the shards' `stats`.
+        """
+        self.collect(block=True)
+        try:
+            self.client.report(epoch_end, report=report)
+        except ShardRestarted as exc:
+            self._after_restart(exc)
+            self.client.report(epoch_end, report=report)
 
     # ------------------------------------------------------------------ overlapped exchanges
 

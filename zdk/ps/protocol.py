@@ -15,9 +15,11 @@ from typing import Any, Mapping, Sequence
 import msgpack
 import numpy as np
 
-from zdk.errors import ProtocolError
+from zdk.errors import ConfigError, ProtocolError
 
-PROTOCOL_VERSION = 1
+#: Version 2 added the `report` and `control` ops, `args.epochs_from` of `stats`, and the
+#: `control` and `control_version` fields of replies.
+PROTOCOL_VERSION = 2
 U64_MAX = 2**64 - 1
 U32_MAX = 2**32 - 1
 
@@ -26,12 +28,20 @@ U32_MAX = 2**32 - 1
 #: these come from the top of the u32 range so a shard's log tells who asked.
 OBSERVER_TOOL = U32_MAX  # `zdk ps status|stop|checkpoint`, and `start_shards` setting the initial center
 OBSERVER_PROGRESS = U32_MAX - 1  # the driver's progress poller (`stats` about twice a second)
-OBSERVER_DRIVER = U32_MAX - 2  # the driver's PS session: probe, init, resume point, final pull
+OBSERVER_DRIVER = U32_MAX - 2  # the driver's PS session: probe, init, resume point, control, final pull
 
 #: Request ops. Each has a reply with the same ``op``, or an ``error`` reply.
-OPS = ("hello", "pull", "commit", "stats", "checkpoint", "shutdown", "init", "bye")
+OPS = ("hello", "pull", "commit", "stats", "checkpoint", "shutdown", "init", "bye", "report", "control")
 #: Ops that must carry a worker id and its client session (a `pull` as observer need not).
-WORKER_OPS = frozenset({"pull", "commit", "bye"})
+WORKER_OPS = frozenset({"pull", "commit", "bye", "report"})
+#: Ops a client may send with ``args.role = "observer"`` instead of as a registered worker.
+OBSERVABLE_OPS = frozenset({"hello", "pull"})
+#: Ops only an observer sends: the driver's decisions are not a worker's to make.
+OBSERVER_OPS = frozenset({"control"})
+#: Ops whose replies carry ``control`` and ``control_version`` once a control was set: the
+#: requests a training worker makes anyway, so the driver's decisions reach it without polling.
+CONTROL_REPLY_OPS = frozenset({"hello", "pull", "commit", "report"})
+ROLES = ("worker", "observer")
 #: Ops whose request carries array frames.
 DATA_OPS = frozenset({"commit", "init"})
 ERROR = "error"
@@ -40,7 +50,13 @@ WIRE_DTYPE = "<f4"
 DEFAULT_CHUNK_BYTES = 1 << 20
 DEFAULT_MAX_FRAME_BYTES = 64 << 20
 MAX_HEADER_BYTES = 64 << 10
+#: Replies come from the shards a client chose to trust, and a `stats` reply listing epochs is larger.
+MAX_REPLY_HEADER_BYTES = 16 << 20
 MAX_WAIT_SECONDS = 3600.0
+#: Keys of a worker's number maps (`args.report`, `args.epoch_end`), and the length of a key.
+MAX_REPORT_KEYS = 16
+MAX_NAME_CHARS = 128
+_SAME_ZDK = "run the same zdk version on the driver, the workers and the shards"
 
 # Optional request fields: name -> (type check, description for errors).
 _REQUEST_KEYS = frozenset(
@@ -57,7 +73,8 @@ class Request:
         op: one of :data:`OPS`.
         rid: request id, u64, unique within the sender's client session; replies echo it.
         shard: the shard the sender believes it talks to.
-        worker: the sender's worker id (u32); required for `pull`, `commit`, `bye` and a worker's `hello`.
+        worker: the sender's worker id (u32); required for `commit`, `bye`, `report` and a worker's `hello`
+            and `pull`.
         session: the sender's client session (u64, random per client): commits are applied once
             per (worker, session, rid), and a new session at `hello` replaces the old registration.
         base: the shard version the sender's data is based on (u64); required for `commit`.
@@ -110,6 +127,9 @@ class Reply:
         gen: the answering shard's generation.
         version: the shard's version after handling the request.
         fields: every other header field (``lens``, ``dtype``, ``code``, ``message``, ...).
+        protocol: the header's ``v``: :data:`PROTOCOL_VERSION`, except in the error reply to a
+            request of another version, which speaks the requester's so that an older client
+            can read why it was refused (the layout of an `error` reply is the same in every version).
     """
 
     op: str
@@ -118,10 +138,11 @@ class Reply:
     gen: int
     version: int
     fields: Mapping[str, Any] = field(default_factory=dict)
+    protocol: int = PROTOCOL_VERSION
 
     def encode(self) -> bytes:
         header = dict(self.fields)
-        header.update(v=PROTOCOL_VERSION, op=self.op, rid=self.rid, shard=self.shard, gen=self.gen, version=self.version)
+        header.update(v=self.protocol, op=self.op, rid=self.rid, shard=self.shard, gen=self.gen, version=self.version)
         return msgpack.packb(header, use_bin_type=True)
 
     @property
@@ -130,8 +151,9 @@ class Reply:
 
 
 def _unpack(raw: bytes | memoryview, what: str) -> dict[str, Any]:
-    if len(raw) > MAX_HEADER_BYTES:
-        raise ProtocolError("bad_header", f"{what} header must be ≤ {MAX_HEADER_BYTES} bytes. Received: {len(raw)} bytes")
+    limit = MAX_HEADER_BYTES if what == "request" else MAX_REPLY_HEADER_BYTES
+    if len(raw) > limit:
+        raise ProtocolError("bad_header", f"{what} header must be ≤ {limit} bytes. Received: {len(raw)} bytes")
     try:
         header = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
@@ -140,7 +162,15 @@ def _unpack(raw: bytes | memoryview, what: str) -> dict[str, Any]:
         raise ProtocolError("bad_header", f"{what} header must be a msgpack map. Received: {type(header).__name__}")
     version = header.get("v")
     if version != PROTOCOL_VERSION:
-        raise ProtocolError("bad_version", f"`v` must be {PROTOCOL_VERSION}. Received: v={version!r}")
+        if what == "request":
+            message = (f"`v` must be {PROTOCOL_VERSION}: this shard speaks zdk wire protocol {PROTOCOL_VERSION}, "
+                       f"the client v={version!r}: {_SAME_ZDK}")
+        else:
+            message = (f"`v` must be {PROTOCOL_VERSION}: this client speaks zdk wire protocol {PROTOCOL_VERSION}, "
+                       f"the shard replied with v={version!r}: {_SAME_ZDK}")
+            if header.get("op") == ERROR and isinstance(header.get("message"), str):
+                message += f" (the shard's error: {header['message'][:300]})"
+        raise ProtocolError("bad_version", message)
     return header
 
 
@@ -157,7 +187,7 @@ def _optional_int(header: Mapping[str, Any], key: str, *, maximum: int) -> int |
 
 
 def _check_int(key: str, value: Any, maximum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+    if not _is_int(value, maximum):
         raise ProtocolError("bad_header", f"`{key}` must be an int in [0, {maximum}]. Received: {key}={value!r}")
     return value
 
@@ -226,8 +256,17 @@ def decode_request(raw: bytes | memoryview, frame_lengths: Sequence[int], *, max
         raise ProtocolError("truncated", f"`{op}` needs data frames. Received: none")
     if op not in DATA_OPS and lens:
         raise ProtocolError("extra_frame", f"`{op}` takes no data frames. Received: {len(lens)}")
+    role = args.get("role", "worker")
+    if role not in ROLES:
+        raise ProtocolError("bad_header", f"`args.role` must be 'worker' or 'observer'. Received: role={role!r}")
     acts_as_worker = op in WORKER_OPS or op == "hello"
-    if acts_as_worker and args.get("role", "worker") == "worker":
+    if acts_as_worker and role == "observer" and op not in OBSERVABLE_OPS:
+        raise ProtocolError("bad_header", f"`{op}` is a registered worker's op: `args.role` must be 'worker'. "
+                            f"Received: role='observer'")
+    if op in OBSERVER_OPS and role != "observer":
+        raise ProtocolError("bad_header", f"`{op}` is sent as an observer: `args.role` must be 'observer'. "
+                            f"Received: role={role!r}")
+    if acts_as_worker and role == "worker":
         for key, value in (("worker", worker), ("session", session)):
             if value is None:
                 raise ProtocolError("bad_header", f"`{key}` is required for a worker's `{op}`. Received: no `{key}`")
@@ -240,18 +279,38 @@ def decode_request(raw: bytes | memoryview, frame_lengths: Sequence[int], *, max
     )
 
 
-def salvage(raw: Any) -> tuple[int, str]:
-    """The ``rid`` and ``op`` of a request whose header failed validation, for the error reply:
-    whatever of them parses, else ``0`` and ``"?"``."""
+@dataclass(frozen=True)
+class Salvaged:
+    """What the error reply to a request whose header failed validation can echo.
+
+    Args:
+        rid: the request's ``rid``, or 0.
+        op: its ``op`` when it is one of :data:`OPS`, else ``"?"``.
+        protocol: the ``v`` to answer in: the request's own when it is a u32 (an older or newer
+            client then reads the error), else :data:`PROTOCOL_VERSION`.
+    """
+
+    rid: int = 0
+    op: str = "?"
+    protocol: int = PROTOCOL_VERSION
+
+
+def salvage(raw: Any) -> Salvaged:
+    """The ``rid``, ``op`` and ``v`` of a request whose header failed validation, for the error
+    reply: whatever of them parses."""
     try:
         value = msgpack.unpackb(raw, raw=False, strict_map_key=False)
     except Exception:  # any garbage: nothing can be salvaged
-        return 0, "?"
+        return Salvaged()
     if not isinstance(value, dict):
-        return 0, "?"
-    rid, op = value.get("rid", 0), value.get("op")
-    rid = rid if isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid <= U64_MAX else 0
-    return rid, op if op in OPS else "?"
+        return Salvaged()
+    rid, op, v = value.get("rid", 0), value.get("op"), value.get("v", PROTOCOL_VERSION)
+    return Salvaged(rid=rid if _is_int(rid, U64_MAX) else 0, op=op if op in OPS else "?",
+                    protocol=v if _is_int(v, U32_MAX) else PROTOCOL_VERSION)
+
+
+def _is_int(value: Any, maximum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= maximum
 
 
 def decode_reply(raw: bytes | memoryview) -> Reply:
@@ -265,6 +324,132 @@ def decode_reply(raw: bytes | memoryview) -> Reply:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError("bad_header", f"reply header lacks a valid field: {exc!r}") from None
+
+
+# ------------------------------------------------------------------ op arguments
+
+
+def check_report(value: Any, name: str = "args.report") -> dict[str, float]:
+    """A worker's map of names to numbers: its progress (``args.report``: step, samples, loss)
+    or an epoch's figures. Any float is accepted, NaN and ±inf included: the driver must see a
+    diverged loss.
+
+    Args:
+        value: the map as received.
+        name: the field, for the error message.
+
+    Raises:
+        ProtocolError: unless it maps ≤ :data:`MAX_REPORT_KEYS` names of 1 to
+            :data:`MAX_NAME_CHARS` characters to ints or floats.
+    """
+    if not isinstance(value, dict) or len(value) > MAX_REPORT_KEYS or not all(
+        isinstance(k, str) and 0 < len(k) <= MAX_NAME_CHARS and _is_number(v) for k, v in value.items()
+    ):
+        raise ProtocolError("bad_header", f"`{name}` must map ≤ {MAX_REPORT_KEYS} names (1 to {MAX_NAME_CHARS} "
+                            f"characters) to numbers. Received: {_shown(value)}")
+    return {k: float(v) for k, v in value.items()}
+
+
+def check_epoch_end(value: Any, name: str = "args.epoch_end") -> dict[str, float]:
+    """A worker's summary of the epoch it just finished: a :func:`check_report` map holding
+    ``epoch`` (an int ≥ 0), ``samples`` (a finite number ≥ 0, the samples trained in it) and its
+    other figures (``loss``, metric names), which may be NaN or ±inf.
+
+    Returns:
+        the summary, ``epoch`` an int and every other value a float.
+
+    Raises:
+        ProtocolError: naming the field and the value that is wrong.
+    """
+    summary = check_report(value, name)
+    if "epoch" not in summary or "samples" not in summary:
+        raise ProtocolError("bad_header", f"`{name}` must contain `epoch` and `samples`. Received: keys {sorted(summary)}")
+    epoch = value["epoch"]
+    if not _is_int(epoch, U32_MAX):
+        raise ProtocolError("bad_header", f"`{name}.epoch` must be an int in [0, {U32_MAX}] (the epoch just "
+                            f"finished). Received: epoch={epoch!r}")
+    if not (math.isfinite(summary["samples"]) and summary["samples"] >= 0):
+        raise ProtocolError("bad_header", f"`{name}.samples` must be a finite number ≥ 0 (the samples trained "
+                            f"in the epoch). Received: samples={value['samples']!r}")
+    summary["epoch"] = epoch
+    return summary
+
+
+def check_epochs_from(value: Any, name: str = "args.epochs_from") -> int:
+    """``args.epochs_from`` of `stats`: the first epoch whose summaries the reply lists."""
+    return _check_int(name, value, U32_MAX)
+
+
+@dataclass(frozen=True)
+class Control:
+    """The driver's decisions for every worker of a job: the control state a shard keeps and
+    hands out in its replies to workers.
+
+    Args:
+        stop: whether the workers should stop training.
+        learning_rate: the learning rate the workers should train with from now on; None
+            leaves theirs as it is.
+
+    Raises:
+        ConfigError: naming the argument and the value that is wrong.
+    """
+
+    stop: bool = False
+    learning_rate: float | None = None
+
+    def __post_init__(self) -> None:
+        problem = _control_problem(self.stop, self.learning_rate, "")
+        if problem is not None:
+            raise ConfigError(problem[1], field=problem[0])
+        if self.learning_rate is not None:
+            object.__setattr__(self, "learning_rate", float(self.learning_rate))
+
+    def to_wire(self) -> dict[str, Any]:
+        """The ``control`` map of requests and replies."""
+        wire: dict[str, Any] = {"stop": self.stop}
+        if self.learning_rate is not None:
+            wire["learning_rate"] = self.learning_rate
+        return wire
+
+    @classmethod
+    def decode(cls, value: Any, name: str = "args.control") -> Control:
+        """The control state carried by ``value``, a map as received.
+
+        Raises:
+            ProtocolError: naming the field and the value that is wrong.
+        """
+        if not isinstance(value, dict) or "stop" not in value or not set(value) <= {"stop", "learning_rate"}:
+            raise ProtocolError("bad_header", f"`{name}` must be a map with `stop` (a bool) and optionally "
+                                f"`learning_rate` (a finite float ≥ 0). Received: {_shown(value)}")
+        problem = _control_problem(value["stop"], value.get("learning_rate"), f"{name}.")
+        if problem is not None:
+            raise ProtocolError("bad_header", problem[1])
+        return cls(stop=value["stop"], learning_rate=value.get("learning_rate"))
+
+
+def _control_problem(stop: Any, learning_rate: Any, prefix: str) -> tuple[str, str] | None:
+    """The field of a control state that is wrong and why, or None."""
+    if not isinstance(stop, bool):
+        return "stop", f"`{prefix}stop` must be a bool. Received: stop={stop!r}"
+    if learning_rate is not None and not (
+        _is_number(learning_rate) and math.isfinite(learning_rate) and learning_rate >= 0
+    ):
+        # 0 is a rate: a schedule may freeze the model.
+        return "learning_rate", (f"`{prefix}learning_rate` must be a finite float ≥ 0, or None to keep the "
+                                 f"workers' own. Received: learning_rate={learning_rate!r}")
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _shown(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+# ------------------------------------------------------------------ data frames
 
 
 def chunk_lengths(nbytes: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[int]:

@@ -24,11 +24,17 @@ from zdk.ps import checkpoint, snapshot
 from zdk.ps.checkpoint import CheckpointPolicy
 from zdk.ps.layout import DTYPE, ShardPlan
 from zdk.ps.protocol import (
-    DEFAULT_CHUNK_BYTES, DEFAULT_MAX_FRAME_BYTES, ERROR, MAX_WAIT_SECONDS, WIRE_DTYPE,
-    Reply, Request, add_checked, as_frames, decode_request, join_checked, salvage,
+    CONTROL_REPLY_OPS, DEFAULT_CHUNK_BYTES, DEFAULT_MAX_FRAME_BYTES, ERROR, MAX_WAIT_SECONDS, PROTOCOL_VERSION,
+    WIRE_DTYPE, Control, Reply, Request, add_checked, as_frames, check_epoch_end, check_epochs_from, check_report,
+    decode_request, join_checked, salvage,
 )
 
 logger = logging.getLogger(__name__)
+
+#: Epoch summaries a shard keeps per worker: the latest, by epoch number.
+MAX_EPOCHS_KEPT = 1000
+#: Epoch summaries per worker in one `stats` reply, which keeps the reply's header bounded.
+MAX_EPOCHS_PER_STATS = 100
 
 Frame = Any  # bytes, memoryview or zmq.Frame: anything with the buffer protocol
 
@@ -146,6 +152,7 @@ class _Counters:
     requests: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    reports: int = 0
     info_sums: dict[str, float] = field(default_factory=dict)
     info_counts: dict[str, int] = field(default_factory=dict)
 
@@ -188,6 +195,11 @@ class ShardCore:
         self._dedupe: dict[int, OrderedDict[int, bytes]] = {}
         self._parked: list[_Parked] = []
         self._counters = _Counters()
+        # Per worker id, its epoch summaries by epoch number. Not in checkpoints, like the
+        # control state: the workers and the driver send them again.
+        self._epochs: dict[int, dict[int, dict[str, float]]] = {}
+        self._control: Control | None = None
+        self._control_version = 0
         self.last_checkpoint = clock()
         self.restored_from: str | None = None
         self.restored_progress: dict[int, dict[str, float]] = {}
@@ -195,6 +207,7 @@ class ShardCore:
         self._handlers: dict[str, Callable[[bytes, Request, Sequence[Frame]], list[Outgoing]]] = {
             "hello": self._hello, "pull": self._pull, "commit": self._commit, "stats": self._stats,
             "checkpoint": self._checkpoint, "shutdown": self._shutdown, "init": self._init, "bye": self._bye,
+            "report": self._report, "control": self._set_control,
         }
 
     # ------------------------------------------------------------------ entry points
@@ -207,6 +220,16 @@ class ShardCore:
     @property
     def version(self) -> int:
         return self.state.version
+
+    @property
+    def control(self) -> Control | None:
+        """The driver's control state for the workers, or None when none was set since the start or `init`."""
+        return self._control
+
+    @property
+    def control_version(self) -> int:
+        """Bumped by every `control`; 0 means none was set since the start or the last `init`."""
+        return self._control_version
 
     @property
     def idle_seconds(self) -> float:
@@ -225,8 +248,8 @@ class ShardCore:
         try:
             request = decode_request(header, lengths, max_frame_bytes=self.config.max_frame_bytes)
         except ProtocolError as exc:
-            rid, op = salvage(header)
-            return [self._error(peer, rid, op, exc.code, exc.message)]
+            salvaged = salvage(header)
+            return [self._error(peer, salvaged.rid, salvaged.op, exc.code, exc.message, protocol=salvaged.protocol)]
         try:
             self._check_addressing(request)
             return self._handlers[request.op](peer, request, frames)
@@ -266,9 +289,26 @@ class ShardCore:
             logger.exception("shard %d: `describe_wait` of %s failed", self.config.shard, self.algorithm.name)
             return ""
 
-    def stats(self) -> dict[str, Any]:
-        """Counters, connected workers and their staleness, as sent in a `stats` reply."""
+    def stats(self, *, epochs_from: int | None = None) -> dict[str, Any]:
+        """Counters, connected workers and their staleness, as sent in a `stats` reply.
+
+        Args:
+            epochs_from: when given, each worker's entry also lists the summaries of the epochs
+                ≥ ``epochs_from`` it reported, under ``"epochs"`` keyed by the epoch as a string:
+                the first :data:`MAX_EPOCHS_PER_STATS` of them (ask again from the next for more).
+        """
         c = self._counters
+        workers: dict[str, dict[str, Any]] = {}
+        for w, s in self.state.workers.items():
+            entry: dict[str, Any] = {
+                "attempt": s.attempt, "session": s.session, "base_version": s.base_version, "staleness": s.staleness,
+                "lag": self.version - s.base_version, "commits": s.commits, "active": s.active, "report": dict(s.report),
+            }
+            if epochs_from is not None:
+                epochs = self._epochs.get(w, {})
+                wanted = sorted(e for e in epochs if e >= epochs_from)[:MAX_EPOCHS_PER_STATS]
+                entry["epochs"] = {str(e): dict(epochs[e]) for e in wanted}
+            workers[str(w)] = entry
         start, stop = self.config.range
         return {
             "shard": self.config.shard, "num_shards": self.config.num_shards, "range": [start, stop],
@@ -278,12 +318,8 @@ class ShardCore:
             "uptime": self._clock() - self._started, "parked": len(self._parked),
             "quorum": self.state.quorum, "restored_from": self.restored_from,
             "restored_progress": {str(w): r for w, r in self.restored_progress.items()},
-            "workers": {
-                str(w): {"attempt": s.attempt, "session": s.session, "base_version": s.base_version, "staleness": s.staleness,
-                         "lag": self.version - s.base_version, "commits": s.commits, "active": s.active,
-                         "report": dict(s.report)}
-                for w, s in self.state.workers.items()
-            },
+            "workers": workers, "reports": c.reports,
+            "control": {} if self._control is None else self._control.to_wire(), "control_version": self._control_version,
             "connected": len(self.state.active_workers),
             "info": {k: c.info_sums[k] / c.info_counts[k] for k in c.info_sums},
         }
@@ -291,16 +327,19 @@ class ShardCore:
     # ------------------------------------------------------------------ replies
 
     def _reply(self, peer: bytes, request: Request, frames: Sequence[Frame] = (), **fields: Any) -> Outgoing:
+        if request.op in CONTROL_REPLY_OPS and self._control is not None:
+            fields.update(control=self._control.to_wire(), control_version=self._control_version)
         header = Reply(op=request.op, rid=request.rid, shard=self.config.shard, gen=self.generation,
                        version=self.version, fields=fields).encode()
         self._counters.bytes_out += len(header) + sum(memoryview(f).nbytes for f in frames)
         return Outgoing(peer, header, frames)
 
-    def _error(self, peer: bytes, rid: int, op: str, code: str, message: str) -> Outgoing:
+    def _error(self, peer: bytes, rid: int, op: str, code: str, message: str, *,
+               protocol: int = PROTOCOL_VERSION) -> Outgoing:
         self._counters.errors += 1
         logger.warning("shard %d: %s `%s` refused [%s]: %s", self.config.shard, _hex(peer), op, code, message)
         header = Reply(op=ERROR, rid=rid, shard=self.config.shard, gen=self.generation, version=self.version,
-                       fields={"code": code, "message": message, "request_op": op}).encode()
+                       fields={"code": code, "message": message, "request_op": op}, protocol=protocol).encode()
         return Outgoing(peer, header, ())
 
     # ------------------------------------------------------------------ checks
@@ -350,9 +389,7 @@ class ShardCore:
     # ------------------------------------------------------------------ handlers
 
     def _hello(self, peer: bytes, request: Request, frames: Sequence[Frame]) -> list[Outgoing]:
-        role = request.args.get("role", "worker")
-        if role not in ("worker", "observer"):
-            raise ProtocolError("bad_header", f"`args.role` must be 'worker' or 'observer'. Received: role={role!r}")
+        role = request.args.get("role", "worker")  # checked by decode_request
         quorum = request.args.get("quorum")
         if quorum is not None and (isinstance(quorum, bool) or not isinstance(quorum, int) or quorum < 1):
             raise ProtocolError("bad_header", f"`args.quorum` must be an int ≥ 1. Received: quorum={quorum!r}")
@@ -384,6 +421,8 @@ class ShardCore:
         self.state.workers[request.worker] = WorkerSlot(worker=request.worker, attempt=request.attempt,
                                                         session=request.session, base_version=self.version)
         self._dedupe.pop(request.worker, None)
+        # A new registration is another task attempt or another job: its epochs start afresh.
+        self._epochs.pop(request.worker, None)
         if old is not None:
             logger.info("shard %d: worker %d re-registered (attempt %d → %d, a new client session)",
                         self.config.shard, request.worker, old.attempt, request.attempt)
@@ -455,7 +494,7 @@ class ShardCore:
         if request.base > self.version:
             raise ProtocolError("bad_base", f"`base` must be ≤ the shard version {self.version}. "
                                 f"Received: base={request.base}")
-        report = _check_report(request.args.get("report", {}))
+        report = check_report(request.args.get("report", {}))
         if self.algorithm.additive:
             # θ̃ + Δ is elementwise: it is computed frame by frame into a free buffer, each block
             # checked while in cache, and becomes the center only if all of it is finite. No joined
@@ -532,11 +571,42 @@ class ShardCore:
         np.copyto(self._writable_state().center, data)
         self.state.state.clear()
         self.state.quorum = None
+        # A new job starts: it must not inherit the last job's `stop` or its workers' epoch ends.
+        self._control, self._control_version = None, 0
+        self._epochs.clear()
         self.state.version += 1
         return [self._reply(peer, request)]
 
+    def _report(self, peer: bytes, request: Request, frames: Sequence[Frame]) -> list[Outgoing]:
+        slot = self._slot(request)
+        assert request.worker is not None  # decode_request requires it
+        if "epoch_end" not in request.args:
+            raise ProtocolError("bad_header", "`args.epoch_end` is required for `report`: a map with `epoch` and "
+                                "`samples`. Received: no `args.epoch_end`")
+        summary = check_epoch_end(request.args["epoch_end"])
+        report = check_report(request.args.get("report", {}))
+        epochs = self._epochs.setdefault(request.worker, {})
+        epochs[int(summary["epoch"])] = summary  # a resend of the same epoch overwrites it
+        if len(epochs) > MAX_EPOCHS_KEPT:
+            del epochs[min(epochs)]
+        slot.report = report or slot.report
+        self._counters.reports += 1
+        return [self._reply(peer, request)]
+
+    def _set_control(self, peer: bytes, request: Request, frames: Sequence[Frame]) -> list[Outgoing]:
+        if "control" not in request.args:
+            raise ProtocolError("bad_header", "`args.control` is required for `control`: a map with `stop` and "
+                                "optionally `learning_rate`. Received: no `args.control`")
+        self._control = Control.decode(request.args["control"])
+        self._control_version += 1
+        logger.info("shard %d: control %d is %s", self.config.shard, self._control_version, self._control.to_wire())
+        return [self._reply(peer, request, control=self._control.to_wire(), control_version=self._control_version)]
+
     def _stats(self, peer: bytes, request: Request, frames: Sequence[Frame]) -> list[Outgoing]:
-        return [self._reply(peer, request, stats=self.stats())]
+        epochs_from = request.args.get("epochs_from")
+        if epochs_from is not None:
+            epochs_from = check_epochs_from(epochs_from)
+        return [self._reply(peer, request, stats=self.stats(epochs_from=epochs_from))]
 
     def _checkpoint(self, peer: bytes, request: Request, frames: Sequence[Frame]) -> list[Outgoing]:
         path = self.config.checkpoint_path
@@ -607,19 +677,6 @@ class ShardCore:
         self.restored_progress = {int(w): r for w, r in meta.get("progress", {}).items()}
         self.restored_from = path
         logger.info("shard %d: restored version %d from %s", self.config.shard, self.version, path)
-
-
-MAX_REPORT_KEYS = 16
-
-
-def _check_report(report: Any) -> dict[str, float]:
-    """A worker's progress report (step, samples, loss, ...): a small map of names to numbers."""
-    if not isinstance(report, dict) or len(report) > MAX_REPORT_KEYS or not all(
-        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in report.items()
-    ):
-        raise ProtocolError("bad_header", f"`args.report` must map ≤ {MAX_REPORT_KEYS} names to numbers. "
-                            f"Received: report={report!r}"[:300])
-    return {k: float(v) for k, v in report.items()}
 
 
 def _hex(peer: bytes) -> str:
