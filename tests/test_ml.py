@@ -109,51 +109,43 @@ def test_save_and_load_model_through_a_hadoop_path(spark, tmp_path):
         io.load_model("file://" + str(tmp_path / "missing.keras"), spark=spark)
 
 
-class ScriptedTrainer:
-    """A stand-in that only records the learning rates Emperor sets; its losses are scripted."""
+def test_the_emperor_schedule_divides_the_learning_rate_on_a_plateau():
+    """The callback alone, on a compiled model: evaluations every 3 epochs, losses scripted."""
+    from zdk.schemes import EmperorSchedule, EmperorStep
 
-    def __init__(self) -> None:
-        self.learning_rate = 0.1
-        self.keras_model = None
-        self.rates: list[float] = []
-        self.epochs: list[int] = []
-
-    def set_num_epoch(self, n: int) -> None:
-        self.epochs.append(n)
-
-    def set_learning_rate(self, rate: float) -> None:
-        self.learning_rate = rate
-
-    def train(self, df):
-        self.rates.append(self.learning_rate)
-        return len(self.rates)
-
-
-def test_emperor_divides_the_learning_rate_on_a_plateau():
-    losses = {1: 1.0, 2: 0.5, 3: 0.499, 4: 0.3}
-    trainer = ScriptedTrainer()
-    emperor = Emperor(trainer, lambda model, _: losses[model], num_epoch=10, evaluation_frequency=3,
-                      loss_threshold=0.01)
-    assert emperor.optimize("train", "valid") == 4
-    assert trainer.epochs == [3, 3, 3, 1]
-    assert trainer.rates == pytest.approx([0.1, 0.1, 0.1, 0.01])
-    assert [s.reduced for s in emperor.steps] == [False, False, True, False]
+    model = small_model(seed=1)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    losses = iter([1.0, 0.5, 0.499, 0.3])
+    steps: list[EmperorStep] = []
+    schedule = EmperorSchedule(lambda m, v: next(losses), "valid", evaluation_frequency=3, loss_threshold=0.01,
+                               steps=steps)
+    schedule.set_model(model)
+    for epoch in range(12):
+        schedule.on_epoch_end(epoch, {})
+    assert [s.epochs for s in steps] == [3, 6, 9, 12]
+    assert [s.learning_rate for s in steps] == pytest.approx([0.1, 0.1, 0.1, 0.01])
+    assert [s.reduced for s in steps] == [False, False, True, False]
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.01)
 
 
-def test_emperor_with_a_real_trainer_lowers_the_rate(digits_df, digits):
-    from zdk.trainers import SingleTrainer
+@pytest.mark.spark
+def test_emperor_lowers_the_rate_within_one_run(digits_df, digits):
+    from zdk.trainers import DOWNPOUR
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10, activation="softmax")])
-    trainer = SingleTrainer(model, keras.optimizers.SGD(0.5), "sparse_categorical_crossentropy", progress=False)
+    trainer = DOWNPOUR(model, keras.optimizers.SGD(0.5), "sparse_categorical_crossentropy", num_workers=1,
+                       communication_window=1, progress=False)
     _, x_test, _, y_test = digits
 
     def evaluate(m, _):
         return float(m.evaluate(x_test, y_test, verbose=0)[0])
 
     emperor = Emperor(trainer, evaluate, num_epoch=4, evaluation_frequency=1, loss_threshold=10.0)
-    emperor.optimize(digits_df, None)
+    trained = emperor.optimize(digits_df, None)
     assert [s.learning_rate for s in emperor.steps] == pytest.approx([0.5, 0.5, 0.05, 0.005])
+    assert sorted({r["epoch"] for r in trainer.history}) == [0, 1, 2, 3]  # one run, not four
+    assert float(trained.optimizer.learning_rate) == pytest.approx(0.0005)
 
 
 def test_estimator_in_a_pipeline_saves_loads_and_predicts_the_same(digits_df, digits, tmp_path):
@@ -186,3 +178,19 @@ def test_estimator_in_a_pipeline_saves_loads_and_predicts_the_same(digits_df, di
 def test_estimator_without_loss_is_an_error(digits_df):
     with pytest.raises(ConfigError, match="`loss` must be set"):
         KerasEstimator(keras_model=small_model(inputs=64, outputs=10)).fit(digits_df)
+
+
+def test_estimator_validates_on_a_fraction_or_on_rows_a_column_marks(digits_df):
+    from pyspark.sql import functions as F
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10, activation="softmax")])
+    estimator = KerasEstimator(keras_model=model, algorithm="downpour", loss="sparse_categorical_crossentropy",
+                               numWorkers=2, numEpoch=2, workerOptimizer=keras.optimizers.Adam(0.01), validation=0.2)
+    fitted = estimator.fit(digits_df)
+    assert len(fitted.epoch_history["val_loss"]) == 2 and len(fitted.epoch_history["val_accuracy"]) == 2
+    marked = digits_df.withColumn("holdout", F.rand(3) < 0.2)
+    by_column = estimator.copy({estimator.validation: "holdout"}).fit(marked)
+    assert by_column.epoch_history["val_accuracy"][-1] > 0.5
+    with pytest.raises(ConfigError, match="`validation` must be a fraction or a boolean column"):
+        estimator.copy({estimator.validation: "label"}).fit(marked)

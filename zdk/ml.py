@@ -74,7 +74,10 @@ class KerasModel(Model, _ColumnParams, MLReadable, MLWritable):
                  predictionCol: str = "prediction") -> None:
         super().__init__()
         self.keras_model = keras_model
+        #: One record per worker step of the training run.
         self.history: list[dict[str, Any]] = []
+        #: The per-epoch figures of a validated run: each figure (``loss``, ``val_loss``, …) to one value per epoch.
+        self.epoch_history: dict[str, list[float]] = {}
         self._setDefault(featuresCols=["features"], predictionCol="prediction")
         kwargs = {k: (list(v) if k == "featuresCols" else v) for k, v in self._input_kwargs.items() if k != "keras_model"}
         self._set(**kwargs)
@@ -106,6 +109,9 @@ class KerasEstimator(Estimator, _ColumnParams, MLReadable, MLWritable):
         loss: a Keras loss name; metrics: metric names.
         numWorkers, numEpoch, batchSize, numShards: as for the trainers.
         shuffle: shuffle rows before training.
+        validation: a fraction of the rows set aside for validation (a seeded split), or the name
+            of a boolean column marking the validation rows; the fitted model's ``epoch_history``
+            then holds ``val_loss`` and ``val_<metric>`` per epoch.
     """
 
     labelCols = _param("labelCols", "label columns, one per model output", TypeConverters.toListString)
@@ -119,13 +125,15 @@ class KerasEstimator(Estimator, _ColumnParams, MLReadable, MLWritable):
     batchSize = _param("batchSize", "minibatch size", TypeConverters.toInt)
     numShards = _param("numShards", "parameter-server shards", TypeConverters.toInt)
     shuffle = _param("shuffle", "shuffle rows before training", TypeConverters.toBoolean)
+    validation = _param("validation", "validation fraction, or the name of a boolean column marking validation rows",
+                        TypeConverters.identity)
 
     @keyword_only
     def __init__(self, *, keras_model: Any = None, algorithm: str = "adag", algorithmParams: dict | None = None,
                  featuresCols: Sequence[str] = ("features",), labelCols: Sequence[str] = ("label",),
                  predictionCol: str = "prediction", workerOptimizer: Any = "adam", loss: str | None = None,
                  metrics: Sequence[str] = ("accuracy",), numWorkers: int = 2, numEpoch: int = 1, batchSize: int = 32,
-                 numShards: int = 1, shuffle: bool = False) -> None:
+                 numShards: int = 1, shuffle: bool = False, validation: float | str | None = None) -> None:
         super().__init__()
         self.keras_model = keras_model
         self._setDefault(algorithm="adag", algorithmParams="{}", featuresCols=["features"], labelCols=["label"],
@@ -162,9 +170,28 @@ class KerasEstimator(Estimator, _ColumnParams, MLReadable, MLWritable):
                        num_workers=get(self.numWorkers), num_epoch=get(self.numEpoch), batch_size=get(self.batchSize),
                        num_shards=get(self.numShards), progress=False, **json.loads(get(self.algorithmParams)))
 
+    def _split(self, dataframe: Any) -> dict[str, Any]:
+        """``train``'s validation arguments for the ``validation`` param."""
+        if not self.isDefined(self.validation) or self.getOrDefault(self.validation) is None:
+            return {}
+        value = self.getOrDefault(self.validation)
+        if isinstance(value, str):
+            from pyspark.sql import functions as F
+            from pyspark.sql import types as T
+
+            if value not in dataframe.columns or not isinstance(dataframe.schema[value].dataType, T.BooleanType):
+                raise ConfigError(f"`validation` must be a fraction or a boolean column of the DataFrame. "
+                                  f"Received: validation={value!r}", field="validation")
+            return {"dataframe": dataframe.filter(~F.col(value)), "validation_data": dataframe.filter(F.col(value))}
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"`validation` must be a fraction or a boolean column's name. Received: "
+                              f"validation={value!r}", field="validation")
+        return {"validation_split": float(value)}
+
     def _fit(self, dataframe: Any) -> KerasModel:
         trainer = self._trainer()
-        trained = trainer.train(dataframe, shuffle=self.getOrDefault(self.shuffle))
+        split = {"dataframe": dataframe, **self._split(dataframe)}
+        trained = trainer.train(shuffle=self.getOrDefault(self.shuffle), **split)
         if isinstance(trained, list):
             raise ConfigError(f"`algorithm` must train one model for KerasEstimator. Received: "
                               f"algorithm={self.getOrDefault(self.algorithm)!r}, which returns {len(trained)}",
@@ -172,6 +199,7 @@ class KerasEstimator(Estimator, _ColumnParams, MLReadable, MLWritable):
         model = KerasModel(keras_model=trained, featuresCols=self.getOrDefault(self.featuresCols),
                            predictionCol=self.getOrDefault(self.predictionCol))
         model.history = trainer.history
+        model.epoch_history = dict(trainer.keras_history.history) if trainer.keras_history is not None else {}
         return self._copyValues(model)
 
     def write(self) -> MLWriter:

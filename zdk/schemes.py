@@ -1,10 +1,20 @@
-"""Optimization schemes around a trainer: dist-keras's Emperor learning-rate schedule."""
+"""Optimization schemes around a trainer: dist-keras's Emperor learning-rate schedule.
+
+Emperor is a Keras callback on the driver (:class:`EmperorSchedule`) in one training run:
+every ``evaluation_frequency`` epochs it evaluates the center on the validation set, and divides
+the learning rate by 10 when the loss improved by no more than ``loss_threshold``. The new rate
+reaches every worker at its next exchange (the control path of ``zdk.driver.callbacks``): training
+is never restarted, as dist-keras's was once per chunk of epochs.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable
+
+import keras
+import numpy as np
 
 from zdk.errors import ConfigError
 
@@ -13,7 +23,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EmperorStep:
-    """One chunk of training: epochs done so far, the validation loss, the learning rate used."""
+    """One evaluation: epochs done so far, the validation loss, the learning rate it was reached at,
+    and whether the rate was divided after it."""
 
     epochs: int
     loss: float
@@ -21,24 +32,61 @@ class EmperorStep:
     reduced: bool
 
 
-class Emperor:
-    """Trains in chunks of ``evaluation_frequency`` epochs; after each chunk evaluates the
-    validation loss and divides the learning rate by 10 when it improved by no more than
-    ``loss_threshold``. Each chunk continues from the previous chunk's model.
+class EmperorSchedule(keras.callbacks.Callback):
+    """The Emperor schedule as a Keras callback.
 
     Args:
-        trainer: a zdk trainer (its ``keras_model`` is replaced by each chunk's result).
+        evaluate_loss: ``(model, validation_set) -> float``, called with the driver's model
+            holding the center.
+        validation_set: handed to ``evaluate_loss``.
+        evaluation_frequency: epochs between evaluations.
+        loss_threshold: the smallest improvement that keeps the learning rate.
+        steps: where each evaluation is recorded.
+    """
+
+    def __init__(self, evaluate_loss: Callable[[Any, Any], float], validation_set: Any, *, evaluation_frequency: int,
+                 loss_threshold: float, steps: list[EmperorStep]) -> None:
+        super().__init__()
+        self.evaluate_loss, self.validation_set = evaluate_loss, validation_set
+        self.evaluation_frequency, self.loss_threshold, self.steps = evaluation_frequency, loss_threshold, steps
+        self._previous: float | None = None
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        done = epoch + 1
+        if done % self.evaluation_frequency:
+            return
+        loss = float(self.evaluate_loss(self.model, self.validation_set))
+        rate = float(np.asarray(self.model.optimizer.learning_rate))
+        reduced = self._previous is not None and self._previous - loss <= self.loss_threshold
+        self.steps.append(EmperorStep(epochs=done, loss=loss, learning_rate=rate, reduced=reduced))
+        if reduced:
+            logger.info("Emperor: after %d epochs the loss moved %.5f → %.5f (≤ %.5f better); learning rate "
+                        "%.3g → %.3g", done, self._previous, loss, self.loss_threshold, rate, rate / 10)
+            self.model.optimizer.learning_rate = rate / 10
+        else:
+            logger.info("Emperor: after %d epochs loss %.5f at learning rate %.3g", done, loss, rate)
+        self._previous = loss
+
+
+class Emperor:
+    """Trains ``num_epoch`` epochs in one run; every ``evaluation_frequency`` epochs evaluates the
+    validation loss on the center and divides the learning rate by 10 when it improved by no more
+    than ``loss_threshold`` (:class:`EmperorSchedule`).
+
+    Args:
+        trainer: a zdk trainer of an algorithm with a parameter server (its callbacks run on the
+            driver as epochs end).
         evaluate_loss: ``(model, validation_set) -> float``.
         num_epoch: total epochs.
-        evaluation_frequency: epochs per chunk.
+        evaluation_frequency: epochs between evaluations.
         loss_threshold: the smallest improvement that keeps the learning rate.
     """
 
     def __init__(self, trainer: Any, evaluate_loss: Callable[[Any, Any], float], num_epoch: int = 15,
                  evaluation_frequency: int = 5, loss_threshold: float = 0.005) -> None:
-        if not isinstance(num_epoch, int) or num_epoch < 1:
+        if isinstance(num_epoch, bool) or not isinstance(num_epoch, int) or num_epoch < 1:
             raise ConfigError(f"`num_epoch` must be an int ≥ 1. Received: num_epoch={num_epoch!r}", field="num_epoch")
-        if not isinstance(evaluation_frequency, int) or not 1 <= evaluation_frequency:
+        if isinstance(evaluation_frequency, bool) or not isinstance(evaluation_frequency, int) or evaluation_frequency < 1:
             raise ConfigError(f"`evaluation_frequency` must be an int ≥ 1. "
                               f"Received: evaluation_frequency={evaluation_frequency!r}", field="evaluation_frequency")
         if loss_threshold < 0:
@@ -51,32 +99,10 @@ class Emperor:
         self.loss_threshold = loss_threshold
         self.steps: list[EmperorStep] = []
 
-    def _initial_learning_rate(self) -> float:
-        if self.trainer.learning_rate is not None:
-            return float(self.trainer.learning_rate)
-        return float(self.trainer.plan.model.optimizer["config"]["learning_rate"])
-
     def optimize(self, training_set: Any, validation_set: Any) -> Any:
-        """Runs the schedule and returns the last trained model."""
-        rate = self._initial_learning_rate()
-        previous: float | None = None
-        model = None
-        done = 0
-        while done < self.num_epoch:
-            chunk = min(self.evaluation_frequency, self.num_epoch - done)
-            self.trainer.set_num_epoch(chunk)
-            self.trainer.set_learning_rate(rate)
-            model = self.trainer.train(training_set)
-            self.trainer.keras_model = model
-            done += chunk
-            loss = float(self.evaluate_loss(model, validation_set))
-            reduced = previous is not None and previous - loss <= self.loss_threshold
-            self.steps.append(EmperorStep(epochs=done, loss=loss, learning_rate=rate, reduced=reduced))
-            if reduced:
-                logger.info("Emperor: after %d epochs the loss moved %.5f → %.5f (≤ %.5f better); learning rate "
-                            "%.3g → %.3g", done, previous, loss, self.loss_threshold, rate, rate / 10)
-                rate /= 10
-            else:
-                logger.info("Emperor: after %d epochs loss %.5f at learning rate %.3g", done, loss, rate)
-            previous = loss
-        return model
+        """Runs the schedule in one training run and returns the trained model."""
+        self.steps.clear()
+        schedule = EmperorSchedule(self.evaluate_loss, validation_set, evaluation_frequency=self.evaluation_frequency,
+                                   loss_threshold=self.loss_threshold, steps=self.steps)
+        self.trainer.set_num_epoch(self.num_epoch)
+        return self.trainer.train(training_set, callbacks=[schedule])

@@ -16,6 +16,9 @@ from zdk.driver.plan import TrainingPlan
 from zdk.driver.planning import algorithm_of, plan_training
 from zdk.driver.result import TrainingResult, averaged_history, history_frame
 from zdk.driver.spark_job import CancelToken
+from zdk.driver.tracking import MlflowTracking
+from zdk.driver.tracking import active as tracking_active
+from zdk.driver.watching import Watch
 from zdk.errors import ConfigError
 from zdk.signatures import Option, checked_call, keyword_options, with_options
 
@@ -181,6 +184,8 @@ class Trainer:
     reused_data = property(lambda self: bool(self.last and self.last.reused_data))
     encrypted = property(lambda self: bool(self.last and self.last.encrypted), doc="Whether PS traffic was CURVE.")
     resumed = property(lambda self: self.last.resumed.as_dict() if self.last and self.last.resumed else None)
+    keras_history = property(lambda self: self.last.keras_history if self.last else None,
+                             doc="A keras.callbacks.History of the per-epoch figures of a watched run.")
 
     def history_frame(self) -> Any:
         """The history as a pandas DataFrame, one column per metric."""
@@ -230,7 +235,8 @@ class Trainer:
         self._token.cancel()
 
     def train(self, dataframe: Any, shuffle: bool = False, resume: bool = False, *,
-              on_progress: Callable[[dict[str, Any]], None] | None = None) -> Any:
+              on_progress: Callable[[dict[str, Any]], None] | None = None, validation_data: Any = None,
+              validation_split: float | None = None, callbacks: Sequence[Any] = (), mlflow: bool = False) -> Any:
         """Trains on ``dataframe``; returns the trained, compiled ``keras.Model`` (EnsembleTrainer: a list).
 
         Args:
@@ -240,15 +246,31 @@ class Trainer:
                 in ``checkpoint_dir``: only the epochs not completed by every worker are trained.
             on_progress: called about every second from a thread with a progress snapshot
                 (``zdk.driver.progress.snapshot``); algorithms with a parameter server only.
+            validation_data: a DataFrame evaluated on the center at the end of every epoch
+                (``val_loss``, ``val_<metric>`` in ``keras_history``).
+            validation_split: or the fraction of ``dataframe`` set aside for that (a seeded split).
+            callbacks: Keras callbacks, run on the driver at every epoch's end with a model holding
+                the center; ``stop_training`` and learning-rate changes reach every worker at its
+                next exchange (docs/guide.md, "Watching and steering a run").
+            mlflow: log the run to MLflow (also done whenever an MLflow run is active).
         """
         self.plan = self._make_plan()  # the model's current weights and architecture
         weights = self.plan.model.layout.flatten(self.keras_model.get_weights())
+        tracking = MlflowTracking(self._tracked()) if mlflow or tracking_active() else None
+        watch = Watch(callbacks=tuple(callbacks), validation_data=validation_data, validation_split=validation_split,
+                      tracking=tracking)
         try:
             self.last = engine.train(self.plan, dataframe, weights=weights, shuffle=shuffle, resume=resume,
-                                     on_progress=on_progress, on_shards=self._shards_ready, cancel=self._token)
+                                     watch=watch, on_progress=on_progress, on_shards=self._shards_ready,
+                                     cancel=self._token)
         finally:
             self._token = CancelToken()
         return self.last.value
+
+    def _tracked(self) -> dict[str, Any]:
+        """The params an MLflow run records: the trainer, its arguments and the algorithm's hyperparameters."""
+        return {"trainer": type(self).__name__, "algorithm": self.plan.algorithm.name, **self.arguments,
+                **{f"params.{k}": v for k, v in self.plan.params.to_dict().items()}}
 
     def _shards_ready(self, endpoints: Sequence[str]) -> None:
         self.endpoints = list(endpoints)

@@ -21,19 +21,23 @@ import numpy as np
 
 from zdk.algorithms.sources import sources
 from zdk.driver import data, spark_job
+from zdk.driver.callbacks import EpochLoop
 from zdk.driver.models import compiled_model, ship_weights
 from zdk.driver.plan import TrainingPlan
 from zdk.driver.progress import Listener, ShardProgress
 from zdk.driver.ps_session import PSSession, check_resume
 from zdk.driver.result import Marks, ResumeInfo, TrainingResult, split_records
 from zdk.driver.session import session_seconds, warm_workers
+from zdk.driver.validation import validation_set
+from zdk.driver.watching import Watch, epoch_loop
 from zdk.errors import ConfigError, WorkerFailed
 from zdk.runtime.worker import HISTORY_SCHEMA, WorkerConfig, train_partition
 from zdk.transports.curve import CurveKeys
 
 
 def train(plan: TrainingPlan, dataframe: Any, *, weights: np.ndarray, shuffle: bool = False, resume: bool = False,
-          on_progress: Listener | None = None, on_shards: Callable[[Sequence[str]], None] | None = None,
+          watch: Watch | None = None, on_progress: Listener | None = None,
+          on_shards: Callable[[Sequence[str]], None] | None = None,
           cancel: spark_job.CancelToken | None = None) -> TrainingResult:
     """Trains ``plan`` on ``dataframe``, starting from ``weights``.
 
@@ -44,6 +48,7 @@ def train(plan: TrainingPlan, dataframe: Any, *, weights: np.ndarray, shuffle: b
         shuffle: shuffle the rows before they are split among workers, and every epoch.
         resume: continue an interrupted run from its shards' checkpoints (or a running ``zdk ps``'s
             state): only the epochs not completed by every worker are trained.
+        watch: validation, Keras callbacks and tracking, run on the driver as epochs end.
         on_progress: called about every second, from a thread, with a progress snapshot (runs with a PS).
         on_shards: called with the shards' endpoints once they serve (before any task starts).
         cancel: a token another thread may cancel the run with (:class:`JobCancelled` is raised then).
@@ -57,16 +62,32 @@ def train(plan: TrainingPlan, dataframe: Any, *, weights: np.ndarray, shuffle: b
     if flat.shape != (plan.model.layout.total_size,):
         raise ConfigError(f"`weights` must be a flat vector of the model's {plan.model.layout.total_size} parameters. "
                           f"Received: shape={tuple(np.shape(weights))}", field="weights")
+    watch = watch or Watch()
+    watch.check(plan)
     if resume:
         check_resume(plan)
     token = cancel or spark_job.CancelToken()
     marks = Marks()
     spark = dataframe.sparkSession
     warm_workers(spark, plan.num_tasks)  # TensorFlow's import overlaps with what follows
+    dataframe, validation_frame = watch.split(dataframe, seed=plan.seed)
     prepared = data.prepare(plan, dataframe, shuffle=shuffle)
+    validation = validation_set(plan, validation_frame) if validation_frame is not None else None
     data.check_slots(plan, spark)
     marks.mark("prepared")
     token.check()
+    try:
+        return _train(plan, prepared, flat, spark=spark, shuffle=shuffle, resume=resume, watch=watch,
+                      validation=validation, marks=marks, token=token, on_progress=on_progress, on_shards=on_shards)
+    except BaseException:
+        if watch.tracking is not None:
+            watch.tracking.finish(None, {}, failed=True)
+        raise
+
+
+def _train(plan: TrainingPlan, prepared: data.PreparedData, flat: np.ndarray, *, spark: Any, shuffle: bool,
+           resume: bool, watch: Watch, validation: Any, marks: Marks, token: spark_job.CancelToken,
+           on_progress: Listener | None, on_shards: Callable[[Sequence[str]], None] | None) -> TrainingResult:
     start: PSSession | _LocalStart = (PSSession(plan, initial=flat, resume=resume) if plan.uses_ps
                                       else _LocalStart(spark, None if plan.reinitialize else flat))
     with start:
@@ -76,20 +97,32 @@ def train(plan: TrainingPlan, dataframe: Any, *, weights: np.ndarray, shuffle: b
         token.check()
         config = worker_config(plan, shuffle=shuffle, endpoints=start.endpoints, curve=start.curve,
                                first_epoch=start.first_epoch, initial_file=start.initial_file)
+        loop = epoch_loop(plan, watch, initial=flat, first_epoch=config.first_epoch, center=start.center,
+                          control=start.control, validation=validation)
         started = time.perf_counter()
         records: list[dict[str, Any]] = []
         if config.first_epoch < plan.num_epoch:
-            progress = _progress(plan, start, config, on_progress)
+            if loop is not None:
+                loop.start(config.first_epoch)
+            progress = _progress(plan, start, config, on_progress, loop)
             marks.mark("submitted")
-            records = _run_tasks(plan, prepared.frame, config, token, progress)
+            records = _run_tasks(plan, prepared.frame, config, token, progress,
+                                 beside=loop.serve if loop is not None else None)
         training_time = time.perf_counter() - started
         history, summaries = split_records(records, plan.num_tasks)
-        models = _models(plan, start, summaries)
+        models = _models(plan, start, summaries, loop)
     marks.mark("end")
+    timings = marks.timings(summaries, session=session_seconds(consume=True))
+    if loop is not None and loop.callbacks.validation_seconds:
+        spent = loop.callbacks.validation_seconds
+        timings.update(validation=round(sum(spent), 3), validation_per_epoch=round(sum(spent) / len(spent), 3))
+    if watch.tracking is not None:
+        watch.tracking.finish(models[0], timings)
     return TrainingResult(models=tuple(models), result=plan.result, history=history, worker_summaries=summaries,
-                          training_time=training_time, timings=marks.timings(summaries, session=session_seconds(
-                              consume=True)), endpoints=tuple(start.endpoints), encrypted=start.curve is not None,
-                          reused_data=prepared.reused, resumed=start.resumed)
+                          training_time=training_time, timings=timings, endpoints=tuple(start.endpoints),
+                          encrypted=start.curve is not None, reused_data=prepared.reused, resumed=start.resumed,
+                          keras_history=loop.callbacks.history if loop is not None else None,
+                          epochs=list(loop.epochs) if loop is not None else [])
 
 
 def worker_config(plan: TrainingPlan, *, shuffle: bool, endpoints: Sequence[str] = (), curve: Any = None,
@@ -127,28 +160,43 @@ class _LocalStart:
     def center(self) -> np.ndarray:
         raise ConfigError("an algorithm without a parameter server has no center", field="algorithm")
 
+    def stats(self, *, epochs_from: int | None = None) -> list[dict[str, Any]]:
+        raise ConfigError("an algorithm without a parameter server has no shards to ask", field="algorithm")
+
+    def control(self, stop: bool, learning_rate: float | None = None) -> None:
+        raise ConfigError("an algorithm without a parameter server has no control path", field="algorithm")
+
     def __exit__(self, *exc: object) -> None:
         pass
 
 
-def _progress(plan: TrainingPlan, start: PSSession | _LocalStart, config: WorkerConfig, listener: Listener | None) -> ContextManager[Any]:
+def _progress(plan: TrainingPlan, start: PSSession | _LocalStart, config: WorkerConfig, listener: Listener | None,
+              loop: EpochLoop | None) -> ContextManager[Any]:
     if not start.endpoints:
         return contextlib.nullcontext()
+    watched = loop is not None
     return ShardProgress(start.endpoints, num_workers=plan.num_tasks, epochs=plan.num_epoch - config.first_epoch,
                          enabled=plan.progress, curve=start.curve, listener=listener,
-                         interval=0.5 if plan.progress else 1.0)
+                         interval=0.2 if watched else 0.5 if plan.progress else 1.0,
+                         epochs_from=(lambda: loop.next_epoch) if loop is not None else None,
+                         on_stats=loop.on_stats if loop is not None else None,
+                         extra=loop.status if loop is not None else None)
 
 
 def _run_tasks(plan: TrainingPlan, frame: Any, config: WorkerConfig, token: spark_job.CancelToken,
-               progress: ContextManager[Any]) -> list[dict[str, Any]]:
+               progress: ContextManager[Any], beside: Callable[[Any], None] | None = None) -> list[dict[str, Any]]:
     config_json = config.to_json()
     job = frame.mapInArrow(lambda batches: train_partition(config_json, batches), HISTORY_SCHEMA,
                            barrier=plan.algorithm.synchronous)
     return spark_job.collect(job, name=f"zdk-{plan.algorithm.name}", description=f"zdk {plan.algorithm.name} training",
-                             token=token, around=progress)
+                             token=token, around=progress, beside=beside)
 
 
-def _models(plan: TrainingPlan, start: PSSession | _LocalStart, summaries: Sequence[dict[str, Any]]) -> list[Any]:
+def _models(plan: TrainingPlan, start: PSSession | _LocalStart, summaries: Sequence[dict[str, Any]],
+            loop: EpochLoop | None) -> list[Any]:
+    if loop is not None:  # the epochs reported last, then on_train_end on the final center
+        loop.finish(start.stats(epochs_from=loop.next_epoch))
+        return [loop.callbacks.end(start.center())]
     if plan.uses_ps:
         return [compiled_model(plan.model, start.center())]
     weights = [np.frombuffer(s["weights"], dtype="<f4").copy() for s in summaries if s.get("weights")]

@@ -9,6 +9,7 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
+from zdk.errors import ZdkError
 from zdk.ps.client import PSClient
 from zdk.ps.protocol import OBSERVER_PROGRESS
 from zdk.transports.curve import CurveKeys
@@ -74,10 +75,17 @@ class ShardProgress:
         epochs: epochs each worker trains.
         enabled: the trainer's ``progress`` flag.
         listener: called from the polling thread with every snapshot; its errors are logged.
+        epochs_from: when given, the polls ask the shards for the workers' epoch reports from
+            ``epochs_from()`` on, and hand every ``stats`` reply to ``on_stats``.
+        on_stats: called from the polling thread with every shard's ``stats`` reply.
+        extra: figures merged into every snapshot (the epoch loop's latest ``val_loss`` and epochs).
     """
 
     def __init__(self, endpoints: Sequence[str], *, num_workers: int, epochs: int, enabled: bool = True,
-                 interval: float = 0.5, curve: CurveKeys | None = None, listener: Listener | None = None) -> None:
+                 interval: float = 0.5, curve: CurveKeys | None = None, listener: Listener | None = None,
+                 epochs_from: Callable[[], int] | None = None,
+                 on_stats: Callable[[list[dict[str, Any]]], None] | None = None,
+                 extra: Callable[[], dict[str, Any]] | None = None) -> None:
         self.endpoints = list(endpoints)
         self.curve = curve
         self.num_workers = num_workers
@@ -85,12 +93,13 @@ class ShardProgress:
         self.enabled = enabled and bool(self.endpoints) and sys.stderr.isatty()
         self.listener = listener if self.endpoints else None
         self.interval = interval
+        self.epochs_from, self.on_stats, self.extra = epochs_from, on_stats, extra
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last: dict[str, Any] = {}
 
     def __enter__(self) -> "ShardProgress":
-        if self.enabled or self.listener is not None:
+        if self.enabled or self.listener is not None or self.on_stats is not None:
             self._thread = threading.Thread(target=self._run, name="zdk-progress", daemon=True)
             self._thread.start()
         return self
@@ -117,12 +126,20 @@ class ShardProgress:
                 else:
                     while not self._stop.wait(self.interval):
                         self._poll(client, started)
-        except Exception:  # progress is a convenience: training goes on without it
+        except Exception:  # the display is a convenience: training goes on without it
             logger.debug("progress display stopped", exc_info=True)
 
     def _poll(self, client: PSClient, started: float) -> dict[str, Any]:
-        now = snapshot(client.stats(), elapsed=time.monotonic() - started, num_workers=self.num_workers,
-                       epochs=self.epochs)
+        try:
+            stats = client.stats(epochs_from=self.epochs_from()) if self.epochs_from else client.stats()
+        except ZdkError:  # a shard slow to answer this once; the next poll asks again
+            logger.debug("progress poll failed", exc_info=True)
+            return self.last
+        if self.on_stats is not None:
+            self.on_stats(stats)
+        now = snapshot(stats, elapsed=time.monotonic() - started, num_workers=self.num_workers, epochs=self.epochs)
+        if self.extra is not None:
+            now.update(self.extra())
         self.last = now
         if self.listener is not None:
             try:
@@ -146,4 +163,10 @@ class ShardProgress:
                 bar.update(task, completed=now["steps"], total=total, of_total=f"/{total}" if total else "",
                            description="training" if now["steps"] else "starting workers…",
                            rate=f"epoch {now['epoch'] + 1}, {now['samples_per_s']:,.0f} samples/s",
-                           loss=f"{now['loss']:.4f}" if now["loss"] is not None else "-")
+                           loss=_losses(now))
+
+
+def _losses(now: dict[str, Any]) -> str:
+    """The latest training loss, and the last epoch's validation loss when there is one."""
+    loss = f"{now['loss']:.4f}" if now.get("loss") is not None else "-"
+    return f"{loss}, val_loss {now['val_loss']:.4f}" if now.get("val_loss") is not None else loss

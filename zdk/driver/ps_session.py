@@ -113,6 +113,18 @@ class PSSession:
             client.hello(register=False)
             return client.pull()
 
+    def stats(self, *, epochs_from: int | None = None) -> list[dict[str, Any]]:
+        """Every shard's ``stats``, with the workers' epoch reports from ``epochs_from`` on when given."""
+        with self.client() as client:
+            client.hello(register=False)
+            return client.stats(epochs_from=epochs_from)
+
+    def control(self, stop: bool, learning_rate: float | None = None) -> None:
+        """Tells every worker, through the shards, to stop, or to train at ``learning_rate``, from its next exchange."""
+        with self.client() as client:
+            client.hello(register=False)
+            client.set_control(stop=stop, learning_rate=learning_rate)
+
     def _start(self) -> None:
         cp = self.server.checkpoint
         if self.resume:

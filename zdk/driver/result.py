@@ -127,6 +127,9 @@ class TrainingResult:
         encrypted: whether PS traffic was CURVE-encrypted.
         reused_data: whether the prepared data of an earlier run was reused.
         resumed: where a resumed run started, else None.
+        keras_history: a ``keras.callbacks.History`` of the per-epoch figures, when the run was watched
+            (validation, callbacks or tracking); else None.
+        epochs: the per-epoch figures (``epoch``, ``loss``, metrics, ``val_…``) of a watched run.
     """
 
     models: tuple[Any, ...]
@@ -139,6 +142,8 @@ class TrainingResult:
     encrypted: bool = False
     reused_data: bool = False
     resumed: ResumeInfo | None = None
+    keras_history: Any = None
+    epochs: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def value(self) -> Any:

@@ -64,7 +64,8 @@ class CancelToken:
 
 
 def collect(job: Any, *, name: str, description: str, token: CancelToken,
-            around: ContextManager[Any] | None = None) -> list[dict[str, Any]]:
+            around: ContextManager[Any] | None = None,
+            beside: Callable[[threading.Event], None] | None = None) -> list[dict[str, Any]]:
     """Runs ``job`` (a DataFrame) to completion and returns its rows as dicts.
 
     Args:
@@ -73,6 +74,8 @@ def collect(job: Any, *, name: str, description: str, token: CancelToken,
         description: shown in Spark's UI.
         token: cancels the job group from another thread.
         around: a context (the progress display) held while the job runs.
+        beside: when given, the job runs on a thread of its own (in the same job group) and
+            ``beside(done)`` runs on this thread until ``done`` is set (the epoch loop).
 
     Raises:
         JobCancelled: when ``token`` cancelled it.
@@ -84,13 +87,43 @@ def collect(job: Any, *, name: str, description: str, token: CancelToken,
     with token.job_group(sc, name, description) as group_id:
         try:
             with around or contextlib.nullcontext(), _on_ctrl_c(lambda: _cancel_once(sc, group_id, interrupted)):
-                rows = job.collect()
+                rows = job.collect() if beside is None else _collect_beside(job, beside, sc, group_id, interrupted)
         except KeyboardInterrupt:
             _cancel_once(sc, group_id, interrupted)
             raise
         except Exception as exc:
             raise _translated(exc, group_id, token, interrupted) from None
     return [row.asDict() for row in rows]
+
+
+def _collect_beside(job: Any, beside: Callable[[threading.Event], None], sc: Any, group_id: str,
+                    interrupted: threading.Event) -> Any:
+    """``job.collect()`` on a thread that inherits this one's job group, while ``beside`` runs here."""
+    from pyspark import InheritableThread
+
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["rows"] = job.collect()
+        except BaseException as exc:  # handed to the caller's thread below
+            box["error"] = exc
+        finally:
+            done.set()
+
+    thread = InheritableThread(target=run, name="zdk-spark-job", daemon=True)
+    thread.start()
+    try:
+        beside(done)
+    except BaseException:
+        _cancel_once(sc, group_id, interrupted)  # the caller is leaving: the tasks must not train on
+        raise
+    finally:
+        thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["rows"]
 
 
 def _translated(exc: Exception, group_id: str, token: CancelToken, interrupted: threading.Event) -> BaseException:
@@ -133,14 +166,30 @@ def _cancel_once(sc: Any, group_id: str, done: threading.Event) -> None:
         sc.cancelJobGroup(group_id)
 
 
-def save_report(group_id: str, exc: BaseException) -> str:
-    """Writes Spark's whole error (Java stack included) to a log file; returns its path."""
-    directory = os.path.join(tempfile.gettempdir(), "zdk-logs")
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, f"{group_id}.log")
-    with open(path, "w") as fh:
-        fh.write(f"{type(exc).__module__}.{type(exc).__name__}: {exc}\n")
-    return path
+def save_report(group_id: str, exc: BaseException, directory: str | None = None) -> str:
+    """Writes Spark's whole error (Java stack included) to a file only this user can read;
+    returns its path.
+
+    The file is created, never opened: ``O_CREAT | O_EXCL | O_NOFOLLOW`` at mode 0600, in
+    ``directory`` (a private folder of the caller's) or, without one, in a new 0700 folder of its
+    own (``tempfile.mkdtemp``), where nobody else can have put anything. A name already taken in
+    ``directory`` (a file, or a symlink planted there) is not followed: the report goes to a new
+    private folder instead.
+    """
+    text = f"{type(exc).__module__}.{type(exc).__name__}: {exc}\n"
+
+    def create(folder: str) -> str:
+        path = os.path.join(folder, f"{group_id}.log")
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "w") as fh:
+            fh.write(text)
+        return path
+
+    if directory:
+        try:
+            return create(directory)
+        except FileExistsError:
+            pass
+    return create(tempfile.mkdtemp(prefix="zdk-report-"))
 
 
 def worker_message(exc: BaseException) -> str:

@@ -31,6 +31,10 @@ from zdk.runtime.models import ModelSpec, build_model, get_flat_weights, reusabl
 
 logger = logging.getLogger(__name__)
 
+#: Figures of an epoch sent to the driver (loss and metrics; with ``epoch`` and ``samples``, the
+#: 16 numbers a report may hold).
+MAX_EPOCH_FIGURES = 14
+
 HISTORY_SCHEMA = (
     "kind string, worker int, attempt int, epoch int, step int, timestamp double, loss double, metrics string, "
     "staleness long, scale double, wait double, busy double, rows long, samples long, weights binary, "
@@ -156,7 +160,10 @@ class WorkerRun:
             clocks["t_ready"] = time.time()
             step = samples = 0
             for epoch in range(cfg.first_epoch, cfg.num_epoch):
+                if cadence.stopping:
+                    break
                 model.reset_metrics()
+                before = samples
                 for xs, ys in stream.epoch():
                     step += 1
                     record = self._step(model, xs, ys, epoch, step)
@@ -164,8 +171,14 @@ class WorkerRun:
                     samples += len(xs[0])
                     cadence.after_step(record, samples)
                     self.records.append(record)
+                    if cadence.stopping:
+                        break
+                if cadence.stopping:  # the driver stopped the run: this epoch is not complete
+                    logger.info("worker %d: stopped by the driver in epoch %d, step %d", self.worker_id, epoch, step)
+                    break
                 self.epoch_steps = self.epoch_steps or step
-                cadence.end_epoch(self._last(), samples)
+                cadence.end_epoch(self._last(), samples, self._epoch_summary(epoch, samples - before),
+                                  last=epoch == cfg.num_epoch - 1)
             cadence.finish(self._last(), samples)
         busy = time.perf_counter() - started
         summary = self._record("summary", cfg.num_epoch - 1, step, {})
@@ -217,6 +230,20 @@ class WorkerRun:
     def _last(self) -> dict[str, Any]:
         return self.records[-1] if self.records else {}
 
+    def _epoch_summary(self, epoch: int, samples: int) -> dict[str, float]:
+        """The epoch's figures for the driver: its samples, and the loss and metrics of its last step
+        (Keras's running means since the metrics were reset at the epoch's start)."""
+        last = self.records[-1] if self.records and self.records[-1]["epoch"] == epoch else None
+        summary: dict[str, float] = {"epoch": float(epoch), "samples": float(samples)}
+        if last is not None:
+            figures = {"loss": last["loss"], **json.loads(last["metrics"])}
+            kept = list(figures.items())[:MAX_EPOCH_FIGURES]
+            if len(figures) > len(kept):
+                logger.warning("worker %d: only the loss and the first %d metrics reach the driver per epoch",
+                               self.worker_id, MAX_EPOCH_FIGURES - 1)
+            summary.update({k: float(v) for k, v in kept if v is not None})
+        return summary
+
     def report(self, record: dict[str, Any], samples: int) -> dict[str, float]:
         """The progress numbers sent with a commit (the shards show them in `stats`)."""
         report = {"step": float(record.get("step", 0)), "samples": float(samples), "epoch": float(record.get("epoch", 0)),
@@ -251,6 +278,7 @@ class _Cadence:
     one is a context manager that closes its connection to the shards."""
 
     blocked = 0.0  #: seconds the worker waited on the parameter server
+    stopping = False  #: the driver asked the workers to stop (they finish at once)
 
     def __enter__(self) -> "_Cadence":
         return self
@@ -261,8 +289,10 @@ class _Cadence:
     def after_step(self, record: dict[str, Any], samples: int) -> None:
         pass
 
-    def end_epoch(self, record: dict[str, Any], samples: int) -> None:
-        pass
+    def end_epoch(self, record: dict[str, Any], samples: int, summary: dict[str, float], *, last: bool) -> None:
+        """The end of an epoch: the driver learns of it (and its figures) through the shards. After
+        the last epoch, the worker first commits what it has left, so the figures the driver reads
+        then are of the final center."""
 
     def finish(self, record: dict[str, Any], samples: int) -> None:
         pass
@@ -281,11 +311,14 @@ class _EveryWindow(_Cadence):
                                tries=max(3, int(cfg.timeout // 10)), curve=curve)
         self.in_window = 0
         self.blocked = 0.0
+        self.stopping = False
+        self._control_seen = 0
         try:
             self.client.hello(quorum=cfg.quorum)
             self.exchange = Exchange(self.client, local, params=run.algorithm.make_params(cfg.params))
             self.exchange.start()
             set_flat_weights(model, self.layout, local)
+            self._obey()  # a run the driver stopped, or a learning rate it set, before this task started
         except BaseException:
             self.client.close()
             raise
@@ -297,6 +330,11 @@ class _EveryWindow(_Cadence):
         self.in_window += 1
         if self.in_window == self.exchange.window:
             self._exchange(record, samples)
+
+    def end_epoch(self, record: dict[str, Any], samples: int, summary: dict[str, float], *, last: bool) -> None:
+        if last and self.in_window:
+            self._exchange(record, samples)
+        self._report(record, samples, summary)
 
     def finish(self, record: dict[str, Any], samples: int) -> None:
         if self.in_window:
@@ -310,6 +348,28 @@ class _EveryWindow(_Cadence):
         set_flat_weights(self.model, self.layout, self.local)
         self.in_window = 0
         _note(record, receipt)
+        self._obey()
+
+    def _report(self, record: dict[str, Any], samples: int, summary: dict[str, float]) -> None:
+        """Tells the shards (and through them the driver) that an epoch ended, with its figures."""
+        with self._waiting(record):
+            self.exchange.report(summary, report=self.run.report(record, samples))
+        self._obey()
+
+    def _obey(self) -> None:
+        """Applies a control the driver sent through the shards since the last exchange: stop, or
+        a new learning rate for the local optimizer."""
+        version = self.client.control_version
+        if version <= self._control_seen:
+            return
+        self._control_seen = version
+        control = self.client.control
+        rate = control.get("learning_rate")
+        if rate is not None and float(rate) != float(self.model.optimizer.learning_rate):
+            self.model.optimizer.learning_rate = float(rate)
+            logger.info("worker %d: learning rate %.6g from the driver", self.run.worker_id, float(rate))
+        if control.get("stop"):
+            self.stopping = True
 
     @contextlib.contextmanager
     def _waiting(self, record: dict[str, Any]) -> Iterator[None]:
@@ -335,9 +395,10 @@ class _EveryEpoch(_EveryWindow):
     def after_step(self, record: dict[str, Any], samples: int) -> None:
         self.in_window += 1
 
-    def end_epoch(self, record: dict[str, Any], samples: int) -> None:
+    def end_epoch(self, record: dict[str, Any], samples: int, summary: dict[str, float], *, last: bool) -> None:
         if self.in_window:
             self._exchange(record, samples)
+        self._report(record, samples, summary)
 
 
 class _Overlapped(_EveryWindow):
@@ -354,6 +415,12 @@ class _Overlapped(_EveryWindow):
             self.exchange.begin_window(self.in_window, report=self.run.report(record, samples))
             self.in_window = 0
 
+    def end_epoch(self, record: dict[str, Any], samples: int, summary: dict[str, float], *, last: bool) -> None:
+        self._collect(record, block=True)  # the client serves one thread at a time
+        if last and self.in_window:
+            self._exchange(record, samples)
+        self._report(record, samples, summary)
+
     def finish(self, record: dict[str, Any], samples: int) -> None:
         self._collect(record, block=True)
         super().finish(record, samples)
@@ -367,6 +434,7 @@ class _Overlapped(_EveryWindow):
         set_flat_weights(self.model, self.layout, self.local)
         if receipt is not None:
             _note(record, receipt)
+            self._obey()
 
 
 def _note(record: dict[str, Any], receipt: Any) -> None:

@@ -1,0 +1,124 @@
+"""Validation data for a run, and evaluating the center on it at the end of each epoch.
+
+A validation set small enough (``max_driver_bytes`` as float32, 256 MiB by default) is read
+into numpy on the driver once, before training, and evaluated there: workers keep training
+meanwhile, and no task slot is needed. A larger one stays in Spark and is evaluated by a Spark
+job over Arrow batches with the weights broadcast; that job needs free task slots, so it waits
+while the training tasks hold every slot (a warning says so).
+
+The figures are the model's loss and compiled metrics, named ``val_<name>``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from typing import Any, Protocol
+
+import numpy as np
+
+from zdk.driver.columns import as_float32
+from zdk.driver.plan import TrainingPlan
+from zdk.driver.session import task_slots
+from zdk.errors import ConfigError
+from zdk.runtime.evaluation import EVALUATION_SCHEMA, EvaluationConfig, evaluate, evaluate_partition
+from zdk.runtime.minibatches import column_to_numpy
+
+logger = logging.getLogger(__name__)
+
+#: The largest validation set (as float32) evaluated on the driver.
+MAX_DRIVER_BYTES = 256 * 2**20
+
+
+class ValidationSet(Protocol):
+    """Evaluates a Keras model holding the center; returns ``{"val_loss": …, "val_<metric>": …}``."""
+
+    rows: int
+
+    def evaluate(self, model: Any) -> dict[str, float]: ...
+
+
+def split(dataframe: Any, fraction: float, *, seed: int) -> tuple[Any, Any]:
+    """A seeded random split of ``dataframe``: (training rows, validation rows).
+
+    Raises:
+        ConfigError: naming ``validation_split`` unless 0 < fraction < 1.
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ConfigError(f"`validation_split` must be a fraction in (0, 1). Received: validation_split={fraction!r}",
+                          field="validation_split")
+    train, validation = dataframe.randomSplit([1.0 - float(fraction), float(fraction)], seed=seed)
+    return train, validation
+
+
+def _prefixed(figures: dict[str, float]) -> dict[str, float]:
+    return {f"val_{k}": v for k, v in figures.items()}
+
+
+class DriverValidation:
+    """A validation set held in numpy on the driver."""
+
+    def __init__(self, xs: list[np.ndarray], ys: list[np.ndarray], *, batch_size: int) -> None:
+        self.xs, self.ys, self.batch_size = xs, ys, batch_size
+        self.rows = len(xs[0]) if xs else 0
+
+    def evaluate(self, model: Any) -> dict[str, float]:
+        return _prefixed(evaluate(model, self.xs, self.ys, batch_size=self.batch_size))
+
+
+class SparkValidation:
+    """A validation set evaluated by a Spark job (see :mod:`zdk.runtime.evaluation`)."""
+
+    def __init__(self, frame: Any, plan: TrainingPlan, *, rows: int, batch_size: int) -> None:
+        self.frame, self.plan, self.rows = frame, plan, rows
+        self.config = EvaluationConfig(spec=plan.model.to_json(), features=plan.features_col,
+                                       labels=plan.label_col, batch_size=batch_size).to_json()
+
+    def evaluate(self, model: Any) -> dict[str, float]:
+        sc = self.frame.sparkSession.sparkContext
+        flat = self.plan.model.layout.flatten(model.get_weights())
+        weights = sc.broadcast(flat.tobytes())
+        config = self.config
+        try:
+            rows = self.frame.mapInArrow(lambda batches: evaluate_partition(config, weights.value, batches),
+                                         EVALUATION_SCHEMA).collect()
+        finally:
+            weights.destroy()
+        total = sum(r.rows for r in rows)
+        sums: dict[str, float] = {}
+        for r in rows:
+            for name, value in json.loads(r.figures).items():
+                sums[name] = sums.get(name, 0.0) + value * r.rows
+        return _prefixed({k: v / total if total else math.nan for k, v in sums.items()})
+
+
+def validation_set(plan: TrainingPlan, dataframe: Any, *, max_driver_bytes: int = MAX_DRIVER_BYTES) -> ValidationSet:
+    """``dataframe``'s feature and label columns as a validation set for ``plan``, on the driver
+    when they fit in ``max_driver_bytes``, else in Spark.
+
+    Raises:
+        ConfigError: naming ``validation_data`` when columns are missing or it has no rows.
+    """
+    names = list(dict.fromkeys((*plan.features_col, *plan.label_col)))
+    missing = [c for c in names if c not in dataframe.columns]
+    if missing:
+        raise ConfigError(f"`validation_data` must have the columns {names}. Received: {missing} missing among "
+                          f"{dataframe.columns}", field="validation_data")
+    frame = dataframe.select(*[as_float32(dataframe, c).alias(c) for c in names])
+    rows = frame.count()
+    if rows == 0:
+        raise ConfigError("`validation_data` must have rows. Received: an empty DataFrame", field="validation_data")
+    per_row = sum(int(np.prod([d for d in shape[1:] if d is not None] or [1]))
+                  for shape in (*plan.model.inputs, *plan.model.outputs)) * 4
+    batch_size = max(plan.batch_size, 256)
+    if rows * per_row > max_driver_bytes:
+        if task_slots(frame.sparkSession) <= plan.num_tasks:
+            logger.warning("the validation set (%d rows) is evaluated by Spark jobs, which wait for a free task slot "
+                           "while the %d training tasks hold all of them: epochs are evaluated late", rows,
+                           plan.num_tasks)
+        return SparkValidation(frame.cache(), plan, rows=rows, batch_size=batch_size)
+    table = frame.toArrow()
+    arrays = {c: column_to_numpy(table.column(c).combine_chunks(), c) for c in names}
+    return DriverValidation([arrays[c] for c in plan.features_col], [arrays[c] for c in plan.label_col],
+                            batch_size=batch_size)
