@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from typing import Any, Callable, ContextManager, Sequence
 
@@ -33,6 +34,8 @@ from zdk.driver.watching import Watch, epoch_loop
 from zdk.errors import ConfigError, WorkerFailed
 from zdk.runtime.worker import HISTORY_SCHEMA, WorkerConfig, train_partition
 from zdk.transports.curve import CurveKeys
+
+logger = logging.getLogger(__name__)
 
 
 def train(plan: TrainingPlan, dataframe: Any, *, weights: np.ndarray, shuffle: bool = False, resume: bool = False,
@@ -97,6 +100,8 @@ def _train(plan: TrainingPlan, prepared: data.PreparedData, flat: np.ndarray, *,
         token.check()
         config = worker_config(plan, shuffle=shuffle, endpoints=start.endpoints, curve=start.curve,
                                first_epoch=start.first_epoch, initial_file=start.initial_file)
+        if start.curve is not None:
+            _warn_clear_closures(spark)
         loop = epoch_loop(plan, watch, initial=flat, first_epoch=config.first_epoch, center=start.center,
                           control=start.control, validation=validation)
         started = time.perf_counter()
@@ -125,6 +130,17 @@ def _train(plan: TrainingPlan, prepared: data.PreparedData, flat: np.ndarray, *,
                           epochs=list(loop.epochs) if loop is not None else [])
 
 
+def _warn_clear_closures(spark: Any) -> None:
+    """The workers' CURVE client keys reach executors in the task closure: in the clear on a cluster
+    unless Spark encrypts its own traffic."""
+    conf = spark.sparkContext.getConf()
+    if not str(spark.sparkContext.master).startswith("local") and conf.get("spark.network.crypto.enabled",
+                                                                            "false").lower() != "true":
+        logger.warning("CURVE encrypts the parameter server's traffic, but the workers' client keys travel to the "
+                       "executors in Spark's task closures, in the clear: set spark.network.crypto.enabled=true "
+                       "(and spark.authenticate=true) so that only this job's executors hold them")
+
+
 def worker_config(plan: TrainingPlan, *, shuffle: bool, endpoints: Sequence[str] = (), curve: Any = None,
                   first_epoch: int = 0, initial_file: str | None = None) -> WorkerConfig:
     """What every task of ``plan`` is told (shipped as JSON in the task closure)."""
@@ -133,7 +149,7 @@ def worker_config(plan: TrainingPlan, *, shuffle: bool, endpoints: Sequence[str]
         endpoints=tuple(endpoints), features=plan.features_col, labels=plan.label_col, batch_size=plan.batch_size,
         num_epoch=plan.num_epoch, exchange_per_epoch=plan.exchange_per_epoch, shuffle=shuffle, seed=plan.seed,
         learning_rate=plan.learning_rate, timeout=plan.server.timeout, prefetch=plan.max_prefetch,
-        algorithm_sources=tuple(sources(plan.algorithm)), curve=curve.to_dict() if curve else None,
+        algorithm_sources=tuple(sources(plan.algorithm)), curve=curve.client().to_dict() if curve else None,
         quorum=plan.num_tasks, first_epoch=first_epoch, initial_file=initial_file,
         reinitialize=plan.reinitialize, on_nan=plan.on_nan, overlap=plan.overlap,
     )

@@ -25,7 +25,7 @@ from zdk.ps.protocol import (
     as_frames, check_epoch_end, check_epochs_from, check_report, decode_reply,
 )
 from zdk.transports.base import ClientConnector, ClientTransport
-from zdk.transports.curve import CurveKeys
+from zdk.transports.curve import ClientKeys, CurveKeys
 from zdk.transports.zmq import ZmqConnector
 
 logger = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class PSClient:
 
     def __init__(self, endpoints: Sequence[str], *, worker_id: int = 0, attempt: int = 0, timeout: float = 30.0,
                  tries: int = 3, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, curve: CurveKeys | None = None,
+                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, curve: CurveKeys | ClientKeys | None = None,
                  session: int | None = None, connector: ClientConnector | None = None) -> None:
         if not endpoints:
             raise ConfigError("`endpoints` must name at least one shard. Received: endpoints=[]", field="endpoints")

@@ -26,7 +26,7 @@ from zdk.runtime.minibatches import MinibatchStream, fit_to_shapes
 from zdk.runtime.threads import size_tf_threads
 from zdk.errors import NonFiniteError, RemoteError
 from zdk.ps.exchange import Exchange
-from zdk.transports.curve import CurveKeys
+from zdk.transports.curve import ClientKeys
 from zdk.runtime.models import ModelSpec, build_model, get_flat_weights, reusable_model, set_flat_weights
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,8 @@ class WorkerConfig:
         timeout: seconds for every PS request.
         prefetch: minibatches prepared ahead.
         algorithm_sources: modules or files to import so a run-time-registered algorithm exists.
-        curve: the job's CURVE keys (see :class:`zdk.transports.curve.CurveKeys`) when shards require it.
+        curve: the client side of the job's CURVE keys (:class:`zdk.transports.curve.ClientKeys`: never the
+            shards' secret) when shards require it.
         quorum: the number of workers (tasks) of the job, announced at `hello` for synchronous rounds.
         initial_file: the name (for ``SparkFiles.get``) of the raw float32 ``.npy`` holding the
             user's weights, for algorithms without a PS; None: keep the rebuilt model's weights.
@@ -304,7 +305,7 @@ class _EveryWindow(_Cadence):
     def __init__(self, run: WorkerRun, model: Any, local: np.ndarray) -> None:
         cfg = run.config
         self.run, self.model, self.local, self.layout = run, model, local, run.layout
-        curve = CurveKeys(**cfg.curve) if cfg.curve else None
+        curve = ClientKeys(**cfg.curve) if cfg.curve else None
         # Resend every ~10 s: long enough for a large pull, short enough to recover quickly from a
         # lost message or a restarted shard.
         self.client = PSClient(cfg.endpoints, worker_id=run.worker_id, attempt=run.attempt, timeout=cfg.timeout,

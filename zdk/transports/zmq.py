@@ -19,7 +19,7 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
 from zdk.errors import ConfigError, DeadlineExceeded
-from zdk.transports.curve import AllowedKeys, CurveKeys, ServerCurve
+from zdk.transports.curve import AllowedKeys, ClientKeys, CurveKeys, ServerCurve
 from zdk.transports.base import Buffer, ClientTransport
 
 logger = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ class ZmqDealerTransport:
     """
 
     def __init__(self, endpoint: str, *, max_message_bytes: int, context: zmq.Context | None = None,
-                 curve: CurveKeys | None = None) -> None:
+                 curve: CurveKeys | ClientKeys | None = None) -> None:
         self.endpoint = check_endpoint(endpoint)
         self._socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
         _tune(self._socket, max_message_bytes)
@@ -211,7 +211,7 @@ class ZmqConnector:
     """
 
     def __init__(self, *, max_message_bytes: int, context: zmq.Context | None = None,
-                 curve: CurveKeys | None = None) -> None:
+                 curve: CurveKeys | ClientKeys | None = None) -> None:
         self.max_message_bytes = max_message_bytes
         self._context = context
         self._curve = curve
