@@ -94,8 +94,9 @@ def test_data_paths_stay_under_the_roots(tmp_path):
     (tmp_path / "ok.parquet").mkdir()
     os.symlink("/etc", tmp_path / "escape")
     policy = Policy(data_roots=(str(tmp_path), "hdfs://nn/data/"))
-    assert resolve_path("ok.parquet", policy) == str(tmp_path / "ok.parquet")
-    assert resolve_path(str(tmp_path / "ok.parquet"), policy) == str(tmp_path / "ok.parquet")
+    # Local paths go to Spark fully qualified: on YARN a path without a scheme is an HDFS path.
+    assert resolve_path("ok.parquet", policy) == f"file://{tmp_path / 'ok.parquet'}"
+    assert resolve_path(str(tmp_path / "ok.parquet"), policy) == f"file://{tmp_path / 'ok.parquet'}"
     assert resolve_path("hdfs://nn/data/x/y.parquet", policy) == "hdfs://nn/data/x/y.parquet"
     for outside in ("/etc/passwd", "../../etc", "escape/passwd", "hdfs://nn/other", "hdfs://nn/data/../secret",
                     "s3a://bucket/x"):
@@ -103,6 +104,24 @@ def test_data_paths_stay_under_the_roots(tmp_path):
             resolve_path(outside, policy)
     with pytest.raises(ConfigError, match="`data.path` must lie under.*--data-root"):
         resolve_path("x", Policy())
+
+
+def test_data_paths_refuse_globs_and_file_roots_match(tmp_path):
+    from zdk.service.build import Policy, resolve_path
+
+    (tmp_path / "ok.parquet").mkdir()
+    policy = Policy(data_roots=(f"file://{tmp_path}/", "hdfs://nn/warehouse/"))
+    for path in ("ok.parquet", str(tmp_path / "ok.parquet"), f"file://{tmp_path}/ok.parquet"):
+        assert resolve_path(path, policy) == f"file://{tmp_path / 'ok.parquet'}"
+    # Spark expands {a,b}, [ab], * and ?: a glob could lead out of a URI root, and into the 400's message.
+    for globbed in ("hdfs://nn/warehouse/{x,../user/secret.csv}", "hdfs://nn/warehouse/*", "ok.parq?et",
+                    "ok[.]parquet", "hdfs://nn/warehouse/a\\b", "ok.parquet\nx"):
+        with pytest.raises(ConfigError, match="`data.path` must name one path.*glob") as caught:
+            resolve_path(globbed, policy)
+        assert caught.value.field == "data.path"
+    for outside in ("file://relative/x", f"file://{tmp_path}/../x", "file:///etc/passwd"):
+        with pytest.raises(ConfigError, match="`data.path` must lie under"):
+            resolve_path(outside, policy)
 
 
 def test_tokens_are_stored_hashed_and_revocable(tmp_path):
@@ -280,6 +299,7 @@ def test_bad_input_is_refused_naming_the_field_and_nothing_is_written(job_server
         (None, model_file, 400, "spec", "missing"),
         (mutated(data={"path": "/etc/passwd"}), model_file, 400, "data.path", "/etc/passwd"),
         (mutated(data={"path": "../../etc"}), model_file, 400, "data.path", "../../etc"),
+        (mutated(data={"path": "{digits.parquet,../../etc/passwd}"}), model_file, 400, "data.path", "glob"),
         (mutated(data={"path": "missing.parquet"}), model_file, 400, "data.path", "does not exist"),
         (mutated(data={"path": "not-parquet.parquet"}), model_file, 400, "data.path", "could not be read"),
         (mutated(data={"format": "csv", "path": "small.csv"}), model_file, 400, "trainer.arguments.features_col",

@@ -1,12 +1,18 @@
 """``zdk job``: a client of a ``zdk serve`` job server.
 
-    zdk job submit spec.json model.keras --url http://127.0.0.1:8470 --token "$ZDK_TOKEN" --wait
-    zdk job list | status ID | cancel ID | fetch ID --output DIR
+    export ZDK_URL=http://127.0.0.1:8470 ZDK_TOKEN=…        # or type the token at the prompt
+    zdk job submit spec.json model.keras --wait
+    zdk job list | status ID | cancel ID | fetch ID --output DIR | delete ID
+
+The token comes from ``$ZDK_TOKEN`` or, on a terminal, a prompt that does not echo it; never
+from the command line, where every local user reads it in ``/proc/PID/cmdline`` (and the shell
+keeps it in its history).
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import sys
@@ -15,14 +21,34 @@ from typing import Any
 from zdk.cli.table import print_table, timestamp
 
 
-def _client(args: argparse.Namespace) -> Any:
+def token(args: argparse.Namespace) -> str:
+    """The user's token: ``$ZDK_TOKEN``, else typed at a prompt on a terminal.
+
+    Raises:
+        ConfigError: naming ``token`` when ``--token`` was given (it was removed), or there is
+            neither the variable nor a terminal to ask on.
+    """
     from zdk.errors import ConfigError
+
+    if args.token is not None:
+        raise ConfigError("`--token` was removed: a token on the command line is visible to every local user "
+                          "(/proc/PID/cmdline) and stays in your shell's history. Set ZDK_TOKEN, or leave it "
+                          "unset and type the token at the prompt; then revoke this one "
+                          "(zdk serve token revoke) and use a new one", field="token")
+    value = os.environ.get("ZDK_TOKEN", "")
+    if not value and sys.stdin.isatty():
+        value = getpass.getpass("zdk job: token: ").strip()
+    if not value:
+        raise ConfigError("`token` is required: set ZDK_TOKEN (zdk serve token create --user NAME makes one), or "
+                          "run on a terminal to be asked for it", field="token")
+    return value
+
+
+def _client(args: argparse.Namespace) -> Any:
     from zdk.jobs import JobClient
 
-    if not args.token:
-        raise ConfigError("`--token` is required (or set ZDK_TOKEN)", field="token")
     verify: bool | str = args.ca_cert if args.ca_cert else True
-    return JobClient(args.url, args.token, verify=verify)
+    return JobClient(args.url, token(args), verify=verify)
 
 
 def _job_submit(args: argparse.Namespace) -> int:
@@ -66,6 +92,11 @@ def _job_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _job_delete(args: argparse.Namespace) -> int:
+    print(json.dumps(_client(args).delete(args.id)))
+    return 0
+
+
 def _job_fetch(args: argparse.Namespace) -> int:
     client = _client(args)
     os.makedirs(args.output, exist_ok=True)
@@ -86,9 +117,10 @@ def add_parser(commands: Any) -> None:
     remote = argparse.ArgumentParser(add_help=False)
     remote.add_argument("--url", default=os.environ.get("ZDK_URL", "http://127.0.0.1:8470"),
                         help="the job server (default: $ZDK_URL or http://127.0.0.1:8470)")
-    remote.add_argument("--token", default=os.environ.get("ZDK_TOKEN"), help="your token (default: $ZDK_TOKEN)")
+    remote.add_argument("--token", default=None, help=argparse.SUPPRESS)  # removed: refused with the reason
     remote.add_argument("--ca-cert", default=None, help="CA bundle for a server with a self-signed certificate")
-    job = commands.add_parser("job", help="submit and follow jobs on a zdk serve job server")
+    job = commands.add_parser("job", help="submit and follow jobs on a zdk serve job server",
+                              description="The token comes from $ZDK_TOKEN, or a prompt on a terminal.")
     job_actions = job.add_subparsers(dest="job_action", required=True)
     submit = job_actions.add_parser("submit", parents=[remote], help="submit SPEC.json with MODEL.keras")
     submit.add_argument("spec", help="the job spec (JSON; see docs/jobs.md)")
@@ -97,7 +129,8 @@ def add_parser(commands: Any) -> None:
     submit.set_defaults(func=_job_submit)
     job_actions.add_parser("list", parents=[remote], help="your jobs").set_defaults(func=_job_list)
     for name, func, text in (("status", _job_status, "a job's record as JSON"), ("cancel", _job_cancel, "cancel a job"),
-                             ("fetch", _job_fetch, "download the model, history (JSON, CSV) and log")):
+                             ("fetch", _job_fetch, "download the model, history (JSON, CSV) and log"),
+                             ("delete", _job_delete, "remove an ended job: its record, model, history and log")):
         action = job_actions.add_parser(name, parents=[remote], help=text)
         action.add_argument("id", help="the job id")
         if name == "fetch":

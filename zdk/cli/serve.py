@@ -18,23 +18,54 @@ from zdk.cli.table import print_table, timestamp
 
 DEFAULT_STATE_DIR = os.path.join(os.path.expanduser("~"), ".zdk", "serve")
 
+#: ``zdk serve``'s limits: flag, type, default, help (docs/jobs.md, "Operating it", has the table).
+LIMITS: tuple[tuple[str, type, Any, str], ...] = (
+    ("--max-jobs", int, 1, "jobs running at once (default: 1)"),
+    ("--max-model-mb", float, 64.0, "largest .keras upload (default: 64)"),
+    ("--max-unpacked-mb", float, None, "largest total size of a .keras archive's members (default: 4 × --max-model-mb)"),
+    ("--max-model-params", int, 50_000_000, "most parameters a model may have, estimated before loading (default: "
+                                            "50000000)"),
+    ("--model-memory-mb", float, 2048.0, "memory the model loader may add loading one model (default: 2048)"),
+    ("--model-load-seconds", float, 60.0, "CPU and wall-clock seconds loading one model may take (default: 60)"),
+    ("--max-admissions", int, 2, "submissions checked at once; more get 503 (default: 2)"),
+    ("--max-admissions-per-user", int, 1, "submissions of one user checked at once; more get 429 (default: 1)"),
+    ("--max-queued-per-user", int, 20, "a user's jobs queued or running at once; more get 429 (default: 20)"),
+    ("--max-shards", int, 4, "largest num_shards of a job; each is a process on this host (default: 4)"),
+    ("--max-epochs", int, 1000, "largest num_epoch of a job (default: 1000)"),
+    ("--max-batch-size", int, 8192, "largest batch_size of a job (default: 8192)"),
+    ("--max-timeout", float, 600.0, "largest timeout (seconds per parameter-server request) of a job (default: 600)"),
+    ("--retention", float, None, "days after which an ended job (record and files) is removed (default: kept "
+                                 "until deleted)"),
+)
+
 
 def _serve(args: argparse.Namespace) -> int:
+    from zdk.service import versions
+
+    versions.require_safe()  # before the heavy imports: an unsafe Keras or aiohttp is refused at once
     from zdk.service.app import JobServer, ServeConfig
-    from zdk.service.build import Policy
+    from zdk.service.policy import Policy
 
     policy = Policy(data_roots=tuple(args.data_root or [os.path.join(args.state_dir, "data")]),
                     tables=tuple(args.table or []), custom_modules=tuple(args.custom_module or []),
-                    max_model_bytes=int(args.max_model_mb * 2**20))
+                    max_model_bytes=int(args.max_model_mb * 2**20),
+                    max_unpacked_bytes=int(args.max_unpacked_mb * 2**20) if args.max_unpacked_mb else None,
+                    max_model_params=args.max_model_params, model_memory_bytes=int(args.model_memory_mb * 2**20),
+                    model_load_seconds=args.model_load_seconds, max_shards=args.max_shards,
+                    max_epochs=args.max_epochs, max_batch_size=args.max_batch_size, max_timeout=args.max_timeout)
     config = ServeConfig(state_dir=args.state_dir, host=args.host, port=args.port, master=args.master,
-                         policy=policy, max_jobs=args.max_jobs, tls_cert=args.tls_cert, tls_key=args.tls_key)
+                         policy=policy, max_jobs=args.max_jobs, max_admissions=args.max_admissions,
+                         max_admissions_per_user=args.max_admissions_per_user,
+                         max_queued_per_user=args.max_queued_per_user, retention_days=args.retention,
+                         tls_cert=args.tls_cert, tls_key=args.tls_key)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     if not args.data_root:
         os.makedirs(policy.data_roots[0], exist_ok=True)
     with JobServer(config) as server:
-        # Spark starts in the background now, so the first submission does not wait for it.
+        # Spark and a model loader start in the background now, so the first submission does not wait.
+        server.sandbox.warm()
         threading.Thread(target=server.cluster.warm, name="zdk-serve-spark", daemon=True).start()
         print(f"zdk serve: listening on {server.url}; state in {args.state_dir}; data roots: "
               f"{', '.join(policy.data_roots)}", flush=True)
@@ -52,8 +83,9 @@ def _store(args: argparse.Namespace) -> Any:
     from zdk.service.artifacts import StateDir
     from zdk.service.store import Store
 
-    os.makedirs(args.state_dir, exist_ok=True)
-    return Store(StateDir(directory=args.state_dir).database)
+    state = StateDir(directory=args.state_dir)
+    state.create_root()
+    return Store(state.database)
 
 
 def _token_create(args: argparse.Namespace) -> int:
@@ -106,8 +138,8 @@ def add_parser(commands: Any) -> None:
     serve.add_argument("--table", action="append", help="a catalog table jobs may read; repeatable")
     serve.add_argument("--custom-module", action="append", help="a module with custom Keras classes or "
                        "algorithms, imported at start, that jobs may name; repeatable")
-    serve.add_argument("--max-jobs", type=int, default=1, help="jobs running at once (default: 1)")
-    serve.add_argument("--max-model-mb", type=float, default=64.0, help="largest .keras upload (default: 64)")
+    for flag, kind, default, text in LIMITS:
+        serve.add_argument(flag, type=kind, default=default, help=text)
     serve.add_argument("--tls-cert", default=None, help="PEM certificate: serve HTTPS (use it off loopback)")
     serve.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
     serve.set_defaults(func=_serve)

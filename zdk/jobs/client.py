@@ -54,7 +54,9 @@ class JobClient:
                 body = response.json()
             except ValueError:
                 body = {"error": response.text[:500] or response.reason}
-            raise JobError(f"{response.status_code} from {self.url}{path}: {body.get('error')}",
+            retry = response.headers.get("Retry-After")
+            raise JobError(f"{response.status_code} from {self.url}{path}: {body.get('error')}"
+                           + (f" (retry after {retry} s)" if retry else ""),
                            status=response.status_code, field=body.get("field"))
         return response
 
@@ -72,6 +74,10 @@ class JobClient:
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return dict(self._request("POST", f"/api/jobs/{job_id}/cancel").json())
+
+    def delete(self, job_id: str) -> dict[str, Any]:
+        """Removes an ended job (its record and files); a queued or running one answers 409."""
+        return dict(self._request("DELETE", f"/api/jobs/{job_id}").json())
 
     def model_bytes(self, job_id: str, member: int = 0) -> bytes:
         return bytes(self._request("GET", f"/api/jobs/{job_id}/model", params={"member": member}).content)

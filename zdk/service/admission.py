@@ -1,8 +1,9 @@
 """Admitting a submission: everything a job is checked against before it is queued.
 
-The model, the trainer, the stages, the data and the cluster's slots are checked in a scratch
-folder, which becomes the job's folder only when all pass; a refused job leaves nothing, neither
-a folder nor a record.
+The user's queue, the model (in the loader box first, then loaded here), the trainer and the
+caps, the stages, the data and the cluster's slots are checked in a scratch folder, which
+becomes the job's folder only when all pass; a refused job leaves nothing, neither a folder nor
+a record.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from zdk.jobs.spec import JobSpec
 from zdk.service import build
 from zdk.service.artifacts import StateDir
 from zdk.service.cluster import Cluster
+from zdk.service.gate import Busy
+from zdk.service.model_sandbox import LoadLimits, ModelSandbox
+from zdk.service.policy import Policy, count
 from zdk.service.store import JobRecord, Store
 
 
@@ -25,14 +29,22 @@ class Admission:
         state: where job folders and uploads go.
         store: the job records.
         cluster: the Spark the job reads its data with and runs on.
-        policy: what jobs may read and import, and the model size limit.
+        policy: what jobs may read and import, the model's limits and the caps.
+        sandbox: the loader box uploaded models are checked in before this process loads them.
+        max_queued_per_user: a user's jobs queued or running at once.
+
+    Raises:
+        ConfigError: naming ``max_queued_per_user`` when it is below 1.
     """
 
-    def __init__(self, *, state: StateDir, store: Store, cluster: Cluster, policy: build.Policy) -> None:
+    def __init__(self, *, state: StateDir, store: Store, cluster: Cluster, policy: Policy, sandbox: ModelSandbox,
+                 max_queued_per_user: int = 20) -> None:
+        self.max_queued_per_user = count(max_queued_per_user, "max_queued_per_user")
         self.state = state
         self.store = store
         self.cluster = cluster
         self.policy = policy
+        self.sandbox = sandbox
 
     def admit(self, owner: str, spec: JobSpec, model: bytes) -> JobRecord:
         """Checks the job against the model, the data and the cluster, then queues it.
@@ -45,13 +57,19 @@ class Admission:
             model: the ``.keras`` file's bytes.
 
         Raises:
+            Busy: 429 when the user has ``max_queued_per_user`` jobs queued or running.
             ConfigError: naming the first field that does not fit (``TooLarge`` for the model's size).
         """
-        build.check_model_file(model, self.policy)
+        build.check_model_size(model, self.policy)
+        active = self.store.active(owner)
+        if active >= self.max_queued_per_user:
+            raise Busy(f"you have {active} jobs queued or running, the most the server keeps for one user "
+                       f"(--max-queued-per-user); submit again when one has ended, or cancel one", status=429)
         scratch = self.state.scratch()
         try:
             with open(scratch.submitted_model, "wb") as fh:
                 fh.write(model)
+            self.sandbox.inspect(scratch.submitted_model, LoadLimits.of(self.policy))
             # The same constructor call the run makes, so what passes here builds there.
             server = build.server_arguments(spec, checkpoint_dir=scratch.checkpoints)
             trainer = build.make_trainer(spec, build.load_model(scratch.submitted_model), self.policy, server=server)

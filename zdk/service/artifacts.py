@@ -1,6 +1,8 @@
 """Where the job server keeps things on disk: every file name it writes, in one place.
 
-The state directory holds the database, one folder per job and the uploads being checked::
+The state directory holds the database, one folder per job and the uploads being checked; it
+is private to the server's user (0700, the database 0600), since job folders hold other users'
+models and the database their tokens' hashes::
 
     STATE_DIR/zdk.db                  SQLite: token hashes and job records
     STATE_DIR/tmp/upload-*/           a submission being checked (emptied at start)
@@ -18,13 +20,17 @@ import dataclasses
 import json
 import os
 import shutil
+import stat
 import tempfile
 from typing import Any, Sequence, overload
 
 from zdk.ps import checkpoint
+from zdk.service.files import fsync, private
 
 #: The history's fixed columns, in the CSV's order; metrics follow, one column each.
 HISTORY_COLUMNS = ("worker", "attempt", "epoch", "step", "timestamp", "loss", "staleness", "scale")
+#: The most of a report copied into a job's log.
+MAX_REPORT_BYTES = 1 << 20
 
 
 class _Entry:
@@ -94,10 +100,28 @@ class JobFolder:
         return self.history_json
 
     def append_to_log(self, title: str, path: str) -> None:
-        """Copies the file at ``path`` to the end of the job's log, under ``title``."""
-        with open(path) as source, open(self.log, "a") as log:
-            log.write(f"\n---- {title} ----\n")
-            shutil.copyfileobj(source, log)
+        """Copies the text of the file at ``path`` (its first ``MAX_REPORT_BYTES``) to the end
+        of the job's log, under ``title``. A symlink is not followed, and only a regular file is
+        read: the log is what the job's owner downloads.
+
+        Raises:
+            OSError: when ``path`` is a symlink (ELOOP), missing, or not a regular file.
+        """
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as source:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(f"{path} is not a regular file")
+            text = source.read(MAX_REPORT_BYTES).decode("utf-8", "replace")
+        with open(self.log, "a") as log:
+            log.write(f"\n---- {title} ----\n{text}")
+
+    def sync(self) -> None:
+        """Flushes the job's artifacts (models, history, log) and the folder to the disk, so a
+        job recorded as ended keeps its files through a power cut."""
+        names = [n for n in os.listdir(self.directory) if n.endswith((".keras", ".json", ".csv", ".log"))]
+        for name in names:
+            fsync(os.path.join(self.directory, name))
+        fsync(self.directory)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -117,10 +141,24 @@ class StateDir:
         return JobFolder(directory=os.path.join(self.jobs, job_id))
 
     def create(self) -> None:
-        """Makes the folders, and empties the uploads folder of what a crash left."""
-        os.makedirs(self.jobs, exist_ok=True)
+        """Makes the folders private to this user (tightening them when they exist), and empties
+        the uploads folder of what a crash left."""
+        self.create_root()
+        os.makedirs(self.jobs, mode=0o700, exist_ok=True)
+        private(self.jobs, 0o700)
         shutil.rmtree(self.uploads, ignore_errors=True)
-        os.makedirs(self.uploads, exist_ok=True)
+        os.makedirs(self.uploads, mode=0o700, exist_ok=True)
+
+    def create_root(self) -> None:
+        """Makes the state directory itself, 0700 (tightened when it exists)."""
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        private(self.directory, 0o700)
+
+    def owns(self, folder: str) -> bool:
+        """Whether ``folder`` is a job folder of this state directory (before removing it)."""
+        jobs = os.path.realpath(self.jobs)
+        full = os.path.realpath(folder)
+        return os.path.dirname(full) == jobs and full != jobs
 
     def scratch(self) -> JobFolder:
         """A new, empty folder for a submission being checked; it becomes a job's folder with

@@ -2,24 +2,25 @@
 DataFrame, with the trainers' and transformers' own validation.
 
 Nothing the client sends is executed: the model loads with Keras's ``safe_mode`` (no lambda
-layers), custom layers and algorithms exist only if the operator installed and allowed their
-modules, and names map to classes through fixed tables.
+layers), after it passed the loader box (:mod:`zdk.service.model_sandbox`); custom layers and
+algorithms exist only if the operator installed and allowed their modules, and names map to
+classes through fixed tables. :class:`Policy` (:mod:`zdk.service.policy`) is what the operator
+allows.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
-import io
 import logging
 import os
 import posixpath
-import zipfile
 from typing import Any, Mapping, Sequence
 
 from zdk import algorithms, trainers, transformers
 from zdk.errors import ConfigError, TooLarge, ZdkError
 from zdk.jobs.spec import SERVER_MANAGED, DataSource, JobSpec
+from zdk.service import caps
+from zdk.service.policy import Policy
 
 logger = logging.getLogger(__name__)
 
@@ -32,54 +33,43 @@ TRANSFORMERS: dict[str, type] = {cls.__name__: cls for cls in (
     transformers.LabelIndexTransformer)}
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Policy:
-    """What the operator allows.
-
-    Args:
-        data_roots: local directories, or URI prefixes (``hdfs://nn/data/``), that data paths
-            must lie under; relative paths are taken from the first local one.
-        tables: catalog tables jobs may read.
-        custom_modules: modules the operator installed (custom layers, algorithm plugins);
-            imported once at start, and the only ones a job's ``custom_modules`` may name.
-        max_model_bytes: the largest ``.keras`` file accepted.
-    """
-
-    data_roots: tuple[str, ...] = ()
-    tables: tuple[str, ...] = ()
-    custom_modules: tuple[str, ...] = ()
-    max_model_bytes: int = 64 * 2**20
-
-    def __post_init__(self) -> None:
-        if self.max_model_bytes < 1:
-            raise ConfigError(f"`max_model_bytes` must be ≥ 1. Received: max_model_bytes={self.max_model_bytes}",
-                              field="max_model_bytes")
-
-
 def import_custom_modules(policy: Policy) -> None:
     """Imports the operator's modules, so their Keras classes and algorithms register."""
     for name in policy.custom_modules:
         importlib.import_module(name)
 
 
+#: Characters Spark and Hadoop expand as glob patterns in a path (``\\`` escapes them).
+GLOB = frozenset("{}[]*?\\")
+
+
 def resolve_path(path: str, policy: Policy) -> str:
-    """The absolute path or URI of a data path, which must lie under one of the data roots.
+    """The fully qualified URI of a data path, which must lie under one of the data roots.
+
+    Local paths come back as ``file:///…``, so Spark reads them from the local file system
+    whatever its cluster manager (on YARN a path without a scheme is an HDFS path). Glob
+    characters are refused: Spark expands ``{a,../b}``, which would lead out of a URI root.
 
     Raises:
-        ConfigError: naming ``data.path`` when it lies elsewhere (``..`` and symlinks included).
+        ConfigError: naming ``data.path`` when it holds a glob or control character, or lies
+            elsewhere (``..`` and symlinks resolved).
     """
-    local_roots = [os.path.realpath(r) for r in policy.data_roots if "://" not in r or r.startswith("file://")]
-    uri_roots = [r for r in policy.data_roots if "://" in r and not r.startswith("file://")]
+    if set(path) & GLOB or any(ord(c) < 32 for c in path):
+        raise ConfigError(f"`data.path` must name one path: the characters {''.join(sorted(GLOB))} are glob "
+                          f"patterns to Spark and Hadoop, and control characters are not path names. "
+                          f"Received: data.path={path!r}", field="data.path")
+    local_roots = [os.path.realpath(_local(r)) for r in policy.data_roots if _is_local(r)]
+    uri_roots = [r for r in policy.data_roots if not _is_local(r)]
     refused = ConfigError(f"`data.path` must lie under the server's data roots ({', '.join(policy.data_roots) or 'none: start zdk serve with --data-root'}). "
                           f"Received: data.path={path!r}", field="data.path")
-    if "://" in path and not path.startswith("file://"):
+    if not _is_local(path):
         scheme, rest = path.split("://", 1)
         normal = f"{scheme}://{posixpath.normpath(rest)}"
         if ".." in rest.split("/") or not any(normal.startswith(r.rstrip("/") + "/") for r in uri_roots):
             raise refused
         return normal
-    local = path[len("file://"):] if path.startswith("file://") else path
-    if not local_roots:
+    local = _local(path)
+    if not local_roots or (path.startswith("file:") and not os.path.isabs(local)):
         raise refused
     full = os.path.realpath(os.path.join(local_roots[0], local))
     if not any(os.path.commonpath([full, root]) == root for root in local_roots):
@@ -87,11 +77,20 @@ def resolve_path(path: str, policy: Policy) -> str:
     if not os.path.exists(full):
         raise ConfigError(f"`data.path` does not exist under the data roots. Received: data.path={path!r}",
                           field="data.path")
-    return full
+    return "file://" + full
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def _local(path: str) -> str:
+    """The file system path of a local path or ``file://`` URI."""
+    return path[len("file://"):] if path.startswith("file://") else path
 
 
 def read_data(spark: Any, source: DataSource, policy: Policy) -> Any:
-    """The job's DataFrame (lazy: Parquet's footer or the CSV header is read, not the data)."""
+    """The job's DataFrame (lazy: Parquet's footer is read; a CSV is scanned for its schema)."""
     if source.format == "table":
         if source.path not in policy.tables:
             raise ConfigError(f"`data.table` must be one of the tables the server allows "
@@ -108,23 +107,17 @@ def read_data(spark: Any, source: DataSource, policy: Policy) -> Any:
                           f"Received: data.path={source.path!r}", field="data.path") from None
 
 
-def check_model_file(data: bytes, policy: Policy) -> None:
-    """A ``.keras`` file is a zip holding ``config.json``; anything else is refused unread."""
+def check_model_size(data: bytes, policy: Policy) -> None:
+    """Refuses a ``.keras`` file over ``max_model_bytes`` unread; its archive and its
+    ``config.json`` are checked in the loader box."""
     if len(data) > policy.max_model_bytes:
         raise TooLarge(f"`model` must be at most {policy.max_model_bytes} bytes. Received: {len(data)} bytes",
                        field="model")
-    if not zipfile.is_zipfile(io.BytesIO(data)):
-        raise ConfigError("`model` must be a .keras file (a zip archive from model.save('m.keras')). "
-                          f"Received: {len(data)} bytes that are not a zip archive", field="model")
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        names = set(archive.namelist())
-    if "config.json" not in names:
-        raise ConfigError(f"`model` must be a .keras file holding config.json. Received: a zip with "
-                          f"{sorted(names)[:5]}", field="model")
 
 
 def load_model(path: str) -> Any:
-    """Loads a ``.keras`` file with ``safe_mode``: no lambda layers, only registered classes."""
+    """Loads a ``.keras`` file with ``safe_mode``: no lambda layers, only registered classes.
+    Only for a file the loader box passed (:meth:`zdk.service.model_sandbox.ModelSandbox.inspect`)."""
     import keras
 
     try:
@@ -167,8 +160,11 @@ def make_trainer(spec: JobSpec, model: Any, policy: Policy, *, server: Mapping[s
     Args:
         spec: the job; its arguments hold none of ``SERVER_MANAGED`` (the spec refuses them).
         model: the submitted Keras model.
-        policy: the custom modules the job may name.
+        policy: the custom modules the job may name, and the caps (:mod:`zdk.service.caps`).
         server: the server's own arguments (:func:`server_arguments`), merged after the spec's.
+
+    Raises:
+        ConfigError: naming the trainer's class or argument that is refused or over a cap.
     """
     unknown = sorted(set(server) - set(SERVER_MANAGED))
     if unknown:
@@ -194,10 +190,7 @@ def make_trainer(spec: JobSpec, model: Any, policy: Policy, *, server: Mapping[s
         trainer = cls(model, **arguments, **server)
     except (ZdkError, TypeError, ValueError) as exc:
         raise ConfigError(f"`trainer.arguments` refused by {spec.trainer}: {exc}", field="trainer.arguments") from None
-    if trainer.num_workers > spec.slots:
-        raise ConfigError(f"`trainer.arguments.num_workers` ({trainer.num_workers}) must fit in the job's task "
-                          f"slots, resources.num_executors × resources.num_processes = {spec.slots}. Received: "
-                          f"num_workers={trainer.num_workers}", field="trainer.arguments.num_workers")
+    caps.check(trainer, spec, policy)
     return trainer
 
 

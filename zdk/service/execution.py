@@ -9,7 +9,6 @@ when ``train`` returns or raises). Progress snapshots go to the job's record abo
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from typing import Any, Callable
@@ -20,6 +19,7 @@ from zdk.jobs.states import CANCELLED, FAILED, FINAL, FINISHED, INTERRUPTED, QUE
 from zdk.service import build
 from zdk.service.artifacts import JobFolder
 from zdk.service.cluster import Cluster
+from zdk.service.policy import Policy
 from zdk.service.progress import LiveProgress, final_progress
 from zdk.service.store import JobRecord, Store
 
@@ -27,6 +27,10 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between writes of a running job's progress to its record.
 PROGRESS_WRITE_EVERY = 1.0
+#: The error of a job its owner cancelled.
+CANCELLED_BY_OWNER = "cancelled by its owner"
+#: Seconds to wait before each retry of recording a job's outcome (a locked database, say).
+RECORD_RETRIES = (0.5, 2.0)
 
 
 def resumable(job: JobRecord) -> bool:
@@ -45,7 +49,7 @@ class Execution:
         on_end: called with the job's id when the run has ended and its outcome is recorded.
     """
 
-    def __init__(self, job: JobRecord, *, store: Store, cluster: Cluster, policy: build.Policy,
+    def __init__(self, job: JobRecord, *, store: Store, cluster: Cluster, policy: Policy,
                  on_end: Callable[[str], None]) -> None:
         self.job = job
         self.spec = JobSpec.from_dict(job.spec)
@@ -95,17 +99,31 @@ class Execution:
             fields["progress"] = {**self.progress.view(), **fields.get("progress", {})}
             if state in FINAL:
                 fields["finished"] = time.time()
-            self._store.transition(self.job.id, (RUNNING,), state, log_path=handler.baseFilename, **fields)
+            self.folder.sync()  # the record says the files exist: they must, after a power cut too
+            self._record(state, log_path=handler.baseFilename, **fields)
         except Exception:  # the record could not be written: the server's log keeps why
             logger.exception("job %s: recording its outcome failed", self.job.id)
         finally:
-            self._on_end(self.job.id)
+            self._on_end(self.job.id)  # the job's slots are free whatever happened above
+
+    def _record(self, state: str, **fields: Any) -> None:
+        """Moves the job's record from ``running`` to ``state``, retrying a failed write."""
+        for wait in (*RECORD_RETRIES, None):
+            try:
+                self._store.transition(self.job.id, (RUNNING,), state, **fields)
+                return
+            except Exception:
+                if wait is None:
+                    raise
+                logger.warning("job %s: recording its outcome failed; retrying in %g s", self.job.id, wait,
+                               exc_info=True)
+                time.sleep(wait)
 
     def _outcome(self) -> dict[str, Any]:
         """Runs the job; returns its new state and the record's fields that go with it."""
         job = self.job
         try:
-            logger.info("job %s (%s) of %s started", job.id, job.name, job.owner)
+            logger.info("job %s (%r) of %s started", job.id, job.name, job.owner)
             fields = {"state": FINISHED, **self._train()}
             logger.info("job %s finished", job.id)
         except JobCancelled:
@@ -113,11 +131,14 @@ class Execution:
             logger.info("job %s %s", job.id, fields["state"])
         except ZdkError as exc:
             fields = {"state": FAILED, "error": str(exc)}
-            logger.error("job %s failed: %s", job.id, exc)
+            logger.error("job %s failed: %r", job.id, str(exc))
             report = getattr(exc, "report", None)
-            if report and os.path.exists(report):
+            if report:
                 # The report lives on the server's disk; the job's log is what its owner can read.
-                self.folder.append_to_log("Spark's full report", report)
+                try:
+                    self.folder.append_to_log("Spark's full report", report)
+                except OSError as error:  # a symlink, a FIFO, gone: never followed, only named
+                    logger.warning("job %s: Spark's report %r was not copied: %s", job.id, report, error)
         except Exception as exc:  # anything else is a bug in zdk or Spark: recorded with its traceback
             fields = {"state": FAILED, "error": f"{type(exc).__name__}: {exc}"}
             logger.exception("job %s failed", job.id)
@@ -125,7 +146,7 @@ class Execution:
 
     def _cancelled_outcome(self) -> dict[str, Any]:
         if self._by_owner or not self._stopping:
-            return {"state": CANCELLED, "error": "cancelled by its owner"}
+            return {"state": CANCELLED, "error": CANCELLED_BY_OWNER}
         if resumable(self.job):
             return {"state": QUEUED, "resumes": self.job.resumes + 1, "started": None}
         return {"state": INTERRUPTED, "error": "the server stopped while this job was running, before its first "
@@ -158,7 +179,10 @@ class Execution:
         now = time.monotonic()
         if now - self._written >= PROGRESS_WRITE_EVERY:
             self._written = now
-            self._store.update(self.job.id, progress=self.progress.view())
+            try:
+                self._store.update(self.job.id, progress=self.progress.view())
+            except Exception:  # the record's copy lags; the live view and the training go on
+                logger.exception("job %s: writing its progress failed", self.job.id)
 
 
 def _job_log(path: str, thread: threading.Thread) -> logging.FileHandler:

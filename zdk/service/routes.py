@@ -2,10 +2,14 @@
 the scheduler.
 
 Every ``/api`` route but ``/api/health`` needs ``Authorization: Bearer <token>``; a user sees,
-cancels and fetches only their own jobs (another user's job answers 404, as a missing one).
-Handlers are thin: validation lives in :mod:`zdk.jobs.spec` and :mod:`zdk.service.admission`,
-and blocking work (Keras, Spark, SQLite lookups of tokens) runs on a thread pool. A
-``ConfigError`` answers 400 (``TooLarge`` 413) with ``{"error": message, "field": exc.field}``.
+cancels, fetches and deletes only their own jobs (another user's job answers 404, as a missing
+one). Handlers are thin: validation lives in :mod:`zdk.jobs.spec` and
+:mod:`zdk.service.admission`. Blocking work runs on two thread pools, so that slow admissions
+(Keras, a schema scan, a Spark job) never hold up the quick work (token checks, SQLite reads,
+cancel, delete): ``reads`` for the quick, ``admissions`` for the slow, whose number in flight
+:class:`~zdk.service.gate.AdmissionGate` bounds in total and per user. A ``ConfigError`` answers
+400 (``TooLarge`` 413) with ``{"error": message, "field": exc.field}``; a ``Busy`` 429 or 503
+with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -14,15 +18,17 @@ import asyncio
 import concurrent.futures
 import logging
 import os
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, TypeVar
 
 from aiohttp import web
 
 from zdk.errors import ConfigError, TooLarge
 from zdk.jobs.spec import JobSpec
 from zdk.jobs.states import FINAL, RUNNING
+from zdk.service import retention
 from zdk.service.admission import Admission
-from zdk.service.artifacts import JobFolder
+from zdk.service.artifacts import JobFolder, StateDir
+from zdk.service.gate import AdmissionGate, Busy
 from zdk.service.scheduler import Scheduler
 from zdk.service.store import JobRecord, Store
 
@@ -30,8 +36,11 @@ logger = logging.getLogger(__name__)
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 MAX_SPEC_BYTES = 1 << 20
+#: Threads for the quick blocking work: token checks, SQLite reads, cancel, delete.
+READ_THREADS = 4
 _USER = web.RequestKey("user", str)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
 _UNAUTHORIZED = {"error": "a valid token is required: send `Authorization: Bearer <token>` "
                           "(zdk serve token create --user NAME makes one)"}
 
@@ -41,21 +50,28 @@ def _error(status: int, message: str, field: str | None = None) -> web.Response:
 
 
 class JobApi:
-    """The aiohttp application (:attr:`app`) and the thread pool its handlers block on.
+    """The aiohttp application (:attr:`app`) and the thread pools its handlers block on.
 
     Args:
         store: token hashes and job records.
+        state: the job folders (deleting a job removes its folder).
         admission: checks and queues submissions.
+        gate: how many admissions run at once, in total and per user.
         scheduler: cancels jobs and knows the running ones' live progress.
         max_model_bytes: the largest ``model`` part read.
     """
 
-    def __init__(self, *, store: Store, admission: Admission, scheduler: Scheduler, max_model_bytes: int) -> None:
+    def __init__(self, *, store: Store, state: StateDir, admission: Admission, gate: AdmissionGate,
+                 scheduler: Scheduler, max_model_bytes: int) -> None:
         self.store = store
+        self.state = state
         self.admission = admission
+        self.gate = gate
         self.scheduler = scheduler
         self.limits = {"spec": MAX_SPEC_BYTES, "model": max_model_bytes}
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="zdk-serve")
+        self.reads = concurrent.futures.ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="zdk-serve-read")
+        self.admissions = concurrent.futures.ThreadPoolExecutor(max_workers=gate.total,
+                                                                thread_name_prefix="zdk-serve-admit")
         self.app = web.Application(middlewares=[self._errors, self._auth],
                                    client_max_size=max_model_bytes + MAX_SPEC_BYTES)
         self.app.add_routes([
@@ -65,6 +81,7 @@ class JobApi:
             web.post("/api/jobs", self.submit),
             web.get("/api/jobs", self.list_jobs),
             web.get("/api/jobs/{id}", self.get_job),
+            web.delete("/api/jobs/{id}", self.delete),
             web.post("/api/jobs/{id}/cancel", self.cancel),
             web.get("/api/jobs/{id}/model", self.model),
             web.get("/api/jobs/{id}/history", self.history),
@@ -74,7 +91,12 @@ class JobApi:
 
     def close(self) -> None:
         """Waits for the handlers' blocking work to finish."""
-        self.pool.shutdown(wait=True)
+        self.admissions.shutdown(wait=True)
+        self.reads.shutdown(wait=True)
+
+    async def _read(self, function: Callable[..., T], *args: Any) -> T:
+        """``function(*args)`` on the quick pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.reads, function, *args)
 
     # ------------------------------------------------------------------ middleware
 
@@ -86,10 +108,14 @@ class JobApi:
             return _error(413, str(exc), exc.field)
         except ConfigError as exc:
             return _error(400, str(exc), exc.field)
+        except Busy as exc:
+            response = _error(exc.status, str(exc))
+            response.headers["Retry-After"] = str(exc.retry_after)
+            return response
         except web.HTTPException:
             raise
         except Exception:
-            logger.exception("%s %s failed", request.method, request.path)
+            logger.exception("%s %r failed", request.method, request.path)
             return _error(500, "internal error; the server's log has the details")
 
     @web.middleware
@@ -99,7 +125,7 @@ class JobApi:
         header = request.headers.get("Authorization", "")
         token = header[7:].strip() if header[:7].lower() == "bearer " else ""
         # Every wrong token, missing ones included, is hashed and looked up: one path, one answer.
-        user = await asyncio.get_running_loop().run_in_executor(self.pool, self.store.user_of, token)
+        user = await self._read(self.store.user_of, token)
         if user is None:
             return web.json_response(_UNAUTHORIZED, status=401, headers={"WWW-Authenticate": "Bearer"})
         request[_USER] = user
@@ -121,34 +147,50 @@ class JobApi:
         if not request.content_type.startswith("multipart/"):
             raise ConfigError(f"`request` must be multipart/form-data with the parts `spec` and `model`. "
                               f"Received: Content-Type {request.content_type!r}", field="request")
-        parts = await self._read_parts(request)
+        parts = await self._read_parts(request)  # on the event loop, size-capped: it holds no thread
         if "spec" not in parts:
             raise ConfigError("`spec` is missing: send the job spec as a form part named spec", field="spec")
         if "model" not in parts:
             raise ConfigError("`model` is missing: send the .keras file as a form part named model", field="model")
         spec = JobSpec.from_json(parts["spec"])
-        job = await asyncio.get_running_loop().run_in_executor(
-            self.pool, self.admission.admit, request[_USER], spec, parts["model"])
+        release = self.gate.take(request[_USER])
+        # The place is given back when the work ends, even if the client left before.
+        try:
+            work = self.admissions.submit(self.admission.admit, request[_USER], spec, parts["model"])
+        except BaseException:
+            release()
+            raise
+        work.add_done_callback(lambda _: release())
+        job = await asyncio.wrap_future(work)
         self.scheduler.notify()
-        logger.info("job %s (%s) queued for %s", job.id, job.name, job.owner)
+        logger.info("job %s (%r) queued for %s", job.id, job.name, job.owner)
         return web.json_response(job.public(), status=201)
 
     async def list_jobs(self, request: web.Request) -> web.Response:
-        jobs = self.store.jobs(owner=request[_USER])
-        return web.json_response({"jobs": [self._view(j, series=False) for j in jobs]})
+        user = request[_USER]
+        views = await self._read(lambda: [self._view(j, series=False) for j in self.store.jobs(owner=user)])
+        return web.json_response({"jobs": views})
 
     async def get_job(self, request: web.Request) -> web.Response:
-        return web.json_response(self._view(self._job(request)))
+        return web.json_response(await self._read(self._view, await self._job(request)))
 
     async def cancel(self, request: web.Request) -> web.Response:
-        job = self._job(request)
+        job = await self._job(request)
         if job.state in FINAL:
             return _error(409, f"`id` names a job that already ended ({job.state}). Received: id={job.id!r}", "id")
-        state = await asyncio.get_running_loop().run_in_executor(self.pool, self.scheduler.cancel, job)
+        state = await self._read(self.scheduler.cancel, job)
         return web.json_response({"id": job.id, "state": state})
 
+    async def delete(self, request: web.Request) -> web.Response:
+        """Removes an ended job: its record and its folder (models, history, log)."""
+        job = await self._job(request)
+        if job.state not in FINAL or not await self._read(retention.delete_job, self.store, self.state, job):
+            return _error(409, f"`id` names a job that has not ended ({job.state}); cancel it first, then delete "
+                               f"it. Received: id={job.id!r}", "id")
+        return web.json_response({"id": job.id, "deleted": True})
+
     async def model(self, request: web.Request) -> web.StreamResponse:
-        job = self._job(request)
+        job = await self._job(request)
         if job.model_path is None:
             return _error(409, f"`id` names a job without a trained model ({job.state}). Received: id={job.id!r}", "id")
         member = request.query.get("member", "0")
@@ -161,7 +203,7 @@ class JobApi:
                                                "Content-Disposition": f'attachment; filename="{filename}"'})
 
     async def history(self, request: web.Request) -> web.StreamResponse:
-        job = self._job(request)
+        job = await self._job(request)
         fmt = request.query.get("format", "json")
         if fmt not in ("json", "csv"):
             return _error(400, f"`format` must be json or csv. Received: format={fmt!r}", "format")
@@ -172,15 +214,15 @@ class JobApi:
                                 headers={"Content-Type": "application/json" if fmt == "json" else "text/csv"})
 
     async def logs(self, request: web.Request) -> web.StreamResponse:
-        path = JobFolder(directory=self._job(request).directory).log
+        path = JobFolder(directory=(await self._job(request)).directory).log
         if not os.path.exists(path):
             return web.Response(text="", content_type="text/plain")
         return web.FileResponse(path, headers={"Content-Type": "text/plain; charset=utf-8"})
 
     # ------------------------------------------------------------------ helpers
 
-    def _job(self, request: web.Request) -> JobRecord:
-        job = self.store.job(request.match_info["id"], owner=request[_USER])
+    async def _job(self, request: web.Request) -> JobRecord:
+        job = await self._read(self.store.job, request.match_info["id"], request[_USER])
         if job is None:
             raise web.HTTPNotFound(text='{"error": "`id` names no job of yours", "field": "id"}',
                                    content_type="application/json")

@@ -1,5 +1,11 @@
 """The queue: runs queued jobs on the server's Spark, a bounded number at a time, first come
-first served, each while its task slots fit beside the running ones."""
+first served, each while its task slots fit beside the running ones.
+
+The loop survives its own failures (a locked database, a Spark error): it logs them and goes on
+scheduling, and a job that cannot be started is marked failed instead of blocking the queue. A
+cancel is never lost: a job whose owner asked to cancel it is not started, nor resumed after a
+restart.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +16,16 @@ from typing import Any
 
 from zdk.errors import ConfigError
 from zdk.jobs.spec import JobSpec
-from zdk.jobs.states import CANCELLED, INTERRUPTED, QUEUED, RUNNING
-from zdk.service import build
+from zdk.jobs.states import CANCELLED, FAILED, INTERRUPTED, QUEUED, RUNNING
 from zdk.service.cluster import Cluster
-from zdk.service.execution import Execution, resumable
+from zdk.service.execution import CANCELLED_BY_OWNER, Execution, resumable
+from zdk.service.policy import Policy
 from zdk.service.store import JobRecord, Store
 
 logger = logging.getLogger(__name__)
+
+#: Seconds the loop waits after one of its own failures before trying again.
+RETRY_AFTER_FAILURE = 1.0
 
 
 class Scheduler:
@@ -32,7 +41,7 @@ class Scheduler:
         ConfigError: naming ``max_jobs`` when it is below 1.
     """
 
-    def __init__(self, store: Store, *, cluster: Cluster, policy: build.Policy, max_jobs: int = 1) -> None:
+    def __init__(self, store: Store, *, cluster: Cluster, policy: Policy, max_jobs: int = 1) -> None:
         if max_jobs < 1:
             raise ConfigError(f"`max_jobs` must be ≥ 1. Received: max_jobs={max_jobs}", field="max_jobs")
         self.store = store
@@ -53,8 +62,16 @@ class Scheduler:
 
     def recover(self) -> None:
         """Requeues the jobs that were running when the server died, to resume from their shards'
-        last checkpoint, or marks them interrupted when they have none."""
-        for job in self.store.jobs(states=(RUNNING,)):
+        last checkpoint, or marks them interrupted when they have none; a job its owner asked to
+        cancel (running or queued) is cancelled instead."""
+        for job in self.store.jobs(states=(QUEUED, RUNNING)):
+            if job.cancel_requested:
+                self.store.transition(job.id, (job.state,), CANCELLED, finished=time.time(), error=CANCELLED_BY_OWNER)
+                logger.warning("job %s was %s with a cancel request when the server stopped; cancelled", job.id,
+                               job.state)
+                continue
+            if job.state != RUNNING:
+                continue
             if resumable(job):
                 self.store.transition(job.id, (RUNNING,), QUEUED, resumes=job.resumes + 1)
                 logger.warning("job %s was running when the server stopped; it resumes from its checkpoint", job.id)
@@ -87,7 +104,8 @@ class Scheduler:
             self._wake.notify_all()
 
     def cancel(self, job: JobRecord) -> str:
-        """Cancels a queued or running job; returns its state after the request."""
+        """Cancels a queued or running job; returns its state after the request. The request
+        is recorded first (``cancel_requested``), so a restart honours it."""
         if self.store.transition(job.id, (QUEUED,), CANCELLED, finished=time.time(), error="cancelled before it ran"):
             return CANCELLED
         self.store.update(job.id, cancel_requested=1)
@@ -108,27 +126,57 @@ class Scheduler:
 
     def _schedule(self) -> None:
         while True:
-            with self._wake:
-                if self._stopping:
+            try:
+                if not self._step():
                     return
-                job = self._next() if len(self._running) < self.max_jobs else None
-                if job is None:
-                    self._wake.wait(1.0)
-                    continue
-                if not self.store.transition(job.id, (QUEUED,), RUNNING, started=time.time()):
-                    continue  # cancelled meanwhile
+            except Exception:  # a locked database, a Spark error: logged, and the queue goes on
+                logger.exception("the scheduler's loop failed; it tries again in %g s", RETRY_AFTER_FAILURE)
+                with self._wake:
+                    if self._stopping:
+                        return
+                    self._wake.wait(RETRY_AFTER_FAILURE)
+
+    def _step(self) -> bool:
+        """Starts the next job if one fits, else waits a little; False once stopping."""
+        with self._wake:
+            if self._stopping:
+                return False
+            job = self._next() if len(self._running) < self.max_jobs else None
+            if job is None:
+                self._wake.wait(1.0)
+                return True
+            if job.cancel_requested:
+                self.store.transition(job.id, (QUEUED,), CANCELLED, finished=time.time(), error=CANCELLED_BY_OWNER)
+                return True
+            if not self.store.transition(job.id, (QUEUED,), RUNNING, started=time.time()):
+                return True  # cancelled meanwhile
+            try:
                 run = Execution(job, store=self.store, cluster=self.cluster, policy=self.policy, on_end=self._ended)
                 self._running[job.id] = run
-            run.start()
+                run.start()
+            except Exception as exc:
+                self._running.pop(job.id, None)
+                self._fail(job, exc)
+        return True
 
     def _next(self) -> JobRecord | None:
         queued = self.store.jobs(states=(QUEUED,))
         if not queued:
             return None
+        try:
+            slots = JobSpec.from_dict(queued[0].spec).slots
+        except Exception as exc:  # a record the server cannot read: it must not block the queue
+            self._fail(queued[0], exc)
+            return None
         reserved = sum(r.spec.slots for r in self._running.values())
-        if self._running and reserved + JobSpec.from_dict(queued[0].spec).slots > self.cluster.slots():
+        if self._running and reserved + slots > self.cluster.slots():
             return None  # first come, first served: the head waits for slots
         return queued[0]
+
+    def _fail(self, job: JobRecord, exc: Exception) -> None:
+        logger.error("job %s could not be started: %s: %r", job.id, type(exc).__name__, str(exc))
+        self.store.transition(job.id, (QUEUED, RUNNING), FAILED, finished=time.time(),
+                              error=f"the server could not start this job: {type(exc).__name__}: {exc}")
 
     def _ended(self, job_id: str) -> None:
         with self._wake:

@@ -1,7 +1,7 @@
 """Durable state of the job server: users' tokens and job records, in SQLite.
 
-One connection guarded by a lock (the server's event loop and its job threads share it), WAL
-journaling so readers do not wait on the job threads' progress writes.
+One connection guarded by a lock (the server's threads share it), WAL journaling so readers do
+not wait on the job threads' progress writes. The database file and its journals are 0600.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import os
 import secrets
 import sqlite3
 import threading
@@ -18,7 +19,8 @@ import uuid
 from typing import Any
 
 from zdk.errors import ConfigError
-from zdk.jobs.states import QUEUED
+from zdk.jobs.states import FINAL, QUEUED, RUNNING
+from zdk.service.files import create_private, private
 
 TOKEN_PREFIX = "zdk_"
 
@@ -76,10 +78,14 @@ def hash_token(token: str) -> str:
 
 
 class Store:
-    """Tokens and jobs in the SQLite database at ``path``."""
+    """Tokens and jobs in the SQLite database at ``path`` (created 0600; tightened when looser)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
+        create_private(path)
+        for journal in (f"{path}-wal", f"{path}-shm"):  # SQLite gives new ones the database's mode
+            if os.path.exists(journal):
+                private(journal, 0o600)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
         self._db.row_factory = sqlite3.Row
@@ -167,6 +173,23 @@ class Store:
             sql += f" AND state IN ({', '.join('?' * len(states))})"
             args.extend(states)
         return [_record(r) for r in self._rows(sql + " ORDER BY created, id", tuple(args))]
+
+    def active(self, owner: str) -> int:
+        """How many of ``owner``'s jobs are queued or running."""
+        rows = self._rows("SELECT COUNT(*) AS n FROM jobs WHERE owner = ? AND state IN (?, ?)", (owner, QUEUED, RUNNING))
+        return int(rows[0]["n"])
+
+    def ended_before(self, cutoff: float) -> list[JobRecord]:
+        """The jobs that ended (a final state) before the Unix time ``cutoff``, oldest first."""
+        marks = ", ".join("?" * len(FINAL))
+        return [_record(r) for r in self._rows(f"SELECT * FROM jobs WHERE state IN ({marks}) AND finished < ? "
+                                               f"ORDER BY finished, id", (*FINAL, cutoff))]
+
+    def delete_job(self, job_id: str) -> bool:
+        """Removes the record of a job that ended; True if it was removed (False: it is queued
+        or running, or gone)."""
+        marks = ", ".join("?" * len(FINAL))
+        return self._run(f"DELETE FROM jobs WHERE id = ? AND state IN ({marks})", (job_id, *FINAL)) == 1
 
     def update(self, job_id: str, **fields: Any) -> None:
         allowed = {"state", "started", "finished", "progress", "error", "model_path", "history_path", "log_path",
