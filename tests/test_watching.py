@@ -178,3 +178,21 @@ def test_mlflow_records_params_epochs_timings_and_the_model(digits_df, validatio
             digits_df, validation_data=validation, callbacks=[mlflow.keras.MlflowCallback()])
     history = client.get_metric_history(active.info.run_id, "val_loss")
     assert len(history) >= 2 and mlflow.active_run() is None
+
+
+def test_a_large_validation_set_is_evaluated_by_spark_with_the_same_figures(validation):
+    from zdk.driver.models import compiled_model
+    from zdk.driver.planning import plan_training
+    from zdk.driver.validation import DriverValidation, SparkValidation, validation_set
+
+    model = mlp(3)
+    plan = plan_training(model, algorithm="downpour", owner="Test", loss=LOSS, num_workers=1)
+    compiled = compiled_model(plan.model, plan.model.layout.flatten(model.get_weights()))
+    on_driver = validation_set(plan, validation)
+    in_spark = validation_set(plan, validation, max_driver_bytes=1)
+    assert isinstance(on_driver, DriverValidation) and isinstance(in_spark, SparkValidation)
+    assert on_driver.rows == in_spark.rows == 450
+    a, b = on_driver.evaluate(compiled), in_spark.evaluate(compiled)
+    assert set(a) == set(b) == {"val_loss", "val_accuracy"}
+    assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
+    assert b["val_accuracy"] == pytest.approx(a["val_accuracy"], abs=1e-6)
