@@ -27,13 +27,11 @@ def mlp(seed: int = 0):
 
 @pytest.fixture(scope="module")
 def validation(spark, digits):
-    from pyspark.ml.linalg import Vectors
+    """The digits' test split, as array columns (the training set's are ML vectors: both kinds work)."""
+    from zdk.datasets import to_dataframe
 
     _, x_test, _, y_test = digits
-    df = spark.createDataFrame([(Vectors.dense(x.tolist()), int(y)) for x, y in zip(x_test, y_test)],
-                               ["features", "label"]).cache()
-    df.count()
-    return df
+    return to_dataframe(spark, x_test, y_test).cache()
 
 
 @pytest.mark.parametrize("cls,window", [(ADAG, 2), (DOWNPOUR, 4), (AEASGD, 8)])

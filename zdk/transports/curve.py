@@ -12,7 +12,7 @@ import json
 import os
 import stat
 from dataclasses import asdict, dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 import zmq
 
@@ -21,6 +21,13 @@ from zdk.errors import ConfigError
 ENV_SERVER_SECRET = "ZDK_CURVE_SERVER_SECRET"
 ENV_SERVER_PUBLIC = "ZDK_CURVE_SERVER_PUBLIC"
 ENV_CLIENT_PUBLIC = "ZDK_CURVE_CLIENT_PUBLIC"
+
+
+def _check_keys(keys: Any) -> None:
+    for name, value in asdict(keys).items():
+        if not isinstance(value, str) or len(value) != 40:
+            raise ConfigError(f"`{name}` must be a 40-character Z85 CURVE key. Received: {len(str(value))} characters",
+                              field=name)
 
 
 @dataclass(frozen=True)
@@ -38,10 +45,7 @@ class CurveKeys:
     client_secret: str
 
     def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            if not isinstance(value, str) or len(value) != 40:
-                raise ConfigError(f"`{name}` must be a 40-character Z85 CURVE key. Received: {len(str(value))} characters",
-                                  field=name)
+        _check_keys(self)
 
     @classmethod
     def generate(cls) -> "CurveKeys":
@@ -121,10 +125,7 @@ class ClientKeys:
     client_secret: str
 
     def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            if not isinstance(value, str) or len(value) != 40:
-                raise ConfigError(f"`{name}` must be a 40-character Z85 CURVE key. Received: {len(str(value))} characters",
-                                  field=name)
+        _check_keys(self)
 
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
