@@ -17,7 +17,7 @@ from test_algorithms_integration import DIM, LOSS_THRESHOLD, ROWS, make_problem,
 from zdk.errors import ConfigError
 from zdk.ps.client import PSClient
 from zdk.ps.exchange import Exchange
-from zdk.ps.protocol import Request, as_frames
+from zdk.ps.protocol import OBSERVER_TOOL, Request, as_frames
 from zdk.ps.shard import ShardConfig, ShardCore
 
 SIZE = 6
@@ -74,7 +74,10 @@ def test_shards_checkpoint_periodically(shards, tmp_path):
     poll_until(saved_version_one, timeout=10, what="both shards to checkpoint version 1")
 
 
-def _worker(endpoints, x, y, results, errors, steps=400):
+def _worker(endpoints, x, y, results, errors, paused: threading.Event, resume: threading.Event, *, pause_at=150,
+            steps=400):
+    """SGD on least squares through the PS; at step ``pause_at`` it sets ``paused`` and waits for
+    ``resume``, so the test kills a shard at a known state."""
     try:
         rng = np.random.default_rng(0)
         with PSClient(endpoints, worker_id=0, timeout=6.0, tries=12) as client:
@@ -83,11 +86,14 @@ def _worker(endpoints, x, y, results, errors, steps=400):
             exchange = Exchange(client, local)
             exchange.start()
             for step in range(steps):
+                if step == pause_at:
+                    paused.set()
+                    if not resume.wait(120):
+                        raise TimeoutError("the test never resumed the worker")
                 idx = rng.integers(0, len(x), 16)
                 local -= 0.02 * x[idx].T @ (x[idx] @ local - y[idx]) / 16
                 if (step + 1) % exchange.window == 0:
                     exchange.end_window(exchange.window)
-                time.sleep(0.005)  # long enough for the test to kill a shard halfway
             exchange.finish()
             results["resyncs"] = exchange.resyncs
     except BaseException as exc:
@@ -99,22 +105,70 @@ def _shard_pids(parent: int) -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
+def _shard_pid(parent: int, shard: int) -> int | None:
+    """The pid of shard ``shard`` among ``parent``'s shard processes, from its command line."""
+    for pid in _shard_pids(parent):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                args = fh.read().decode().split("\0")
+        except FileNotFoundError:
+            continue
+        if "--shard" in args and args[args.index("--shard") + 1] == str(shard):  # a zombie's is empty
+            return pid
+    return None
+
+
+def _saved(path) -> dict | None:
+    """The version and center a checkpoint file holds, or None while there is none."""
+    try:
+        with np.load(path) as data:
+            return {"version": int(data["version"][0]), "center": data["center"].copy()}
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def test_zdk_ps_restarts_a_killed_shard_from_its_checkpoint_and_training_completes(tmp_path, ps_process):
     x, y = make_problem()
     proc, endpoints = ps_process("--shards", "2", "--bind", "tcp://127.0.0.1:0", "--size", str(DIM),
-                              "--checkpoint-dir", str(tmp_path), "--checkpoint-every", "0.2")
+                                 "--checkpoint-dir", str(tmp_path), "--checkpoint-every", "0.2")
+    path = tmp_path / "shard-000-of-002.npz"
+    results: dict = {}
+    errors: list[BaseException] = []
+    paused, resume = threading.Event(), threading.Event()
+    thread = threading.Thread(target=_worker, args=(endpoints, x[: ROWS // 2], y[: ROWS // 2], results, errors,
+                                                    paused, resume))
     try:
-        results: dict = {}
-        errors: list[BaseException] = []
-        thread = threading.Thread(target=_worker, args=(endpoints, x[: ROWS // 2], y[: ROWS // 2], results, errors))
+        victim = poll_until(lambda: _shard_pid(proc.pid, 0), timeout=10, what="shard 0's pid")
         thread.start()
-        victim = poll_until(lambda: _shard_pids(proc.pid)[:1], timeout=10, what="shard pids")[0]
-        poll_until(lambda: (tmp_path / "shard-000-of-002.npz").exists(), timeout=10, what="a first checkpoint")
-        time.sleep(0.5)
+        poll_until(lambda: paused.is_set() or errors, timeout=60, what="the worker to pause halfway")
+        assert not errors, errors
+        with PSClient(endpoints, worker_id=OBSERVER_TOOL, timeout=10) as observer:
+            before = observer.hello(register=False)
+        start, stop = before.ranges[0]
+        # The worker waits, so the shard's state holds still: once a checkpoint has it, that is
+        # exactly what a restart must bring back.
+        saved = poll_until(lambda: (c := _saved(path)) and c["version"] == before.versions[0] and c, timeout=10,
+                           what="shard 0 to checkpoint the paused worker's state")
+        assert saved["version"] > 0 and np.any(saved["center"] != 0)
         killed_at = time.monotonic()
         os.kill(victim, signal.SIGKILL)
+        restarted = poll_until(lambda: (p := _shard_pid(proc.pid, 0)) not in (None, victim) and p, timeout=30,
+                               what="zdk ps to restart shard 0")
+        with PSClient(endpoints, worker_id=OBSERVER_TOOL, timeout=10) as observer:
+            after = observer.hello(register=False)
+            center = observer.pull()
+            stats = observer.stats()
+        print(f"shard 0 (pid {victim}) killed at version {saved['version']}; pid {restarted} restored it "
+              f"{time.monotonic() - killed_at:.1f} s later")
+        assert after.versions == before.versions, "the restarted shard is not at its checkpoint's version"
+        assert after.generations[0] != before.generations[0], "the restarted shard kept its old generation"
+        assert after.generations[1] == before.generations[1]
+        np.testing.assert_array_equal(center[start:stop], saved["center"])
+        assert stats[0]["restored_from"] == str(path) and stats[1]["restored_from"] is None
+
+        resume.set()
         thread.join(120)
-        assert not thread.is_alive(), "the worker hung after the shard was killed"
+        assert not thread.is_alive(), "the worker hung after the shard was restarted"
         if errors:
             raise errors[0]
         print(f"worker finished {time.monotonic() - killed_at:.1f} s after the kill, {results['resyncs']} re-sync(s)")
@@ -122,11 +176,12 @@ def test_zdk_ps_restarts_a_killed_shard_from_its_checkpoint_and_training_complet
         with PSClient(endpoints, worker_id=99, timeout=10) as observer:
             observer.hello(register=False)
             final = mse(observer.pull(), x, y)
-            restored = [s["restored_from"] for s in observer.stats()]
-        assert restored[0] is not None and restored[1] is None
         assert final < LOSS_THRESHOLD
         assert proc.poll() is None, "zdk ps stopped instead of restarting the shard"
     finally:
+        resume.set()
+        if thread.is_alive():
+            thread.join(30)
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
     err = proc.stderr.read()

@@ -44,16 +44,49 @@ def children(pid: int, pattern: str = "") -> list[int]:
     return [int(p) for p in subprocess.run(cmd, capture_output=True, text=True).stdout.split()]
 
 
-@pytest.mark.parametrize("master,conf", [
-    ("local[2,4]", []),
-    ("local-cluster[2,1,1024]", ["--conf", "spark.task.maxFailures=4"]),
-], ids=["local-retries", "local-cluster"])
-def test_a_killed_python_worker_is_retried_and_training_completes(master, conf):
-    out = run_driver("--master", master, "--epochs", "10", "--kill-worker-at", "40", *conf)
-    print(f"{master}: worker pid {out['killed']['pid']} killed at step {out['killed']['step']:.0f}; training "
-          f"finished {out['recovered_s']:.1f} s later; attempts {out['attempts']}; accuracy {out['accuracy']:.3f}")
+#: (trainer, master): worker 0's Python process is SIGKILLed at step 40 and the task retried.
+KILLED_WORKER_CASES = [("DOWNPOUR", "local[2,4]"), ("DOWNPOUR", "local-cluster[2,1,1024]"),
+                       ("AveragingTrainer", "local[2,4]"), ("ADAG", "local[2,4]")]
+MASTER_CONF = {"local-cluster[2,1,1024]": ["--conf", "spark.task.maxFailures=4"]}
+
+
+@pytest.fixture(scope="module")
+def killed_worker_runs():
+    """Per master, one driver process that trains each of its cases' trainers in turn (one Spark
+    start and one TensorFlow import for all of them); returns each trainer's result and the
+    driver's stderr."""
+    done: dict[str, tuple[dict[str, dict], str]] = {}
+
+    def runs(master: str) -> tuple[dict[str, dict], str]:
+        if master not in done:
+            names = [arg for trainer, m in KILLED_WORKER_CASES if m == master for arg in ("--trainer", trainer)]
+            result = subprocess.run([sys.executable, DRIVER, "--master", master, "--epochs", "10", "--kill-worker-at",
+                                     "40", *MASTER_CONF.get(master, []), *names],
+                                    capture_output=True, text=True, timeout=600)
+            outs = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+            done[master] = {out["trainer"]: out for out in outs}, result.stderr
+        return done[master]
+
+    return runs
+
+
+@pytest.mark.parametrize("trainer,master", KILLED_WORKER_CASES,
+                         ids=["local-retries", "local-cluster", "local-retries-averaging", "local-retries-adag"])
+def test_a_killed_python_worker_is_retried_and_training_completes(trainer, master, killed_worker_runs):
+    outs, stderr = killed_worker_runs(master)
+    assert trainer in outs, stderr[-4000:]
+    out = outs[trainer]
+    assert "error" not in out, f"{trainer} on {master}: {out['error']}"
+    print(f"{trainer} on {master}: worker pid {out['killed']['pid']} killed at step {out['killed']['step']:.0f}; "
+          f"training finished {out['recovered_s']:.1f} s later; attempts {out['attempts']}; "
+          f"accuracy {out['accuracy']:.3f}")
     assert out["killed"], "the worker was never killed"
-    assert max(out["attempts"]) >= 1, "the history shows no retried attempt"
+    if trainer == "AveragingTrainer":
+        # A barrier stage is retried whole, as a new stage attempt whose tasks start again at
+        # attempt 0: the killed worker's history is all from after the kill.
+        assert out["first_step_after_kill"], "the history shows no retried worker"
+    else:
+        assert max(out["attempts"]) >= 1, "the history shows no retried attempt"
     assert out["workers"] == [0, 1]
     assert out["accuracy"] > BAR
 
@@ -127,18 +160,85 @@ def test_a_killed_shard_without_checkpoints_fails_training_within_the_deadline(d
     assert not children(os.getpid(), "zdk.ps.server"), "a shard outlived the failed job"
 
 
+def shard_index(pid: int) -> int:
+    with open(f"/proc/{pid}/cmdline", "rb") as fh:
+        args = fh.read().decode().split("\0")
+    return int(args[args.index("--shard") + 1])
+
+
+def freeze_checkpoint_and_kill(trainer, what: dict, parent: int, checkpoint_dir: str) -> None:
+    """Once training runs, freezes both Spark workers and a shard (SIGSTOP: no more commits, no more
+    checkpoints), reads the checkpoint a restart must restore, SIGKILLs the shard, records what the
+    restarted shard answers while nothing else can change it, and lets the workers go on."""
+    frozen: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not trainer.endpoints:
+            time.sleep(0.05)
+        victim = children(parent)[0]
+        k = shard_index(victim)
+        path = os.path.join(checkpoint_dir, f"shard-{k:03d}-of-002.npz")
+
+        def saved() -> tuple[int, np.ndarray]:
+            try:
+                with np.load(path) as data:
+                    return int(data["version"][0]), data["center"].copy()
+            except (OSError, ValueError, KeyError):  # not written yet
+                return -1, np.empty(0)
+
+        while time.monotonic() < deadline and saved()[0] < 20:
+            time.sleep(0.05)
+        with PSClient(trainer.endpoints, worker_id=OBSERVER_TOOL, timeout=10) as client:
+            before = client.hello(register=False)
+            workers = [int(w["report"]["pid"]) for w in client.stats()[k]["workers"].values()]
+        for pid in [*workers, victim]:
+            os.kill(pid, signal.SIGSTOP)
+            frozen.append(pid)
+        version, center = saved()
+        what.update(shard=k, pid=victim, saved_version=version, saved=center, old_generation=before.generations[k])
+        os.kill(victim, signal.SIGKILL)
+        what["at"] = time.monotonic()
+        with PSClient(trainer.endpoints, worker_id=OBSERVER_TOOL, timeout=30) as client:
+            while time.monotonic() < deadline:
+                info = client.hello(register=False)
+                if info.generations[k] != what["old_generation"]:
+                    center = client.pull()
+                    start, stop = info.ranges[k]
+                    what.update(generation=info.generations[k], version=client.versions[k],
+                                center=center[start:stop], restored_from=client.stats()[k]["restored_from"])
+                    return
+                time.sleep(0.05)
+    except Exception as exc:  # reported by the test's assertions
+        what["error"] = repr(exc)
+    finally:
+        for pid in frozen:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:  # the killed shard
+                pass
+
+
 def test_a_killed_shard_with_checkpoints_is_restarted_and_training_completes(digits_df, digits, ps_process, tmp_path):
     proc, endpoints = ps_process("--shards", "2", "--bind", "tcp://127.0.0.1:0", "--size", "4810",
                                  "--checkpoint-dir", str(tmp_path), "--checkpoint-every", "0.3")
     trainer = trainers.DOWNPOUR(mlp(), "adam", "sparse_categorical_crossentropy", num_workers=2, num_epoch=12,
                                 timeout=12.0, progress=False, parameter_server=endpoints)
     killed: dict = {}
-    threading.Thread(target=kill_a_shard_once_training, args=(trainer, killed, lambda: children(proc.pid)),
+    threading.Thread(target=freeze_checkpoint_and_kill, args=(trainer, killed, proc.pid, str(tmp_path)),
                      daemon=True).start()
     model = trainer.train(digits_df)
     _, x_test, _, y_test = digits
     acc = float((model.predict(x_test, verbose=0).argmax(axis=1) == y_test).mean())
-    print(f"shard {killed['pid']} killed; training completed {time.monotonic() - killed['at']:.1f} s later, "
-          f"accuracy {acc:.3f}")
-    assert killed and proc.poll() is None
+    print(f"shard {killed.get('shard')} (pid {killed.get('pid')}) killed with version {killed.get('saved_version')} "
+          f"checkpointed; the restarted one first answered at version {killed.get('version')}; training completed "
+          f"{time.monotonic() - killed.get('at', float('nan')):.1f} s after the kill, accuracy {acc:.3f}")
+    assert "generation" in killed, f"the restarted shard was never seen: {killed}"
+    assert killed["generation"] != killed["old_generation"]
+    assert killed["restored_from"] == str(tmp_path / f"shard-{killed['shard']:03d}-of-002.npz")
+    # Restored from its checkpoint, not from zeros: its version and its center, seen before the
+    # frozen workers could commit to it again.
+    assert killed["version"] == killed["saved_version"] >= 20
+    np.testing.assert_array_equal(killed["center"], killed["saved"])
+    assert np.any(killed["saved"] != 0)
+    assert proc.poll() is None
     assert acc > BAR

@@ -18,8 +18,6 @@ from zdk import trainers  # noqa: E402
 from zdk.errors import ConfigError, WorkerFailed  # noqa: E402
 from zdk.ps.launcher import start_shards  # noqa: E402
 
-from conftest import pid_alive  # noqa: E402
-
 pytestmark = pytest.mark.spark
 
 
@@ -254,48 +252,3 @@ def test_adag_on_local_cluster_with_separate_executor_jvms(tmp_path):
     assert result.returncode == 0 and lines, result.stderr[-3000:]
     _, acc, workers = lines[0].split(" ", 2)
     assert float(acc) > 0.85 and workers == "[0, 1]"
-
-
-def test_ctrl_c_during_training_stops_every_shard(tmp_path):
-    import signal
-
-    from conftest import poll_until
-
-    script = textwrap.dedent("""
-        import keras, numpy as np
-        from zdk.driver.session import get_session
-        from zdk.trainers import DOWNPOUR
-        spark = get_session("local[2]")
-        rng = np.random.default_rng(0)
-        df = spark.createDataFrame([(rng.random(64).tolist(), int(i % 10)) for i in range(2000)],
-                                   "features array<double>, label long")
-        model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10, activation="softmax")])
-        print("TRAINING", flush=True)
-        DOWNPOUR(model, "adam", "sparse_categorical_crossentropy", num_epoch=10_000, num_shards=2,
-                 progress=False).train(df)
-    """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        assert proc.stdout.readline().strip() == "TRAINING"
-        children = poll_until(lambda: {p for p in shard_pids()
-                                       if open(f"/proc/{p}/stat").read().split(")")[1].split()[1] == str(proc.pid)},
-                              timeout=120, what="the trainer's shards to start")
-        time.sleep(2)  # let the Spark tasks get going
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=120) != 0
-        poll_until(lambda: not any(pid_alive(p) for p in children), timeout=30, what="shards to stop after Ctrl-C")
-        err = proc.stderr.read()
-        # One traceback of ours (the script's own KeyboardInterrupt), none of py4j's re-entrant ones;
-        # PySpark's daemon may still print its own (BrokenPipeError, ConnectionResetError) when its
-        # killed workers' pipes close.
-        blocks = err.split("Traceback (most recent call last):")[1:]
-        ours = sum("pyspark/daemon.py" not in block.split("Error")[0] for block in blocks)
-        assert ours <= 1 and "Py4J" not in err and "ERROR:root" not in err, err[-3000:]
-        assert "KeyboardInterrupt: zdk training interrupted" in err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()

@@ -204,6 +204,11 @@ def _run_tasks(plan: TrainingPlan, frame: Any, config: WorkerConfig, token: spar
     config_json = config.to_json()
     job = frame.mapInArrow(lambda batches: train_partition(config_json, batches), HISTORY_SCHEMA,
                            barrier=plan.algorithm.synchronous)
+    if plan.algorithm.synchronous:
+        # Spark retries a failed barrier stage as a whole only when it is not the job's last one
+        # ("Could not recover from a failed barrier ResultStage"): a shuffle after it makes it a
+        # map stage, so a killed worker restarts the round's tasks instead of failing the job.
+        job = job.repartition(1)
     return spark_job.collect(job, name=f"zdk-{plan.algorithm.name}", description=f"zdk {plan.algorithm.name} training",
                              token=token, around=progress, beside=beside)
 

@@ -1,9 +1,12 @@
 """Running the training tasks as one Spark job: its job group, cancelling it (from another
-thread or by Ctrl-C), and turning a task's failure into an error that names the worker's own.
+thread, by Ctrl-C or by SIGTERM), and turning a task's failure into an error that names the
+worker's own.
 
 PySpark's own Ctrl-C handler cancels jobs through a re-entrant py4j call and prints half a
-dozen tracebacks; while training runs, zdk's handler cancels the job group on a thread
-instead, and a second Ctrl-C interrupts at once.
+dozen tracebacks, and Python's SIGTERM ends the process with no cleanup at all; while training
+runs, zdk's handler cancels the job group on a thread instead, so ``train()`` ends through its
+own cleanup (its shards stop) and raises KeyboardInterrupt or SystemExit(143). A second signal
+interrupts at once.
 """
 
 from __future__ import annotations
@@ -80,24 +83,53 @@ def collect(job: Any, *, name: str, description: str, token: CancelToken,
     Raises:
         JobCancelled: when ``token`` cancelled it.
         KeyboardInterrupt: on Ctrl-C, once the job group is cancelled.
+        SystemExit: on SIGTERM (status 143), once the job group is cancelled.
         WorkerFailed: when a task failed, with the worker's own error and the path of Spark's full report.
     """
     sc = job.sparkSession.sparkContext
-    interrupted = threading.Event()
     with token.job_group(sc, name, description) as group_id:
+        interruption = _Interruption(sc, group_id)
         try:
-            with around or contextlib.nullcontext(), _on_ctrl_c(lambda: _cancel_once(sc, group_id, interrupted)):
-                rows = job.collect() if beside is None else _collect_beside(job, beside, sc, group_id, interrupted)
-        except KeyboardInterrupt:
-            _cancel_once(sc, group_id, interrupted)
+            with around or contextlib.nullcontext(), _on_signals(interruption):
+                rows = job.collect() if beside is None else _collect_beside(job, beside, interruption)
+        except (KeyboardInterrupt, SystemExit):
+            interruption.cancel()
             raise
         except Exception as exc:
-            raise _translated(exc, group_id, token, interrupted) from None
+            raise _translated(exc, group_id, token, interruption) from None
     return [row.asDict() for row in rows]
 
 
-def _collect_beside(job: Any, beside: Callable[[threading.Event], None], sc: Any, group_id: str,
-                    interrupted: threading.Event) -> Any:
+class _Interruption:
+    """A signal that stops the run: the job group is cancelled once, and the run then raises what
+    the signal means (Ctrl-C: KeyboardInterrupt; SIGTERM: SystemExit with status 143)."""
+
+    def __init__(self, sc: Any, group_id: str) -> None:
+        self.sc, self.group_id = sc, group_id
+        self.signum: int | None = None
+        self._lock = threading.Lock()
+        self._done = False
+
+    @property
+    def happened(self) -> bool:
+        return self._done
+
+    def cancel(self, signum: int | None = None) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done, self.signum = True, signum if self.signum is None else self.signum
+        self.sc.cancelJobGroup(self.group_id)
+
+    def exception(self) -> BaseException:
+        if self.signum == signal.SIGTERM:
+            logger.warning("training terminated (SIGTERM): the Spark job was cancelled and the shards stop")
+            return SystemExit(128 + signal.SIGTERM)
+        logger.warning("training interrupted (Ctrl-C): the Spark job was cancelled and the shards stop")
+        return KeyboardInterrupt("zdk training interrupted")
+
+
+def _collect_beside(job: Any, beside: Callable[[threading.Event], None], interruption: _Interruption) -> Any:
     """``job.collect()`` on a thread that inherits this one's job group, while ``beside`` runs here."""
     from pyspark import InheritableThread
 
@@ -117,7 +149,7 @@ def _collect_beside(job: Any, beside: Callable[[threading.Event], None], sc: Any
     try:
         beside(done)
     except BaseException:
-        _cancel_once(sc, group_id, interrupted)  # the caller is leaving: the tasks must not train on
+        interruption.cancel()  # the caller is leaving: the tasks must not train on
         raise
     finally:
         thread.join()
@@ -126,12 +158,11 @@ def _collect_beside(job: Any, beside: Callable[[threading.Event], None], sc: Any
     return box["rows"]
 
 
-def _translated(exc: Exception, group_id: str, token: CancelToken, interrupted: threading.Event) -> BaseException:
+def _translated(exc: Exception, group_id: str, token: CancelToken, interruption: _Interruption) -> BaseException:
     if token.cancelled:
         return JobCancelled("training was cancelled: its Spark jobs were cancelled and its shards stop")
-    if interrupted.is_set():
-        logger.warning("training interrupted (Ctrl-C): the Spark job was cancelled and the shards stop")
-        return KeyboardInterrupt("zdk training interrupted")
+    if interruption.happened:
+        return interruption.exception()
     if type(exc).__module__.startswith(("pyspark", "py4j")):
         report = save_report(group_id, exc)
         return WorkerFailed(f"training failed in a Spark task: {worker_message(exc)} (Spark's full report: "
@@ -140,30 +171,26 @@ def _translated(exc: Exception, group_id: str, token: CancelToken, interrupted: 
 
 
 @contextlib.contextmanager
-def _on_ctrl_c(handler: Callable[[], None]) -> Iterator[None]:
-    """Runs ``handler`` on a thread at the first SIGINT; a second one interrupts at once."""
+def _on_signals(interruption: _Interruption) -> Iterator[None]:
+    """Ctrl-C and SIGTERM cancel the job group on a thread at the first signal, so the run ends
+    through its own cleanup (its shards stop); a second one interrupts at once."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    pressed: list[bool] = []
+    received: list[int] = []
 
-    def on_sigint(signum: int, frame: Any) -> None:
-        if pressed:
-            raise KeyboardInterrupt
-        pressed.append(True)
-        threading.Thread(target=handler, name="zdk-cancel", daemon=True).start()
+    def on_signal(signum: int, frame: Any) -> None:
+        if received:
+            raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(128 + signum)
+        received.append(signum)
+        threading.Thread(target=interruption.cancel, args=(signum,), name="zdk-cancel", daemon=True).start()
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _cancel_once(sc: Any, group_id: str, done: threading.Event) -> None:
-    if not done.is_set():
-        done.set()
-        sc.cancelJobGroup(group_id)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def save_report(group_id: str, exc: BaseException, directory: str | None = None) -> str:
