@@ -15,4 +15,5 @@ def test_minimal_client_in_protocol_doc_works(shards):
     namespace: dict = {}
     exec(compile(code, str(DOC), "exec"), namespace)
     namespace["sock"].close(linger=0)
-    assert namespace["reply"]["op"] == "commit" and namespace["reply"]["version"] == 1
+    assert namespace["committed"]["op"] == "commit" and namespace["committed"]["version"] == 1
+    assert namespace["reply"]["op"] == "report" and not namespace["reply"].get("control", {}).get("stop")
