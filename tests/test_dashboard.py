@@ -36,12 +36,12 @@ def browser(tmp_path):
     driver.quit()
 
 
-def _submit(server, token: str, model: bytes, **arguments) -> str:
+def _submit(server, token: str, model: bytes, validation: float | None = None, **arguments) -> str:
     spec = {"name": arguments.pop("name"), "trainer": {"class": "ADAG", "arguments": {
                 "worker_optimizer": "adam", "loss": "sparse_categorical_crossentropy", "num_workers": 2,
                 "batch_size": 32, **arguments}},
             "data": {"format": "parquet", "path": "digits.parquet"},
-            "resources": {"num_executors": 1, "num_processes": 2}}
+            "resources": {"num_executors": 1, "num_processes": 2}, "validation": validation}
     response = requests.post(f"{server.url}/api/jobs", headers={"Authorization": f"Bearer {token}"}, timeout=60,
                              files={"spec": ("spec.json", json.dumps(spec)), "model": ("m.keras", model)})
     assert response.status_code == 201, response.text
@@ -53,6 +53,15 @@ def _legend(browser) -> list[str]:
 
     text = browser.find_element(By.ID, "loss-plot").text
     return [f"worker {w}" for w in range(4) if f"worker {w}" in text]
+
+
+def _epoch_plot(browser) -> bool:
+    """Whether the per-epoch plot is drawn with its training and validation loss."""
+    from selenium.webdriver.common.by import By
+
+    plot = browser.find_element(By.ID, "epoch-plot")
+    return (browser.find_element(By.ID, "epochs").is_displayed() and bool(plot.find_elements(By.TAG_NAME, "canvas"))
+            and "training loss" in plot.text and "validation loss" in plot.text)
 
 
 def test_the_dashboard_shows_a_job_running_then_finished_with_its_loss_plot(job_server, browser, tmp_path):
@@ -70,7 +79,7 @@ def test_the_dashboard_shows_a_job_running_then_finished_with_its_loss_plot(job_
     browser.find_element(By.ID, "signin").click()
     poll_until(lambda: browser.find_element(By.ID, "whoami").text == "signed in as alice", what="sign-in")
 
-    job_id = _submit(job_server, token, path.read_bytes(), name="digits-adag", num_epoch=25)
+    job_id = _submit(job_server, token, path.read_bytes(), name="digits-adag", num_epoch=25, validation=0.2)
     row = f"#jobs tr[data-id='{job_id}']"
     poll_until(lambda: browser.find_elements(By.CSS_SELECTOR, row), timeout=30, what="the job in the list")
     browser.find_element(By.CSS_SELECTOR, row).click()
@@ -82,11 +91,19 @@ def test_the_dashboard_shows_a_job_running_then_finished_with_its_loss_plot(job_
     # A worker's curve starts at its first commit; the second worker's Python process may start later.
     poll_until(lambda: {"worker 0", "worker 1"} <= set(_legend(browser)), timeout=60, what="a loss curve per worker")
     assert int(browser.find_element(By.ID, "steps").text.split()[0]) > 0
+    # Beside it, the training and validation loss per epoch, from the progress snapshots' epoch_logs.
+    poll_until(lambda: _epoch_plot(browser), timeout=60, what="the per-epoch loss plot")
     poll_until(lambda: browser.find_element(By.ID, "state").text == "finished", timeout=120, what="finished")
     steps = poll_until(lambda: browser.find_element(By.ID, "steps").text.split(" / "), what="the final steps")
     assert len(steps) == 2 and steps[0] == steps[1], steps  # every step of the history, not the last poll
     assert float(browser.find_element(By.ID, "loss").text) > 0
     assert browser.find_elements(By.CSS_SELECTOR, "#loss-plot canvas")
+    # Finished, the plot shows the job's final epoch history: every epoch, both series.
+    assert _epoch_plot(browser) and float(browser.find_element(By.ID, "val-loss").text) > 0
+    epochs = requests.get(f"{job_server.url}/api/jobs/{job_id}/epochs", headers={"Authorization": f"Bearer {token}"},
+                          timeout=10).json()
+    assert [e["epoch"] for e in epochs] == list(range(25)) and all(e["val_loss"] is not None for e in epochs)
+    assert browser.execute_script("return state.epochPlot.data[0].length") == 25
     assert "zdk job fetch " + job_id in browser.find_element(By.ID, "downloads").text
     assert browser.find_element(By.ID, "error").is_displayed() is False
     browser.save_screenshot(str(tmp_path / "dashboard.png"))
@@ -111,6 +128,7 @@ def test_the_dashboard_shows_why_a_job_failed(job_server, browser, tmp_path):
     poll_until(lambda: browser.find_elements(By.CSS_SELECTOR, row), timeout=30, what="the job in the list")
     browser.find_element(By.CSS_SELECTOR, row).click()
     poll_until(lambda: browser.find_element(By.ID, "state").text == "failed", timeout=120, what="failed")
+    assert not browser.find_element(By.ID, "epochs").is_displayed()  # no validation, no callbacks: no epoch plot
     assert browser.find_element(By.ID, "detail-name").text == "five <b>classes</b>"  # text, never markup
     error = browser.find_element(By.ID, "error")
     assert error.is_displayed() and "label value of" in error.text, error.text

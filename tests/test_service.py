@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -209,6 +211,89 @@ def test_submit_train_fetch_with_dist_keras_job(job_server, digits):
     log = job.client.logs(job_id)
     assert f"job {job_id} finished" in log and "started 1 shard(s) of adag" in log
     assert not shard_processes()
+
+
+def test_a_validated_job_stops_early_and_keeps_its_epoch_history(job_server, model_file, tmp_path, monkeypatch):
+    from zdk.cli import main
+    from zdk.jobs import Job
+    from zdk.trainers import ADAG
+
+    token = job_server.tokens["alice"]
+    trainer = ADAG(digits_mlp(), "adam", "sparse_categorical_crossentropy", num_workers=2, num_epoch=100, batch_size=32)
+    # No epoch improves val_loss by 100: EarlyStopping stops at the end of epoch 1 (patience 1).
+    job = Job(token, "early", "digits.parquet", 1, 2, trainer, validation=0.2, callbacks=[
+        {"class": "EarlyStopping", "arguments": {"monitor": "val_loss", "patience": 1, "min_delta": 100.0}},
+        {"class": "CSVLogger"}])
+    job_id = job.send(job_server.url)
+    record = job.wait_completion(timeout=120)
+    epochs = job.get_epoch_history()
+    assert [e["epoch"] for e in epochs] == [0, 1], epochs
+    assert all(e["val_loss"] > 0 and e["loss"] > 0 and 0 <= e["val_accuracy"] <= 1 for e in epochs)
+    assert record["has_epochs"] and record["has_csv_log"]
+    assert record["progress"]["epoch_logs"] == epochs and record["progress"]["val_loss"] == epochs[-1]["val_loss"]
+    # The workers run ahead of the driver's decision (an epoch is a few steps here), then stop: not at epoch 99.
+    assert max(r["epoch"] for r in job.get_history()) < 99
+    table = job.client.epochs(job_id, "csv").splitlines()
+    assert table[0].split(",")[0] == "epoch" and "val_loss" in table[0].split(",") and len(table) == 3
+    logged = job.client.csv_log(job_id).splitlines()
+    assert "val_loss" in logged[0] and len(logged) == 3  # the CSVLogger's own file, from the job's folder
+    monkeypatch.setenv("ZDK_TOKEN", token)
+    assert main(["job", "fetch", job_id, "--url", job_server.url, "--output", str(tmp_path / "out")]) == 0
+    fetched = sorted(os.listdir(tmp_path / "out"))
+    assert {f"{job_id}-epochs.json", f"{job_id}-epochs.csv", f"{job_id}-csvlogger.csv"} <= set(fetched), fetched
+    assert json.loads((tmp_path / "out" / f"{job_id}-epochs.json").read_text()) == epochs
+    unwatched = get(job_server, token, "/api/jobs").json()["jobs"]
+    assert all("epoch_logs" not in (j["progress"] or {}) for j in unwatched)  # listings stay small
+
+
+def test_bad_validation_and_callbacks_are_refused_naming_the_field(job_server, model_file):
+    alice = job_server.tokens["alice"]
+    state = job_server.config.state_dir
+    jobs_before = sorted(os.listdir(os.path.join(state, "jobs")))
+    single = base_spec(num_workers=1)
+    single["trainer"]["class"] = "SingleTrainer"
+    cases = [
+        (dict(base_spec(), callbacks=[{"class": "CSVLogger", "arguments": {"filename": "/tmp/steal.csv"}}]),
+         "callbacks[0].arguments.filename", "chosen by the job server"),
+        (dict(base_spec(), callbacks=[{"class": "EarlyStopping", "arguments": {"patiense": 1}}]),
+         "callbacks[0].arguments.patiense", "not an argument of keras.callbacks.EarlyStopping"),
+        (dict(base_spec(), callbacks=[{"class": "ReduceLROnPlateau", "arguments": {"factor": 2.0}}]),
+         "callbacks[0].arguments", "factor"),
+        (dict(base_spec(), validation=1.0), "validation", "fraction in (0, 1)"),
+        (dict(base_spec(), validation={"path": "/etc/passwd"}), "validation.path", "must lie under"),
+        (dict(base_spec(), validation={"path": "missing.parquet"}), "validation.path", "does not exist"),
+        (dict(base_spec(), validation={"format": "csv", "path": "small.csv"}), "validation", "features"),
+        (dict(single, validation=0.2), "validation", "needs an algorithm with a parameter server"),
+    ]
+    for spec, field, mention in cases:
+        response = post(job_server, alice, spec, model_file)
+        body = response.json()
+        assert (response.status_code, body["field"]) == (400, field), (field, body)
+        assert mention in body["error"], (field, body["error"])
+    assert sorted(os.listdir(os.path.join(state, "jobs"))) == jobs_before
+
+
+def test_a_jobs_shards_answer_only_its_own_workers(job_server, model_file):
+    from zdk.errors import DeadlineExceeded
+    from zdk.ps.client import PSClient
+
+    alice = job_server.tokens["alice"]
+    job_id = post(job_server, alice, base_spec(num_epoch=20), model_file).json()["id"]
+    poll_until(lambda: (get(job_server, alice, f"/api/jobs/{job_id}").json().get("progress") or {}).get("steps"),
+               timeout=120, interval=0.1, what="the job to take steps")
+    # The shards' endpoints are no secret (any local user lists listening ports); the job's log names them.
+    log = get(job_server, alice, f"/api/jobs/{job_id}/logs").text
+    endpoints = re.search(r"started \d+ shard\(s\) of adag: (.+)$", log, re.M).group(1).split(", ")
+    assert all(e.startswith("tcp://127.0.0.1:") for e in endpoints), endpoints
+    for register in (True, False):  # a worker that would commit, an observer that would pull or stop them
+        with PSClient(endpoints, worker_id=7, timeout=0.5, tries=1) as stranger:
+            with pytest.raises(DeadlineExceeded):
+                stranger.hello(register=register)
+    # The shard still listened after the probes, so it got them: CURVE refused the handshake.
+    host, port = endpoints[0][len("tcp://"):].rsplit(":", 1)
+    socket.create_connection((host, int(port)), timeout=5).close()
+    job = wait_state(job_server, alice, job_id, ("finished", "failed"))
+    assert job["state"] == "finished", job["error"]
 
 
 def test_tokens_and_isolation_between_users(job_server, model_file):

@@ -18,10 +18,11 @@ def test_every_file_of_a_job_lives_in_its_folder_under_the_state_dir(tmp_path):
     assert folder.directory == str(tmp_path / "jobs" / "abc123")
     assert state.database == str(tmp_path / "zdk.db")
     names = [folder.submitted_model, folder.model(), folder.model(0), folder.model(2), folder.history_json,
-             folder.history_csv, folder.log, folder.checkpoints]
+             folder.history_csv, folder.epochs_json, folder.epochs_csv, folder.csv_log, folder.tensorboard, folder.log,
+             folder.checkpoints]
     assert [os.path.relpath(n, folder.directory) for n in names] == [
-        "submitted.keras", "model.keras", "model.keras", "model-2.keras", "history.json", "history.csv", "job.log",
-        "checkpoints"]
+        "submitted.keras", "model.keras", "model.keras", "model-2.keras", "history.json", "history.csv", "epochs.json",
+        "epochs.csv", "csvlogger.csv", "tensorboard", "job.log", "checkpoints"]
 
 
 def test_create_empties_the_uploads_a_crash_left_and_scratch_folders_become_job_folders(tmp_path):
@@ -51,6 +52,18 @@ def test_history_is_written_as_json_and_as_csv_with_a_column_per_metric(tmp_path
     assert rows[0] == ["worker", "epoch", "step", "timestamp", "loss", "staleness", "accuracy", "mae"]
     assert rows[1] == ["0", "0", "1", "10.0", "2.5", "", "0.5", ""]
     assert rows[2] == ["1", "0", "1", "10.5", "2.0", "1", "0.6", "0.1"]
+
+
+def test_epochs_are_written_as_json_and_as_csv_with_epoch_first(tmp_path):
+    folder = JobFolder(directory=str(tmp_path))
+    epochs = [{"epoch": 0, "loss": 2.0, "val_loss": 2.5},
+              {"epoch": 1, "loss": 1.0, "val_loss": None, "learning_rate": 0.5}]
+    assert folder.write_epochs(epochs) == folder.epochs_json
+    with open(folder.epochs_json) as fh:
+        assert json.load(fh) == epochs
+    with open(folder.epochs_csv, newline="") as fh:
+        assert list(csv.reader(fh)) == [["epoch", "learning_rate", "loss", "val_loss"], ["0", "", "2.0", "2.5"],
+                                        ["1", "0.5", "1.0", ""]]
 
 
 def test_a_job_resumes_only_when_every_shard_left_a_checkpoint(tmp_path):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
-from zdk.service.progress import MAX_POINTS, LiveProgress, final_progress, series_from_history
+from zdk.service.progress import (MAX_POINTS, LiveProgress, clean_epochs, epochs_from_history, final_progress,
+                                  merge_epochs, series_from_history)
 
 
 def snapshot(elapsed: float, **workers: tuple[int, float | None]) -> dict:
@@ -56,3 +59,36 @@ def test_final_progress_summarises_the_whole_history():
     assert final["timings"] == {"total": 2.5} and final["members"] == 1 and set(final["series"]) == {"0", "1"}
     empty = final_progress([], num_epoch=1, batch_size=32, training_time=0.0, timings={}, members=1)
     assert empty["loss"] is None and empty["samples_per_s"] == 0.0
+
+
+def test_epoch_figures_come_from_keras_history_as_json_safe_rows():
+    # A keras.callbacks.History's two attributes, as the epoch loop left them after a resume at epoch 3.
+    history = SimpleNamespace(epoch=[3, 4], history={"loss": [1.5, 1.0], "val_loss": [float("nan"), 0.5]})
+    assert epochs_from_history(history) == [{"epoch": 3, "loss": 1.5, "val_loss": None},
+                                            {"epoch": 4, "loss": 1.0, "val_loss": 0.5}]
+    assert clean_epochs([{"epoch": 2.0, "loss": float("inf"), "note": "x"}]) == [{"epoch": 2, "loss": None}]
+
+
+def test_a_resumed_run_shows_the_earlier_runs_epochs_before_its_own():
+    earlier = [{"epoch": e, "loss": 3.0 - e} for e in range(4)]
+    later = [{"epoch": 2, "loss": 0.9}, {"epoch": 3, "loss": 0.8}]  # epochs 2 and 3 trained again
+    assert merge_epochs(earlier, later) == earlier[:2] + later
+    assert merge_epochs(earlier, []) == earlier and merge_epochs([], later) == later
+    live = LiveProgress(earlier)
+    live.add({**snapshot(1.0, w0=(5, 1.0)), "epoch_logs": [{"epoch": 3.0, "loss": 0.8, "val_loss": 0.7}],
+              "val_loss": 0.7})
+    view = live.view()
+    assert view["epoch_logs"] == earlier[:3] + [{"epoch": 3, "loss": 0.8, "val_loss": 0.7}]
+    assert view["val_loss"] == 0.7
+    assert "epoch_logs" not in LiveProgress().view()  # an unwatched run has none
+
+
+def test_final_progress_carries_a_watched_jobs_epochs_and_the_last_epoch_trained():
+    history = [{"worker": 0, "epoch": e, "step": e + 1, "timestamp": float(e), "loss": 1.0} for e in range(3)]
+    epochs = [{"epoch": 0, "loss": 1.0, "val_loss": 1.2}, {"epoch": 1, "loss": 0.9, "val_loss": 1.1}]
+    final = final_progress(history, num_epoch=50, batch_size=32, training_time=1.0, timings={}, members=1,
+                           epochs=epochs)
+    assert final["epoch_logs"] == epochs and final["val_loss"] == 1.1
+    assert final["epoch"] == 2  # stopped early by a callback: the last epoch a worker trained in, not 49
+    assert "epoch_logs" not in final_progress(history, num_epoch=3, batch_size=32, training_time=1.0, timings={},
+                                              members=1)

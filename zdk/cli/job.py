@@ -99,12 +99,19 @@ def _job_delete(args: argparse.Namespace) -> int:
 
 def _job_fetch(args: argparse.Namespace) -> int:
     client = _client(args)
+    record = client.job(args.id)
     os.makedirs(args.output, exist_ok=True)
+    files = [(f"{args.id}.keras", client.model_bytes(args.id)),
+             (f"{args.id}-history.json", json.dumps(client.history(args.id)).encode()),
+             (f"{args.id}-history.csv", client.history(args.id, "csv").encode())]
+    if record.get("has_epochs"):
+        files += [(f"{args.id}-epochs.json", json.dumps(client.epochs(args.id)).encode()),
+                  (f"{args.id}-epochs.csv", client.epochs(args.id, "csv").encode())]
+    if record.get("has_csv_log"):
+        files.append((f"{args.id}-csvlogger.csv", client.csv_log(args.id).encode()))
+    files.append((f"{args.id}.log", client.logs(args.id).encode()))
     written = []
-    for name, data in ((f"{args.id}.keras", client.model_bytes(args.id)),
-                       (f"{args.id}-history.json", json.dumps(client.history(args.id)).encode()),
-                       (f"{args.id}-history.csv", client.history(args.id, "csv").encode()),
-                       (f"{args.id}.log", client.logs(args.id).encode())):
+    for name, data in files:
         path = os.path.join(args.output, name)
         with open(path, "wb") as fh:
             fh.write(data)
@@ -129,7 +136,8 @@ def add_parser(commands: Any) -> None:
     submit.set_defaults(func=_job_submit)
     job_actions.add_parser("list", parents=[remote], help="your jobs").set_defaults(func=_job_list)
     for name, func, text in (("status", _job_status, "a job's record as JSON"), ("cancel", _job_cancel, "cancel a job"),
-                             ("fetch", _job_fetch, "download the model, history (JSON, CSV) and log"),
+                             ("fetch", _job_fetch, "download the model, history (JSON, CSV), per-epoch figures and "
+                              "CSVLogger file (when the job has them) and log"),
                              ("delete", _job_delete, "remove an ended job: its record, model, history and log")):
         action = job_actions.add_parser(name, parents=[remote], help=text)
         action.add_argument("id", help="the job id")

@@ -15,6 +15,7 @@ import threading
 from typing import Any
 
 from zdk.cli.table import print_table, timestamp
+from zdk.service.shards import CHECKPOINT_EVERY
 
 DEFAULT_STATE_DIR = os.path.join(os.path.expanduser("~"), ".zdk", "serve")
 
@@ -57,7 +58,8 @@ def _serve(args: argparse.Namespace) -> int:
                          policy=policy, max_jobs=args.max_jobs, max_admissions=args.max_admissions,
                          max_admissions_per_user=args.max_admissions_per_user,
                          max_queued_per_user=args.max_queued_per_user, retention_days=args.retention,
-                         tls_cert=args.tls_cert, tls_key=args.tls_key)
+                         tls_cert=args.tls_cert, tls_key=args.tls_key, ps_host=args.ps_host,
+                         checkpoint_every=args.checkpoint_every)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -133,6 +135,12 @@ def add_parser(commands: Any) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8470, help="port; 0 picks a free one (default: 8470)")
     serve.add_argument("--master", default=None, help="Spark master (default: the embedded local[*])")
+    serve.add_argument("--ps-host", default="127.0.0.1", help="address jobs' parameter-server shards bind, with "
+                       "CURVE; an address of this host the executors reach when they run elsewhere (default: "
+                       "127.0.0.1)")
+    serve.add_argument("--checkpoint-every", type=float, default=CHECKPOINT_EVERY,
+                       help=f"seconds between a running job's shard checkpoints, which it resumes from after a "
+                       f"restart (default: {CHECKPOINT_EVERY:g})")
     serve.add_argument("--data-root", action="append", help="a directory or URI prefix jobs may read data "
                        "under; repeatable (default: STATE_DIR/data)")
     serve.add_argument("--table", action="append", help="a catalog table jobs may read; repeatable")

@@ -86,6 +86,16 @@ class JobClient:
         response = self._request("GET", f"/api/jobs/{job_id}/history", params={"format": fmt})
         return response.json() if fmt == "json" else response.text
 
+    def epochs(self, job_id: str, fmt: str = "json") -> Any:
+        """A watched job's per-epoch figures, once it finished: a JSON list of
+        ``{"epoch", "loss", "val_loss", …}``, or CSV with a column per figure."""
+        response = self._request("GET", f"/api/jobs/{job_id}/epochs", params={"format": fmt})
+        return response.json() if fmt == "json" else response.text
+
+    def csv_log(self, job_id: str) -> str:
+        """The file the job's ``CSVLogger`` callback wrote."""
+        return str(self._request("GET", f"/api/jobs/{job_id}/csvlog").text)
+
     def logs(self, job_id: str) -> str:
         return str(self._request("GET", f"/api/jobs/{job_id}/logs").text)
 

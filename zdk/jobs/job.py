@@ -6,19 +6,20 @@ Its call shape, with a token instead of a secret and no pickle::
     job.send("http://127.0.0.1:8470")
     job.wait_completion()
     model = job.get_trained_model()
-    history = job.get_history()
+    history = job.get_history()                # per step
+    epochs = job.get_epoch_history()           # per epoch, with validation or callbacks
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from zdk.errors import ConfigError, JobError
 from zdk.jobs.client import JobClient
 from zdk.jobs.describe import stage, trainer_spec
 from zdk.jobs.models import load_model_bytes, model_bytes
-from zdk.jobs.spec import DataSource, JobSpec
+from zdk.jobs.spec import CallbackSpec, DataSource, JobSpec
 from zdk.jobs.states import FINISHED
 
 logger = logging.getLogger(__name__)
@@ -38,11 +39,18 @@ class Job:
         shuffle: ``train(df, shuffle=True)`` on the server.
         data_format: ``"parquet"``, ``"csv"`` or ``"table"`` (``data_path`` names a table).
         verify: TLS verification (a CA bundle path for a self-signed server).
+        validation: a fraction in (0, 1) of the data set aside for validation, or a path (or a
+            table, with ``validation_format="table"``) read like ``data_path``, through the same
+            transformers.
+        validation_format: ``"parquet"``, ``"csv"`` or ``"table"``, for a ``validation`` path.
+        callbacks: Keras callbacks by name, ``{"class": "EarlyStopping", "arguments": {…}}``
+            (docs/jobs.md lists the classes; the server places the files they write).
     """
 
     def __init__(self, secret: str, job_name: str, data_path: str, num_executors: int, num_processes: int,
                  trainer: Any, *, transformers: Sequence[Any] = (), shuffle: bool = False,
-                 data_format: str = "parquet", verify: bool | str = True) -> None:
+                 data_format: str = "parquet", verify: bool | str = True, validation: float | str | None = None,
+                 validation_format: str = "parquet", callbacks: Sequence[Mapping[str, Any]] = ()) -> None:
         self.secret = secret
         self.job_name = job_name
         self.data_path = data_path
@@ -53,6 +61,9 @@ class Job:
         self.shuffle = shuffle
         self.data_format = data_format
         self.verify = verify
+        self.validation = validation
+        self.validation_format = validation_format
+        self.callbacks = list(callbacks)
         self.id: str | None = None
         self.record: dict[str, Any] = {}
         self._client: JobClient | None = None
@@ -65,10 +76,20 @@ class Job:
                 a JSON form.
         """
         trainer = trainer_spec(self.trainer)
+        validation: float | DataSource | None = (
+            DataSource(format=self.validation_format, path=self.validation, role="validation")
+            if isinstance(self.validation, str) else self.validation)
+        callbacks = []
+        for k, c in enumerate(self.callbacks):
+            if not isinstance(c, Mapping) or set(c) - {"class", "arguments"}:
+                raise ConfigError(f'`callbacks[{k}]` must be {{"class": NAME, "arguments": {{…}}}}. '
+                                  f"Received: {c!r}", field=f"callbacks[{k}]")
+            callbacks.append(CallbackSpec(cls=c.get("class", ""), arguments=c.get("arguments", {})))
         return JobSpec(name=self.job_name, trainer=trainer["class"], arguments=trainer["arguments"],
                        data=DataSource(format=self.data_format, path=self.data_path),
                        transformers=tuple(stage(t) for t in self.transformers), num_executors=self.num_executors,
-                       num_processes=self.num_processes, shuffle=self.shuffle).to_dict()
+                       num_processes=self.num_processes, shuffle=self.shuffle, validation=validation,
+                       callbacks=tuple(callbacks)).to_dict()
 
     def send(self, url: str) -> str:
         """Submits the job; returns its id. The server validates it first (a 4xx names the field)."""
@@ -109,3 +130,9 @@ class Job:
     def get_history(self) -> list[dict[str, Any]]:
         """The per-step history: worker, epoch, step, loss, metrics, staleness."""
         return list(self.client.history(str(self.id)))
+
+    def get_epoch_history(self) -> list[dict[str, Any]]:
+        """The per-epoch figures of a job with ``validation`` or ``callbacks``, as
+        ``trainer.keras_history`` holds them: ``{"epoch", "loss", "accuracy", "val_loss", …}``
+        per epoch (training figures: the workers' sample-weighted means; ``val_``: the center's)."""
+        return list(self.client.epochs(str(self.id)))

@@ -15,7 +15,9 @@ Schema (JSON)::
       "data": {"format": "parquet", "path": "digits.parquet"},   # or "csv", or {"table": "name"}
       "transformers": [{"class": "OneHotTransformer", "arguments": {...}}],   # optional
       "resources": {"num_executors": 1, "num_processes": 2},    # task slots = the product
-      "shuffle": false                                           # optional
+      "shuffle": false,                                          # optional
+      "validation": 0.1,                      # optional: a fraction of the data, or a source like "data"
+      "callbacks": [{"class": "EarlyStopping", "arguments": {"monitor": "val_loss", "patience": 2}}]
     }
 """
 
@@ -32,6 +34,12 @@ SERVER_MANAGED = ("parameter_server", "curve_keys", "checkpoint_dir", "checkpoin
                   "master_port", "security")
 #: ``DataSource.format`` values: files at a path, or a catalog table.
 FORMATS = ("parquet", "csv", "table")
+#: The Keras callbacks a job may name (``keras.callbacks.NAME``).
+CALLBACKS = ("EarlyStopping", "ReduceLROnPlateau", "TerminateOnNaN", "CSVLogger", "TensorBoard")
+#: The callback argument naming where a callback writes: the server sets it, inside the job's folder.
+CALLBACK_FILES = {"CSVLogger": "filename", "TensorBoard": "log_dir"}
+#: Other callback arguments that name files (TensorBoard reads embeddings' metadata files): refused.
+CALLBACK_PATHS = {"TensorBoard": ("embeddings_metadata",)}
 MAX_NAME = 200
 
 
@@ -44,17 +52,35 @@ class Stage:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class CallbackSpec:
+    """A Keras callback: one of ``CALLBACKS`` and its keyword arguments (JSON values)."""
+
+    cls: str
+    arguments: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class DataSource:
     """Parquet or CSV (with a header row) at ``path``, or the catalog table ``path`` when
-    ``format`` is ``"table"``."""
+    ``format`` is ``"table"``.
+
+    Args:
+        format: one of ``FORMATS``.
+        path: the path, or the table's name.
+        role: the spec field that holds it: ``"data"`` or ``"validation"`` (errors name it).
+    """
 
     format: str
     path: str
+    role: str = "data"
 
     @property
     def field(self) -> str:
-        """The spec field that names this source: ``data.table`` or ``data.path``."""
-        return "data.table" if self.format == "table" else "data.path"
+        """The spec field that names this source: ``data.table`` or ``data.path`` (``validation.…``)."""
+        return f"{self.role}.table" if self.format == "table" else f"{self.role}.path"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"table": self.path} if self.format == "table" else {"format": self.format, "path": self.path}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -72,6 +98,11 @@ class JobSpec:
         transformers: stages applied to the data, in order, before training.
         num_executors, num_processes: the job's task slots are their product.
         shuffle: ``train(df, shuffle=True)``.
+        validation: a fraction in (0, 1) of the data set aside (``train(validation_split=…)``), or
+            a source read like ``data`` and through the same transformers (``validation_data=``).
+        callbacks: Keras callbacks (``CALLBACKS``), built by their own constructors on the server;
+            where they write (``CALLBACK_FILES``) is the server's to choose, and the other
+            arguments naming files (``CALLBACK_PATHS``) are refused.
 
     Raises:
         ConfigError: naming the spec field (``name``, ``trainer.arguments.progress``,
@@ -86,6 +117,8 @@ class JobSpec:
     num_executors: int = 1
     num_processes: int = 1
     shuffle: bool = False
+    validation: float | DataSource | None = None
+    callbacks: tuple[CallbackSpec, ...] = ()
 
     def __post_init__(self) -> None:
         _string(self.name, "name")
@@ -98,10 +131,6 @@ class JobSpec:
             if key in self.arguments:
                 raise ConfigError(f"`trainer.arguments.{key}` is set by the job server; remove it. "
                                   f"Received: {key}={self.arguments[key]!r}", field=f"trainer.arguments.{key}")
-        if self.data.format not in FORMATS:
-            raise ConfigError(f"`data.format` must be 'parquet' or 'csv' (or give `data.table`). Received: "
-                              f"data.format={_short(self.data.format)}", field="data.format")
-        _string(self.data.path, self.data.field)
         for k, stage in enumerate(self.transformers):
             _string(stage.cls, f"transformers[{k}].class")
             _object(stage.arguments, f"transformers[{k}].arguments")
@@ -110,18 +139,34 @@ class JobSpec:
         if not isinstance(self.shuffle, bool):
             raise ConfigError(f"`shuffle` must be true or false. Received: shuffle={_short(self.shuffle)}",
                               field="shuffle")
+        _source(self.data, "data")
+        if isinstance(self.validation, DataSource):
+            if self.validation.role != "validation":  # its errors name the spec field it is given in
+                object.__setattr__(self, "validation", dataclasses.replace(self.validation, role="validation"))
+            _source(self.validation, "validation")
+        elif self.validation is not None:
+            _fraction(self.validation, "validation")
+        if isinstance(self.callbacks, list):
+            object.__setattr__(self, "callbacks", tuple(self.callbacks))
+        _callbacks(self.callbacks)
 
     @property
     def slots(self) -> int:
         return self.num_executors * self.num_processes
 
+    @property
+    def watched(self) -> bool:
+        """Whether the run has validation or callbacks: the driver follows its epochs."""
+        return self.validation is not None or bool(self.callbacks)
+
     def to_dict(self) -> dict[str, Any]:
-        data = ({"table": self.data.path} if self.data.format == "table"
-                else {"format": self.data.format, "path": self.data.path})
-        return {"name": self.name, "trainer": {"class": self.trainer, "arguments": self.arguments}, "data": data,
+        validation = self.validation.to_dict() if isinstance(self.validation, DataSource) else self.validation
+        return {"name": self.name, "trainer": {"class": self.trainer, "arguments": self.arguments},
+                "data": self.data.to_dict(),
                 "transformers": [{"class": s.cls, "arguments": s.arguments} for s in self.transformers],
                 "resources": {"num_executors": self.num_executors, "num_processes": self.num_processes},
-                "shuffle": self.shuffle}
+                "shuffle": self.shuffle, "validation": validation,
+                "callbacks": [{"class": c.cls, "arguments": c.arguments} for c in self.callbacks]}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -139,33 +184,98 @@ class JobSpec:
         """Checks the structure of a decoded spec (objects, known keys), then builds it; the
         error names the first wrong field."""
         spec = _object(value, "spec")
-        _known(spec, "spec", ("name", "trainer", "data", "transformers", "resources", "shuffle"))
+        _known(spec, "spec", ("name", "trainer", "data", "transformers", "resources", "shuffle", "validation",
+                              "callbacks"))
         name = _string(spec.get("name"), "name")
         trainer = _object(spec.get("trainer"), "trainer")
         _known(trainer, "trainer", ("class", "arguments"))
         arguments = _object(trainer.get("arguments", {}), "trainer.arguments")
-        data = _object(spec.get("data"), "data")
-        _known(data, "data", ("format", "path", "table"))
-        if "table" in data:
-            source = DataSource(format="table", path=_string(data["table"], "data.table"))
-        else:
-            source = DataSource(format=data.get("format", "parquet"), path=_string(data.get("path"), "data.path"))
-        stages = spec.get("transformers", [])
-        if not isinstance(stages, list):
-            raise ConfigError(f"`transformers` must be a list. Received: transformers={_short(stages)}",
-                              field="transformers")
-        parsed = []
-        for k, stage in enumerate(stages):
-            where = f"transformers[{k}]"
-            stage = _object(stage, where)
-            _known(stage, where, ("class", "arguments"))
-            parsed.append(Stage(cls=_string(stage.get("class"), f"{where}.class"),
-                                arguments=_object(stage.get("arguments", {}), f"{where}.arguments")))
+        source = _parse_source(spec.get("data"), "data")
+        validation = spec.get("validation")
+        if isinstance(validation, dict):
+            validation = _parse_source(validation, "validation")
+        parsed = [Stage(cls=cls_, arguments=args) for cls_, args in _named_list(spec, "transformers")]
+        callbacks = [CallbackSpec(cls=cls_, arguments=args) for cls_, args in _named_list(spec, "callbacks")]
         resources = _object(spec.get("resources", {}), "resources")
         _known(resources, "resources", ("num_executors", "num_processes"))
         return cls(name=name, trainer=_string(trainer.get("class"), "trainer.class"), arguments=arguments,
                    data=source, transformers=tuple(parsed), num_executors=resources.get("num_executors", 1),
-                   num_processes=resources.get("num_processes", 1), shuffle=spec.get("shuffle", False))
+                   num_processes=resources.get("num_processes", 1), shuffle=spec.get("shuffle", False),
+                   validation=validation, callbacks=tuple(callbacks))
+
+
+def _parse_source(value: Any, role: str) -> DataSource:
+    """``{"format", "path"}`` or ``{"table"}`` under the spec field ``role``."""
+    data = _object(value, role)
+    _known(data, role, ("format", "path", "table"))
+    if "table" in data:
+        return DataSource(format="table", path=_string(data["table"], f"{role}.table"), role=role)
+    return DataSource(format=data.get("format", "parquet"), path=_string(data.get("path"), f"{role}.path"), role=role)
+
+
+def _named_list(spec: dict[str, Any], field: str) -> list[tuple[str, dict[str, Any]]]:
+    """The ``[{"class", "arguments"}, …]`` list under ``field``, as (class, arguments) pairs."""
+    items = spec.get(field, [])
+    if not isinstance(items, list):
+        raise ConfigError(f"`{field}` must be a list. Received: {field}={_short(items)}", field=field)
+    parsed = []
+    for k, item in enumerate(items):
+        where = f"{field}[{k}]"
+        item = _object(item, where)
+        _known(item, where, ("class", "arguments"))
+        parsed.append((_string(item.get("class"), f"{where}.class"),
+                       _object(item.get("arguments", {}), f"{where}.arguments")))
+    return parsed
+
+
+def _source(source: Any, role: str) -> None:
+    if not isinstance(source, DataSource):
+        raise ConfigError(f"`{role}` must be a data source. Received: {role}={_short(source)}", field=role)
+    if source.format not in FORMATS:
+        raise ConfigError(f"`{role}.format` must be 'parquet' or 'csv' (or give `{role}.table`). Received: "
+                          f"{role}.format={_short(source.format)}", field=f"{role}.format")
+    _string(source.path, source.field)
+
+
+def _fraction(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ConfigError(f'`{field}` must be a fraction in (0, 1) of the data set aside, or a data source '
+                          f'like `data` ({{"format": …, "path": …}} or {{"table": …}}). '
+                          f"Received: {field}={_short(value)}", field=field)
+    return float(value)
+
+
+def _callbacks(callbacks: Any) -> None:
+    """The callbacks' shape: allowed classes, JSON objects of arguments, no file arguments, at
+    most one of each class that writes files (they would write the same ones)."""
+    if not isinstance(callbacks, tuple):
+        raise ConfigError(f"`callbacks` must be a tuple of CallbackSpec. Received: callbacks={_short(callbacks)}",
+                          field="callbacks")
+    writers: set[str] = set()
+    for k, callback in enumerate(callbacks):
+        where = f"callbacks[{k}]"
+        if not isinstance(callback, CallbackSpec):
+            raise ConfigError(f"`{where}` must be a CallbackSpec. Received: {where}={_short(callback)}", field=where)
+        _string(callback.cls, f"{where}.class")
+        if callback.cls not in CALLBACKS:
+            raise ConfigError(f"`{where}.class` must be one of {', '.join(CALLBACKS)}. Received: "
+                              f"{where}.class={_short(callback.cls)}", field=f"{where}.class")
+        _object(callback.arguments, f"{where}.arguments")
+        written = CALLBACK_FILES.get(callback.cls)
+        if written in callback.arguments:
+            raise ConfigError(f"`{where}.arguments.{written}` is chosen by the job server, inside the job's folder "
+                              f"(docs/jobs.md says where); remove it. Received: "
+                              f"{written}={_short(callback.arguments[written])}", field=f"{where}.arguments.{written}")
+        for name in CALLBACK_PATHS.get(callback.cls, ()):
+            if name in callback.arguments:
+                raise ConfigError(f"`{where}.arguments.{name}` names files on the server, which a job may not; "
+                                  f"remove it. Received: {name}={_short(callback.arguments[name])}",
+                                  field=f"{where}.arguments.{name}")
+        if written is not None:
+            if callback.cls in writers:
+                raise ConfigError(f"`{where}.class`: a job may have one {callback.cls} (it writes into the job's "
+                                  f"folder). Received: a second {callback.cls}", field=f"{where}.class")
+            writers.add(callback.cls)
 
 
 def _object(value: Any, field: str) -> dict[str, Any]:

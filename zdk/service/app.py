@@ -26,6 +26,7 @@ from zdk.service.policy import Policy, amount, count
 from zdk.service.retention import Retention
 from zdk.service.routes import JobApi
 from zdk.service.scheduler import Scheduler
+from zdk.service.shards import CHECKPOINT_EVERY, ShardSettings
 from zdk.service.store import Store
 
 logger = logging.getLogger(__name__)
@@ -50,10 +51,14 @@ class ServeConfig:
         retention_days: ended jobs (records and folders) are removed this many days after they
             ended (None: kept until deleted).
         tls_cert, tls_key: PEM files; HTTPS when given (use it anywhere but loopback).
+        ps_host: the address jobs' parameter-server shards bind (CURVE-protected): loopback
+            when the executors run on this host, else an address of this host they reach.
+        checkpoint_every: seconds between a running job's shard checkpoints (a restart resumes
+            from the last one, losing at most that much training).
 
     Raises:
-        ConfigError: naming ``tls_cert`` when only one of the pair is given, or the count or
-            duration that is not positive.
+        ConfigError: naming ``tls_cert`` when only one of the pair is given, ``ps_host`` when it
+            is not a host, or the count or duration that is not positive.
     """
 
     state_dir: str
@@ -68,8 +73,11 @@ class ServeConfig:
     retention_days: float | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    ps_host: str = "127.0.0.1"
+    checkpoint_every: float = CHECKPOINT_EVERY
 
     def __post_init__(self) -> None:
+        ShardSettings(host=self.ps_host, checkpoint_every=self.checkpoint_every)  # refused now, not at the first job
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError(f"`tls_cert` and `tls_key` go together. Received: tls_cert={self.tls_cert!r}, "
                               f"tls_key={self.tls_key!r}", field="tls_cert")
@@ -77,6 +85,11 @@ class ServeConfig:
             count(getattr(self, name), name)
         if self.retention_days is not None:
             amount(self.retention_days, "retention_days", "days")
+
+    @property
+    def shards(self) -> ShardSettings:
+        """Where jobs' shards bind and how often they checkpoint."""
+        return ShardSettings(host=self.ps_host, checkpoint_every=self.checkpoint_every)
 
     @property
     def state(self) -> StateDir:
@@ -106,11 +119,13 @@ class JobServer:
         build.import_custom_modules(config.policy)
         self.cluster = Cluster(spark) if spark is not None else Cluster.of_master(config.master)
         self.sandbox = ModelSandbox(custom_modules=config.policy.custom_modules, size=config.max_admissions)
-        self.scheduler = Scheduler(self.store, cluster=self.cluster, policy=config.policy, max_jobs=config.max_jobs)
+        self.scheduler = Scheduler(self.store, cluster=self.cluster, policy=config.policy, max_jobs=config.max_jobs,
+                                   shards=config.shards)
         self.retention = (Retention(self.store, state, days=config.retention_days)
                           if config.retention_days is not None else None)
         admission = Admission(state=state, store=self.store, cluster=self.cluster, policy=config.policy,
-                              sandbox=self.sandbox, max_queued_per_user=config.max_queued_per_user)
+                              sandbox=self.sandbox, max_queued_per_user=config.max_queued_per_user,
+                              shards=config.shards)
         gate = AdmissionGate(total=config.max_admissions, per_user=config.max_admissions_per_user)
         self.api = JobApi(store=self.store, state=state, admission=admission, gate=gate, scheduler=self.scheduler,
                           max_model_bytes=config.policy.max_model_bytes)

@@ -9,6 +9,9 @@ models and the database their tokens' hashes::
     STATE_DIR/jobs/ID/submitted.keras the model as submitted
     STATE_DIR/jobs/ID/model.keras     the trained model; model-K.keras: member K of an ensemble
     STATE_DIR/jobs/ID/history.json    the per-step history; history.csv: the same, a column per metric
+    STATE_DIR/jobs/ID/epochs.json     the per-epoch figures of a watched job; epochs.csv: the same
+    STATE_DIR/jobs/ID/csvlogger.csv   the job's CSVLogger callback's file
+    STATE_DIR/jobs/ID/tensorboard/    the job's TensorBoard callback's folder
     STATE_DIR/jobs/ID/job.log         zdk's log lines from the job's thread (and Spark's report)
     STATE_DIR/jobs/ID/checkpoints/    the shards' checkpoints while it runs (zdk.ps.checkpoint)
 """
@@ -61,6 +64,10 @@ class JobFolder:
     submitted_model = _Entry("submitted.keras")
     history_json = _Entry("history.json")
     history_csv = _Entry("history.csv")
+    epochs_json = _Entry("epochs.json")
+    epochs_csv = _Entry("epochs.csv")
+    csv_log = _Entry("csvlogger.csv")
+    tensorboard = _Entry("tensorboard")
     log = _Entry("job.log")
     checkpoints = _Entry("checkpoints")
 
@@ -98,6 +105,19 @@ class JobFolder:
             for r in history:
                 writer.writerow([r.get(k) for k in fixed] + [r.get("metrics", {}).get(k) for k in metrics])
         return self.history_json
+
+    def write_epochs(self, epochs: list[dict[str, Any]]) -> str:
+        """The per-epoch figures (``{"epoch", "loss", "val_loss", …}`` each) as JSON, and as CSV
+        with ``epoch`` first and a column per figure; returns the JSON file's path."""
+        with open(self.epochs_json, "w") as fh:
+            json.dump(epochs, fh)
+        figures = sorted({k for e in epochs for k in e if k != "epoch"})
+        with open(self.epochs_csv, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["epoch", *figures])
+            for e in epochs:
+                writer.writerow([e.get("epoch"), *(e.get(k) for k in figures)])
+        return self.epochs_json
 
     def append_to_log(self, title: str, path: str) -> None:
         """Copies the text of the file at ``path`` (its first ``MAX_REPORT_BYTES``) to the end

@@ -21,11 +21,9 @@ from zdk.errors import ConfigError, TooLarge, ZdkError
 from zdk.jobs.spec import SERVER_MANAGED, DataSource, JobSpec
 from zdk.service import caps
 from zdk.service.policy import Policy
+from zdk.service.shards import ShardSettings
 
 logger = logging.getLogger(__name__)
-
-#: Seconds between a running job's shard checkpoints, from which it resumes after a server restart.
-CHECKPOINT_EVERY = 10.0
 
 TRANSFORMERS: dict[str, type] = {cls.__name__: cls for cls in (
     transformers.MinMaxTransformer, transformers.BinaryLabelTransformer, transformers.StandardTransformer,
@@ -43,25 +41,31 @@ def import_custom_modules(policy: Policy) -> None:
 GLOB = frozenset("{}[]*?\\")
 
 
-def resolve_path(path: str, policy: Policy) -> str:
+def resolve_path(path: str, policy: Policy, *, field: str = "data.path") -> str:
     """The fully qualified URI of a data path, which must lie under one of the data roots.
 
     Local paths come back as ``file:///…``, so Spark reads them from the local file system
     whatever its cluster manager (on YARN a path without a scheme is an HDFS path). Glob
     characters are refused: Spark expands ``{a,../b}``, which would lead out of a URI root.
 
+    Args:
+        path: the spec's path.
+        policy: the data roots.
+        field: the spec field it comes from (``data.path``, ``validation.path``).
+
     Raises:
-        ConfigError: naming ``data.path`` when it holds a glob or control character, or lies
+        ConfigError: naming ``field`` when the path holds a glob or control character, or lies
             elsewhere (``..`` and symlinks resolved).
     """
     if set(path) & GLOB or any(ord(c) < 32 for c in path):
-        raise ConfigError(f"`data.path` must name one path: the characters {''.join(sorted(GLOB))} are glob "
+        raise ConfigError(f"`{field}` must name one path: the characters {''.join(sorted(GLOB))} are glob "
                           f"patterns to Spark and Hadoop, and control characters are not path names. "
-                          f"Received: data.path={path!r}", field="data.path")
+                          f"Received: {field}={path!r}", field=field)
     local_roots = [os.path.realpath(_local(r)) for r in policy.data_roots if _is_local(r)]
     uri_roots = [r for r in policy.data_roots if not _is_local(r)]
-    refused = ConfigError(f"`data.path` must lie under the server's data roots ({', '.join(policy.data_roots) or 'none: start zdk serve with --data-root'}). "
-                          f"Received: data.path={path!r}", field="data.path")
+    roots = ", ".join(policy.data_roots) or "none: start zdk serve with --data-root"
+    refused = ConfigError(f"`{field}` must lie under the server's data roots ({roots}). Received: {field}={path!r}",
+                          field=field)
     if not _is_local(path):
         scheme, rest = path.split("://", 1)
         normal = f"{scheme}://{posixpath.normpath(rest)}"
@@ -75,8 +79,7 @@ def resolve_path(path: str, policy: Policy) -> str:
     if not any(os.path.commonpath([full, root]) == root for root in local_roots):
         raise refused
     if not os.path.exists(full):
-        raise ConfigError(f"`data.path` does not exist under the data roots. Received: data.path={path!r}",
-                          field="data.path")
+        raise ConfigError(f"`{field}` does not exist under the data roots. Received: {field}={path!r}", field=field)
     return "file://" + full
 
 
@@ -90,21 +93,23 @@ def _local(path: str) -> str:
 
 
 def read_data(spark: Any, source: DataSource, policy: Policy) -> Any:
-    """The job's DataFrame (lazy: Parquet's footer is read; a CSV is scanned for its schema)."""
+    """A DataFrame of the source (lazy: Parquet's footer is read; a CSV is scanned for its
+    schema); errors name the source's field (``data.path``, ``validation.table`` …)."""
+    field = source.field
     if source.format == "table":
         if source.path not in policy.tables:
-            raise ConfigError(f"`data.table` must be one of the tables the server allows "
-                              f"({', '.join(policy.tables) or 'none'}). Received: data.table={source.path!r}",
-                              field="data.table")
+            raise ConfigError(f"`{field}` must be one of the tables the server allows "
+                              f"({', '.join(policy.tables) or 'none'}). Received: {field}={source.path!r}",
+                              field=field)
         return spark.table(source.path)
-    path = resolve_path(source.path, policy)
+    path = resolve_path(source.path, policy, field=field)
     try:
         if source.format == "csv":
             return spark.read.option("header", True).option("inferSchema", True).csv(path)
         return spark.read.parquet(path)
     except Exception as exc:  # Spark's AnalysisException: not Parquet, empty directory, …
-        raise ConfigError(f"`data.path` could not be read as {source.format}: {str(exc).splitlines()[0]}. "
-                          f"Received: data.path={source.path!r}", field="data.path") from None
+        raise ConfigError(f"`{field}` could not be read as {source.format}: {str(exc).splitlines()[0]}. "
+                          f"Received: {field}={source.path!r}", field=field) from None
 
 
 def check_model_size(data: bytes, policy: Policy) -> None:
@@ -127,16 +132,20 @@ def load_model(path: str) -> Any:
                           f"{str(exc).splitlines()[0] if str(exc) else ''}", field="model") from None
 
 
-def server_arguments(spec: JobSpec, *, checkpoint_dir: str) -> dict[str, Any]:
+def server_arguments(spec: JobSpec, *, checkpoint_dir: str, shards: ShardSettings = ShardSettings()) -> dict[str, Any]:
     """The trainer arguments the server decides for the job (of ``SERVER_MANAGED``).
 
-    No progress bar (the dashboard shows progress). With a parameter server, its shards
-    checkpoint into ``checkpoint_dir`` every ``CHECKPOINT_EVERY`` seconds, so that a server
-    restart resumes the job; trainers without one refuse a checkpoint directory.
+    No progress bar (the dashboard shows progress). With a parameter server, its shards bind
+    ``shards.host`` with CURVE (``security="curve"``): each run gets keys of its own, and only
+    its workers hold the client's side, so no other process, local or not, can pull the model,
+    commit to it or stop it. They checkpoint into ``checkpoint_dir`` every
+    ``shards.checkpoint_every`` seconds, so that a server restart resumes the job. Trainers
+    without a parameter server refuse these arguments.
     """
     server: dict[str, Any] = {"progress": False}
     if _uses_ps(spec):
-        server.update(checkpoint_dir=checkpoint_dir, checkpoint_every=CHECKPOINT_EVERY)
+        server.update(security="curve", ps_host=shards.host, checkpoint_dir=checkpoint_dir,
+                      checkpoint_every=shards.checkpoint_every)
     return server
 
 

@@ -16,11 +16,12 @@ from typing import Any, Callable
 from zdk.errors import JobCancelled, ZdkError
 from zdk.jobs.spec import JobSpec
 from zdk.jobs.states import CANCELLED, FAILED, FINAL, FINISHED, INTERRUPTED, QUEUED, RUNNING
-from zdk.service import build
+from zdk.service import build, watching
 from zdk.service.artifacts import JobFolder
 from zdk.service.cluster import Cluster
 from zdk.service.policy import Policy
-from zdk.service.progress import LiveProgress, final_progress
+from zdk.service.progress import LiveProgress, epochs_from_history, final_progress, merge_epochs
+from zdk.service.shards import ShardSettings
 from zdk.service.store import JobRecord, Store
 
 logger = logging.getLogger(__name__)
@@ -47,14 +48,18 @@ class Execution:
         cluster: the Spark the job runs on.
         policy: what the job may read and import.
         on_end: called with the job's id when the run has ended and its outcome is recorded.
+        shards: where the job's shards bind and how often they checkpoint.
     """
 
     def __init__(self, job: JobRecord, *, store: Store, cluster: Cluster, policy: Policy,
-                 on_end: Callable[[str], None]) -> None:
+                 on_end: Callable[[str], None], shards: ShardSettings = ShardSettings()) -> None:
         self.job = job
         self.spec = JobSpec.from_dict(job.spec)
         self.folder = JobFolder(directory=job.directory)
-        self.progress = LiveProgress()
+        # A resumed job shows the epochs its earlier run recorded before the ones it trains again.
+        earlier = (job.progress or {}).get("epoch_logs") if job.resumes > 0 else None
+        self.progress = LiveProgress(earlier or ())
+        self._shards = shards
         self.thread = threading.Thread(target=self._main, name=f"zdk-job-{job.id}", daemon=True)
         self._store = store
         self._cluster = cluster
@@ -154,25 +159,36 @@ class Execution:
 
     def _train(self) -> dict[str, Any]:
         spec, folder, job = self.spec, self.folder, self.job
-        server = build.server_arguments(spec, checkpoint_dir=folder.checkpoints)
+        server = build.server_arguments(spec, checkpoint_dir=folder.checkpoints, shards=self._shards)
         self._trainer = trainer = build.make_trainer(spec, build.load_model(folder.submitted_model), self._policy,
                                                      server=server)
+        watching.check_algorithm(spec, trainer)
+        resume = "checkpoint_dir" in server and job.resumes > 0 and resumable(job)
+        callbacks = watching.make_callbacks(spec, watching.CallbackFiles(
+            csv_log=folder.csv_log, tensorboard=folder.tensorboard, append=resume))
         if self._cancelled.is_set():
             raise JobCancelled("cancelled before training started")
         stages = build.make_stages(spec)
-        data = build.prepare(build.read_data(self._cluster.spark(), spec.data, self._policy), stages, trainer)
-        resume = "checkpoint_dir" in server and job.resumes > 0 and resumable(job)
+        spark = self._cluster.spark()
+        data = build.prepare(build.read_data(spark, spec.data, self._policy), stages, trainer)
+        validation = watching.validation_arguments(spec, spark=spark, policy=self._policy, stages=stages,
+                                                   trainer=trainer)
         if resume:
             logger.info("job %s resumes from its checkpoint (resume %d)", job.id, job.resumes)
-        result = trainer.train(data, shuffle=spec.shuffle, resume=resume, on_progress=self._on_progress)
+        result = trainer.train(data, shuffle=spec.shuffle, resume=resume, on_progress=self._on_progress,
+                               callbacks=callbacks, **validation)
         models = result if isinstance(result, list) else [result]
         paths = folder.save_models(models)
         history_path = folder.write_history(trainer.history)
+        epochs = None
+        if trainer.keras_history is not None:
+            epochs = merge_epochs(self.progress.earlier_epochs, epochs_from_history(trainer.keras_history))
+            folder.write_epochs(epochs)
         folder.drop_checkpoints()
         return {"model_path": paths[0], "history_path": history_path,
                 "progress": final_progress(trainer.history, num_epoch=trainer.num_epoch,
                                            batch_size=trainer.batch_size, training_time=trainer.training_time,
-                                           timings=trainer.timings, members=len(models))}
+                                           timings=trainer.timings, members=len(models), epochs=epochs)}
 
     def _on_progress(self, snapshot: dict[str, Any]) -> None:
         self.progress.add(snapshot)

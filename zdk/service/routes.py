@@ -85,6 +85,8 @@ class JobApi:
             web.post("/api/jobs/{id}/cancel", self.cancel),
             web.get("/api/jobs/{id}/model", self.model),
             web.get("/api/jobs/{id}/history", self.history),
+            web.get("/api/jobs/{id}/epochs", self.epochs),
+            web.get("/api/jobs/{id}/csvlog", self.csv_log),
             web.get("/api/jobs/{id}/logs", self.logs),
             web.static("/static", STATIC),
         ])
@@ -164,7 +166,7 @@ class JobApi:
         job = await asyncio.wrap_future(work)
         self.scheduler.notify()
         logger.info("job %s (%r) queued for %s", job.id, job.name, job.owner)
-        return web.json_response(job.public(), status=201)
+        return web.json_response(await self._read(self._view, job), status=201)
 
     async def list_jobs(self, request: web.Request) -> web.Response:
         user = request[_USER]
@@ -213,6 +215,29 @@ class JobApi:
         return web.FileResponse(folder.history_json if fmt == "json" else folder.history_csv,
                                 headers={"Content-Type": "application/json" if fmt == "json" else "text/csv"})
 
+    async def epochs(self, request: web.Request) -> web.StreamResponse:
+        """A watched job's per-epoch figures (``{"epoch", "loss", "val_loss", …}`` each), once it
+        finished; ``progress.epoch_logs`` has them while it runs."""
+        job = await self._job(request)
+        fmt = request.query.get("format", "json")
+        if fmt not in ("json", "csv"):
+            return _error(400, f"`format` must be json or csv. Received: format={fmt!r}", "format")
+        folder = JobFolder(directory=job.directory)
+        path = folder.epochs_json if fmt == "json" else folder.epochs_csv
+        if not await self._read(os.path.exists, path):
+            return _error(409, f"`id` names a job without per-epoch figures ({job.state}): they are written when a "
+                               f"job with `validation` or `callbacks` finishes. Received: id={job.id!r}", "id")
+        return web.FileResponse(path, headers={"Content-Type": "application/json" if fmt == "json" else "text/csv"})
+
+    async def csv_log(self, request: web.Request) -> web.StreamResponse:
+        """The file of the job's ``CSVLogger`` callback (written as epochs end)."""
+        job = await self._job(request)
+        path = JobFolder(directory=job.directory).csv_log
+        if not await self._read(os.path.exists, path):
+            return _error(409, f"`id` names a job without a CSVLogger file ({job.state}): give the job a CSVLogger "
+                               f"callback; it writes at every epoch's end. Received: id={job.id!r}", "id")
+        return web.FileResponse(path, headers={"Content-Type": "text/csv"})
+
     async def logs(self, request: web.Request) -> web.StreamResponse:
         path = JobFolder(directory=(await self._job(request)).directory).log
         if not os.path.exists(path):
@@ -230,12 +255,15 @@ class JobApi:
 
     def _view(self, job: JobRecord, *, series: bool = True) -> dict[str, Any]:
         view = job.public()
+        folder = JobFolder(directory=job.directory)
+        view["has_epochs"] = os.path.exists(folder.epochs_json)
+        view["has_csv_log"] = os.path.exists(folder.csv_log)
         if job.state == RUNNING:
             live = self.scheduler.live(job.id)
             if live:
                 view["progress"] = {**(view["progress"] or {}), **live}
         if not series and view["progress"]:
-            view["progress"] = {k: v for k, v in view["progress"].items() if k != "series"}
+            view["progress"] = {k: v for k, v in view["progress"].items() if k not in ("series", "epoch_logs")}
         return view
 
     async def _read_parts(self, request: web.Request) -> dict[str, bytes]:

@@ -20,6 +20,7 @@ from zdk.jobs.states import CANCELLED, FAILED, INTERRUPTED, QUEUED, RUNNING
 from zdk.service.cluster import Cluster
 from zdk.service.execution import CANCELLED_BY_OWNER, Execution, resumable
 from zdk.service.policy import Policy
+from zdk.service.shards import ShardSettings
 from zdk.service.store import JobRecord, Store
 
 logger = logging.getLogger(__name__)
@@ -36,18 +37,21 @@ class Scheduler:
         cluster: the Spark the jobs run on.
         policy: what jobs may read and import.
         max_jobs: jobs running at once.
+        shards: where jobs' shards bind and how often they checkpoint.
 
     Raises:
         ConfigError: naming ``max_jobs`` when it is below 1.
     """
 
-    def __init__(self, store: Store, *, cluster: Cluster, policy: Policy, max_jobs: int = 1) -> None:
+    def __init__(self, store: Store, *, cluster: Cluster, policy: Policy, max_jobs: int = 1,
+                 shards: ShardSettings = ShardSettings()) -> None:
         if max_jobs < 1:
             raise ConfigError(f"`max_jobs` must be ≥ 1. Received: max_jobs={max_jobs}", field="max_jobs")
         self.store = store
         self.cluster = cluster
         self.policy = policy
         self.max_jobs = max_jobs
+        self.shards = shards
         self._wake = threading.Condition()
         self._running: dict[str, Execution] = {}
         self._stopping = False
@@ -151,7 +155,8 @@ class Scheduler:
             if not self.store.transition(job.id, (QUEUED,), RUNNING, started=time.time()):
                 return True  # cancelled meanwhile
             try:
-                run = Execution(job, store=self.store, cluster=self.cluster, policy=self.policy, on_end=self._ended)
+                run = Execution(job, store=self.store, cluster=self.cluster, policy=self.policy, on_end=self._ended,
+                                shards=self.shards)
                 self._running[job.id] = run
                 run.start()
             except Exception as exc:

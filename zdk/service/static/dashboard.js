@@ -2,7 +2,8 @@
 // Text from jobs (names, errors) is only ever set through textContent.
 "use strict";
 
-const state = { token: sessionStorage.getItem("zdk-token") || "", selected: null, plot: null, plotKey: "" };
+const state = { token: sessionStorage.getItem("zdk-token") || "", selected: null, plot: null, plotKey: "",
+                epochPlot: null, epochPlotKey: "" };
 const $ = (id) => document.getElementById(id);
 
 async function api(path) {
@@ -63,32 +64,55 @@ function lossData(series) {
 }
 
 const COLORS = ["#1565c0", "#c62828", "#2e7d32", "#ef6c00", "#6a1b9a", "#00838f", "#4e342e", "#ad1457"];
+// The per-epoch figures plotted, when the job reports them.
+const EPOCH_SERIES = [["loss", "training loss", "#1565c0"], ["val_loss", "validation loss", "#ef6c00"]];
 
-function drawPlot(series) {
-  const target = $("loss-plot");
-  const { workers, data } = lossData(series || {});
-  if (!workers.length) {
-    if (state.plot) { state.plot.destroy(); state.plot = null; }
-    target.replaceChildren();
-    const p = document.createElement("p");
-    p.className = "empty";
-    p.textContent = "no loss reported yet";
-    target.appendChild(p);
+function plotWidth(beside) {
+  return beside ? Math.min(520, (window.innerWidth - 100) / 2) : Math.min(900, window.innerWidth - 60);
+}
+
+function emptyPlot(target, text) {
+  target.replaceChildren();
+  const p = document.createElement("p");
+  p.className = "empty";
+  p.textContent = text;
+  target.appendChild(p);
+}
+
+// Draws the uPlot kept in state[slot] (its key in state[slot + "Key"]), or updates its data when
+// the same lines are shown at the same width; an empty text when there is no line.
+function showPlot(slot, target, emptyText, xLabel, lines, data, width) {
+  if (!lines.length) {
+    if (state[slot]) { state[slot].destroy(); state[slot] = null; }
+    emptyPlot(target, emptyText);
     return;
   }
-  const key = state.selected + ":" + workers.join(",");
-  if (state.plot && state.plotKey === key) { state.plot.setData(data); return; }
-  if (state.plot) state.plot.destroy();
+  const key = state.selected + ":" + lines.map((l) => l.label).join(",") + ":" + width;
+  if (state[slot] && state[slot + "Key"] === key) { state[slot].setData(data); return; }
+  if (state[slot]) state[slot].destroy();
   target.replaceChildren();
   const options = {
-    width: Math.min(900, window.innerWidth - 60), height: 280,
+    width, height: 280,
     scales: { x: { time: false } },
-    axes: [{ label: "step" }, { label: "loss" }],
-    series: [{ label: "step" }, ...workers.map((w, k) => ({
-      label: "worker " + w, stroke: COLORS[k % COLORS.length], width: 1.5, spanGaps: true }))],
+    axes: [{ label: xLabel }, { label: "loss" }],
+    series: [{ label: xLabel }, ...lines.map((line) => ({ spanGaps: true, ...line }))],
   };
-  state.plot = new uPlot(options, data, target);
-  state.plotKey = key;
+  state[slot] = new uPlot(options, data, target);
+  state[slot + "Key"] = key;
+}
+
+function drawPlot(series, beside) {
+  const { workers, data } = lossData(series || {});
+  const lines = workers.map((w, k) => ({ label: "worker " + w, stroke: COLORS[k % COLORS.length], width: 1.5 }));
+  showPlot("plot", $("loss-plot"), "no loss reported yet", "step", lines, data, plotWidth(beside));
+}
+
+function drawEpochPlot(epochs) {
+  // epochs: [{epoch, loss, val_loss, ...}] from the progress snapshots, then the final epoch history.
+  const shown = EPOCH_SERIES.filter(([name]) => epochs.some((e) => e[name] !== undefined && e[name] !== null));
+  const data = [epochs.map((e) => e.epoch + 1), ...shown.map(([name]) => epochs.map((e) => e[name] ?? null))];
+  const lines = shown.map(([, label, color]) => ({ label, stroke: color, width: 2, points: { show: true } }));
+  showPlot("epochPlot", $("epoch-plot"), "no epoch has ended yet", "epoch", lines, data, plotWidth(true));
 }
 
 async function refreshDetail() {
@@ -105,6 +129,7 @@ async function refreshDetail() {
   $("rate").textContent = number(p.samples_per_s, 0);
   $("loss").textContent = number(p.loss, 4);
   $("elapsed").textContent = p.elapsed === undefined ? "-" : number(p.elapsed, 1) + " s";
+  $("val-loss").textContent = number(p.val_loss, 4);
   $("error").hidden = !job.error || job.state === "finished";
   $("error").textContent = job.error || "";
   const shards = $("shards").querySelector("tbody");
@@ -118,7 +143,11 @@ async function refreshDetail() {
   }
   $("downloads").replaceChildren();
   if (job.has_model) $("downloads").textContent = "model and history: zdk job fetch " + job.id;
-  drawPlot(p.series);
+  const spec = job.spec || {};
+  const watched = (spec.validation !== undefined && spec.validation !== null) || (spec.callbacks || []).length > 0;
+  $("epochs").hidden = !watched;
+  drawPlot(p.series, watched);
+  if (watched) drawEpochPlot(p.epoch_logs || []);
 }
 
 async function refresh() {
