@@ -158,15 +158,16 @@ class StandardTransformer(_ZdkTransformer):
         aggs = [F.mean(c).alias(f"m{i}") for i, c in enumerate(columns)]
         aggs += [F.stddev_pop(c).alias(f"s{i}") for i, c in enumerate(columns)]
         stats = dataframe.agg(*aggs).first()
-        out = dataframe
+        added = {}
         for i, c in enumerate(columns):
             mean, std = stats[f"m{i}"], stats[f"s{i}"]
             if std is None or std == 0:
                 logger.warning("column `%s` is constant; %s%s is 0", c, c, suffix)
-                out = out.withColumn(c + suffix, F.lit(0.0))
+                added[c + suffix] = F.lit(0.0)
             else:
-                out = out.withColumn(c + suffix, (F.col(c) - mean) / std)
-        return out
+                added[c + suffix] = (F.col(c) - mean) / std
+        # One projection: a withColumn per column re-analyses a plan that grows with each (seconds at 30 columns).
+        return dataframe.withColumns(added)
 
 
 class DenseTransformer(_ZdkTransformer, HasInputOutput):
