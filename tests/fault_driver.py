@@ -75,7 +75,7 @@ def train_one(name: str, args: argparse.Namespace, data) -> dict:
     trainer = getattr(trainers, name)(
         model, optimizer, "sparse_categorical_crossentropy", num_workers=2, num_epoch=args.epochs, progress=False,
         timeout=30.0, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
-        ps_host=args.ps_host)
+        ps_host=args.ps_host, num_shards=args.num_shards)
     killed: dict = {}
     probe: dict = {}
     if args.probe_without_keys:
@@ -112,6 +112,7 @@ def main() -> int:
     p.add_argument("--kill-worker-at", type=int, default=None)
     p.add_argument("--conf", action="append", default=[], help="extra Spark conf KEY=VALUE")
     p.add_argument("--ps-host", default="127.0.0.1")
+    p.add_argument("--num-shards", type=int, default=1)
     p.add_argument("--probe-without-keys", action="store_true")
     args = p.parse_args()
 

@@ -45,9 +45,11 @@ def children(pid: int, pattern: str = "") -> list[int]:
 
 
 #: (trainer, master): worker 0's Python process is SIGKILLed at step 40 and the task retried.
+#: On local-cluster (executors in JVMs of their own, as on a cluster) the center is cut into 2 shards.
 KILLED_WORKER_CASES = [("DOWNPOUR", "local[2,4]"), ("DOWNPOUR", "local-cluster[2,1,1024]"),
-                       ("AveragingTrainer", "local[2,4]"), ("ADAG", "local[2,4]")]
-MASTER_CONF = {"local-cluster[2,1,1024]": ["--conf", "spark.task.maxFailures=4"]}
+                       ("AveragingTrainer", "local[2,4]"), ("ADAG", "local[2,4]"),
+                       ("ADAG", "local-cluster[2,1,1024]")]
+MASTER_CONF = {"local-cluster[2,1,1024]": ["--conf", "spark.task.maxFailures=4", "--num-shards", "2"]}
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +73,8 @@ def killed_worker_runs():
 
 
 @pytest.mark.parametrize("trainer,master", KILLED_WORKER_CASES,
-                         ids=["local-retries", "local-cluster", "local-retries-averaging", "local-retries-adag"])
+                         ids=["local-retries", "local-cluster", "local-retries-averaging", "local-retries-adag",
+                              "local-cluster-adag"])
 def test_a_killed_python_worker_is_retried_and_training_completes(trainer, master, killed_worker_runs):
     outs, stderr = killed_worker_runs(master)
     assert trainer in outs, stderr[-4000:]
@@ -91,9 +94,13 @@ def test_a_killed_python_worker_is_retried_and_training_completes(trainer, maste
     assert out["accuracy"] > BAR
 
 
+#: Epochs of the crashed run and its resumption (the crash comes once every worker is past epoch 2).
+CRASH_EPOCHS = 16
+
+
 def test_a_driver_crash_resumes_from_the_last_checkpoint(tmp_path):
     ckpt = str(tmp_path / "ckpt")
-    proc = subprocess.Popen([sys.executable, DRIVER, "--epochs", "40", "--checkpoint-dir", ckpt,
+    proc = subprocess.Popen([sys.executable, DRIVER, "--epochs", str(CRASH_EPOCHS), "--checkpoint-dir", ckpt,
                              "--checkpoint-every", "0.3"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         def progress() -> int:
@@ -120,11 +127,11 @@ def test_a_driver_crash_resumes_from_the_last_checkpoint(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    out = run_driver("--epochs", "40", "--checkpoint-dir", ckpt, "--resume")
+    out = run_driver("--epochs", str(CRASH_EPOCHS), "--checkpoint-dir", ckpt, "--resume")
     print(f"resumed from version {out['resumed']['version']} at epoch {out['resumed']['first_epoch']}: "
           f"trained epochs {out['epochs'][:1]}..{out['epochs'][-1:]}, accuracy {out['accuracy']:.3f}")
-    assert 2 <= out["resumed"]["first_epoch"] < 40 and out["resumed"]["version"] > 0
-    assert out["epochs"] == list(range(out["resumed"]["first_epoch"], 40))
+    assert 2 <= out["resumed"]["first_epoch"] < CRASH_EPOCHS and out["resumed"]["version"] > 0
+    assert out["epochs"] == list(range(out["resumed"]["first_epoch"], CRASH_EPOCHS))
     assert out["accuracy"] > BAR
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
@@ -225,30 +224,3 @@ def test_missing_column_is_named(digits_df):
     trainer = trainers.DOWNPOUR(mlp(), "adam", "sparse_categorical_crossentropy", label_col="target")
     with pytest.raises(ConfigError, match=r"columns \['target'\] are not in the DataFrame"):
         trainer.train(digits_df)
-
-
-def test_adag_on_local_cluster_with_separate_executor_jvms(tmp_path):
-    script = textwrap.dedent("""
-        import numpy as np, keras
-        from sklearn.datasets import load_digits
-        from zdk.driver.session import get_session
-        from zdk.trainers import ADAG
-        spark = get_session("local-cluster[2,1,1024]")
-        d = load_digits()
-        rows = [((x / 16.0).tolist(), int(y)) for x, y in zip(d.data[:1200], d.target[:1200])]
-        df = spark.createDataFrame(rows, "features array<double>, label long")
-        model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"),
-                                  keras.layers.Dense(10, activation="softmax")])
-        trainer = ADAG(model, keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy", num_workers=2,
-                       num_shards=2, num_epoch=10, communication_window=4, progress=False)
-        trained = trainer.train(df)
-        x = (d.data[1200:] / 16.0).astype("float32")
-        acc = float((trained.predict(x, verbose=0).argmax(1) == d.target[1200:]).mean())
-        print("RESULT", acc, sorted({r["worker"] for r in trainer.history}))
-        spark.stop()
-    """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=400)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT")]
-    assert result.returncode == 0 and lines, result.stderr[-3000:]
-    _, acc, workers = lines[0].split(" ", 2)
-    assert float(acc) > 0.85 and workers == "[0, 1]"
