@@ -27,7 +27,7 @@ Metrics = Sequence[Any] | None
 
 #: zdk's keyword-only options of every trainer (documented on :class:`Trainer`).
 COMMON = (Option("progress", "bool", True), Option("custom_modules", "Sequence[str]", ()), Option("seed", "int", 0),
-          Option("on_nan", "str", "raise"))
+          Option("on_nan", "str", "raise"), Option("cache_memory", "int | str | None", None))
 #: zdk's keyword-only options of the trainers with a parameter server.
 SERVER = (Option("num_shards", "int", 1), Option("parameter_server", "Sequence[str] | None", None),
           Option("ps_host", "str", "127.0.0.1"), Option("timeout", "float", 120.0),
@@ -95,6 +95,10 @@ class Trainer:
             step; ``"warn"`` logs it and trains on.
         overlap: exchange on a background thread while the worker trains (asynchronous
             algorithms; docs/algorithms.md says how each composes the steps taken meanwhile).
+        cache_memory: bytes (or a size such as ``"256m"``) of its partition a worker keeps in
+            memory after the first epoch; the rest is spilled to a file in Spark's local
+            directories and read back in shuffled blocks (default: half the memory Spark gives
+            a task's Python worker; docs/guide.md, "How much memory a worker holds").
         **algorithm_params: the algorithm's hyperparameters (``rho``, ``momentum``, ``eta``, a
             plugin's own); ``learning_rate`` goes to the algorithm when it has one, else to
             the worker optimizer.

@@ -23,6 +23,7 @@ import numpy as np
 from zdk.algorithms.sources import sources
 from zdk.driver import data, spark_job
 from zdk.driver.callbacks import EpochLoop
+from zdk.driver.memory import spark_cache_memory
 from zdk.driver.models import compiled_model, ship_weights
 from zdk.driver.plan import TrainingPlan
 from zdk.driver.progress import Listener, ShardProgress
@@ -99,7 +100,9 @@ def _train(plan: TrainingPlan, prepared: data.PreparedData, flat: np.ndarray, *,
             on_shards(tuple(start.endpoints))
         token.check()
         config = worker_config(plan, shuffle=shuffle, endpoints=start.endpoints, curve=start.curve,
-                               first_epoch=start.first_epoch, initial_file=start.initial_file)
+                               first_epoch=start.first_epoch, initial_file=start.initial_file,
+                               cache_memory=(plan.cache_memory if plan.cache_memory is not None
+                                             else spark_cache_memory(spark)))
         if start.curve is not None:
             _warn_clear_closures(spark)
         loop = epoch_loop(plan, watch, initial=flat, first_epoch=config.first_epoch, center=start.center,
@@ -142,14 +145,16 @@ def _warn_clear_closures(spark: Any) -> None:
 
 
 def worker_config(plan: TrainingPlan, *, shuffle: bool, endpoints: Sequence[str] = (), curve: Any = None,
-                  first_epoch: int = 0, initial_file: str | None = None) -> WorkerConfig:
-    """What every task of ``plan`` is told (shipped as JSON in the task closure)."""
+                  first_epoch: int = 0, initial_file: str | None = None,
+                  cache_memory: int | None = None) -> WorkerConfig:
+    """What every task of ``plan`` is told (shipped as JSON in the task closure); ``cache_memory``
+    is the plan's, or the default the driver derived from Spark's settings."""
     return WorkerConfig(
         spec=plan.model.to_json(), algorithm=plan.algorithm.name, params=plan.params.to_dict(),
         endpoints=tuple(endpoints), features=plan.features_col, labels=plan.label_col, batch_size=plan.batch_size,
         num_epoch=plan.num_epoch, exchange_per_epoch=plan.exchange_per_epoch, shuffle=shuffle, seed=plan.seed,
         learning_rate=plan.learning_rate, timeout=plan.server.timeout, prefetch=plan.max_prefetch,
-        algorithm_sources=tuple(sources(plan.algorithm)), curve=curve.client().to_dict() if curve else None,
+        cache_memory=cache_memory, algorithm_sources=tuple(sources(plan.algorithm)), curve=curve.client().to_dict() if curve else None,
         quorum=plan.num_tasks, first_epoch=first_epoch, initial_file=initial_file,
         reinitialize=plan.reinitialize, on_nan=plan.on_nan, overlap=plan.overlap,
     )

@@ -106,6 +106,9 @@ class TrainingPlan:
         learning_rate: overrides the worker optimizer's learning rate (None: the optimizer's own).
         seed: seeds the shuffles and fresh initial weights.
         max_prefetch: minibatches a worker prepares ahead.
+        cache_memory: bytes of its partition a worker keeps in memory between epochs, the rest
+            spilled to local disk (None: half of what Spark gives a task's Python worker,
+            :mod:`zdk.driver.memory`).
         overlap: exchange on a background thread while the worker trains (asynchronous algorithms).
         on_nan: ``"raise"`` stops at the first non-finite loss; ``"warn"`` logs it and trains on.
         result: :data:`CENTER`, :data:`MODEL` (the one worker's) or :data:`MODELS` (every worker's).
@@ -127,6 +130,7 @@ class TrainingPlan:
     learning_rate: float | None = None
     seed: int = 0
     max_prefetch: int = 8
+    cache_memory: int | None = None
     overlap: bool = False
     on_nan: str = "raise"
     result: str = CENTER
@@ -140,6 +144,10 @@ class TrainingPlan:
         for name in ("num_epoch", "batch_size", "num_workers", "parallelism_factor", "max_prefetch"):
             positive_int(getattr(self, name), name)
         _one_of(self.on_nan, "on_nan", ON_NAN)
+        if self.cache_memory is not None and (isinstance(self.cache_memory, bool) or not isinstance(
+                self.cache_memory, int) or self.cache_memory < 0):
+            raise ConfigError(f"`cache_memory` must be a number of bytes ≥ 0. Received: cache_memory="
+                              f"{self.cache_memory!r}", field="cache_memory")
         if not isinstance(self.params, self.algorithm.params):
             raise ConfigError(f"`params` must be a {self.algorithm.params.__name__} for {self.algorithm.name!r}. "
                               f"Received: {type(self.params).__name__}", field="params")

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from zdk import algorithms
 from zdk.algorithms.base import Algorithm, Params
+from zdk.driver.memory import parse_bytes
 from zdk.driver.plan import CENTER, MODEL, MODELS, ServerPlan, TrainingPlan, positive_int
 from zdk.errors import ConfigError
 from zdk.ps.checkpoint import CheckpointPolicy
@@ -120,7 +121,7 @@ def plan_training(keras_model: Any, *, algorithm: str | Algorithm, owner: str, w
                   custom_modules: Sequence[str] = (), features_col: str | Sequence[str] = "features",
                   label_col: str | Sequence[str] = "label", num_epoch: int = 1, batch_size: int = 32,
                   num_workers: int = 2, parallelism_factor: int = 1, seed: int = 0, max_prefetch: int = 8,
-                  on_nan: str = "raise", progress: bool = True, reinitialize: bool = False, result: str | None = None,
+                  cache_memory: int | str | None = None, on_nan: str = "raise", progress: bool = True, reinitialize: bool = False, result: str | None = None,
                   worker_learning_rate: float | None = None, algorithm_options: Mapping[str, Any] | None = None,
                   **ps_options: Any) -> TrainingPlan:
     """A validated plan from a trainer's arguments.
@@ -133,6 +134,7 @@ def plan_training(keras_model: Any, *, algorithm: str | Algorithm, owner: str, w
         algorithm_options: the algorithm's hyperparameters by name (a ``learning_rate`` it does not
             take goes to the worker optimizer).
         ps_options: ``communication_window``, ``overlap`` and the :func:`server_plan` options.
+        cache_memory: bytes, or a size such as ``"256m"`` (:func:`zdk.driver.memory.parse_bytes`).
         result: what ``train`` returns (default: the center with a PS, every worker's model without).
         The rest: as :class:`TrainingPlan`.
     """
@@ -153,6 +155,7 @@ def plan_training(keras_model: Any, *, algorithm: str | Algorithm, owner: str, w
         exchange_per_epoch=algo.synchronous and window is None,
         learning_rate=worker_learning_rate if worker_learning_rate is not None else routed_rate, seed=seed,
         max_prefetch=max_prefetch, overlap=overlap, on_nan=on_nan,
+        cache_memory=None if cache_memory is None else parse_bytes(cache_memory, "cache_memory"),
         result=result or (CENTER if algo.uses_ps else MODEL if algo.workers == 1 else MODELS), reinitialize=bool(reinitialize), progress=progress,
         server=server_plan(**ps_options),
     )

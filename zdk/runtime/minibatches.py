@@ -15,6 +15,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from zdk.errors import ConfigError
+from zdk.runtime.spill import RowStore
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +133,9 @@ class MinibatchStream:
     """Minibatches from a partition, prepared on a background thread with a bounded queue.
 
     The first epoch converts the Arrow batches as they stream in and keeps the numpy
-    arrays; later epochs reuse them (in a new random order when ``shuffle``).
+    arrays, up to ``cache_memory`` bytes in memory and the rest spilled to local disk
+    (:class:`~zdk.runtime.spill.RowStore`); later epochs reuse them (in a new random order
+    when ``shuffle``). Call :meth:`close` when done: it removes the spilled rows.
 
     Args:
         batches: the partition's Arrow record batches (consumed once).
@@ -142,12 +145,15 @@ class MinibatchStream:
         shuffle: permute rows each epoch after the first.
         seed: for the permutations.
         prefetch: minibatches the queue holds.
+        cache_memory: bytes of rows kept in memory between epochs (None: every row).
+        spill_dir: where rows beyond ``cache_memory`` go (default: Spark's local directory).
     """
 
     _END = object()
 
     def __init__(self, batches: Iterable, *, features: Sequence[str], labels: Sequence[str], batch_size: int,
-                 shuffle: bool = False, seed: int = 0, prefetch: int = 8) -> None:
+                 shuffle: bool = False, seed: int = 0, prefetch: int = 8, cache_memory: int | None = None,
+                 spill_dir: str | None = None) -> None:
         if batch_size < 1:
             raise ConfigError(f"`batch_size` must be ≥ 1. Received: batch_size={batch_size}", field="batch_size")
         self._source: Iterator | None = iter(batches)
@@ -156,8 +162,28 @@ class MinibatchStream:
         self.shuffle = shuffle
         self._rng = np.random.default_rng(seed)
         self.prefetch = prefetch
-        self._cache: Batch | None = None
+        self._store = RowStore(memory=cache_memory, directory=spill_dir)
+        self._cached = False
         self.rows = 0
+
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of rows held in memory between epochs."""
+        return self._store.resident_bytes
+
+    @property
+    def spilled_bytes(self) -> int:
+        """Bytes of rows spilled to local disk."""
+        return self._store.spilled_bytes
+
+    @property
+    def spill_path(self) -> str | None:
+        """The folder of the spilled rows (None when none were spilled)."""
+        return self._store.path
+
+    def close(self) -> None:
+        """Drops the kept rows and removes the spilled ones."""
+        self._store.close()
 
     def epoch(self) -> Iterator[Batch]:
         """The next epoch's minibatches."""
@@ -193,7 +219,7 @@ class MinibatchStream:
             return False
 
         try:
-            source = self._first_epoch() if self._cache is None else self._cached_epoch()
+            source = self._cached_epoch() if self._cached else self._first_epoch()
             for batch in source:
                 if not put(batch):
                     return
@@ -203,15 +229,12 @@ class MinibatchStream:
 
     def _first_epoch(self) -> Iterator[Batch]:
         assert self._source is not None
-        kept_x: list[list[np.ndarray]] = [[] for _ in self.features]
-        kept_y: list[list[np.ndarray]] = [[] for _ in self.labels]
         pending: Batch | None = None
         for record_batch in self._source:
             if record_batch.num_rows == 0:
                 continue
             xs, ys = record_batch_arrays(record_batch, self.features, self.labels)
-            for store, a in zip(kept_x + kept_y, xs + ys):
-                store.append(a)
+            self._store.add(xs + ys)
             self.rows += record_batch.num_rows
             if pending is not None:
                 xs = [np.concatenate([p, a]) for p, a in zip(pending[0], xs)]
@@ -226,17 +249,10 @@ class MinibatchStream:
         self._source = None
         if pending is not None:
             yield pending
-        self._cache = ([np.concatenate(c) if c else np.empty((0,), np.float32) for c in kept_x],
-                       [np.concatenate(c) if c else np.empty((0,), np.float32) for c in kept_y])
+        self._store.finish()
+        self._cached = True
 
     def _cached_epoch(self) -> Iterator[Batch]:
-        assert self._cache is not None
-        xs, ys = self._cache
-        n = len(xs[0]) if xs else 0
-        order = self._rng.permutation(n) if self.shuffle else None
-        for start in range(0, n, self.batch_size):
-            if order is None:
-                yield [a[start:start + self.batch_size] for a in xs], [a[start:start + self.batch_size] for a in ys]
-            else:
-                idx = order[start:start + self.batch_size]
-                yield [a[idx] for a in xs], [a[idx] for a in ys]
+        split = len(self.features)
+        for columns in self._store.epoch(self.batch_size, self._rng if self.shuffle else None):
+            yield columns[:split], columns[split:]

@@ -38,7 +38,8 @@ MAX_EPOCH_FIGURES = 14
 HISTORY_SCHEMA = (
     "kind string, worker int, attempt int, epoch int, step int, timestamp double, loss double, metrics string, "
     "staleness long, scale double, wait double, busy double, rows long, samples long, weights binary, "
-    "t_start double, t_ready double, t_first double, t_last double, reused boolean"
+    "t_start double, t_ready double, t_first double, t_last double, reused boolean, cached_bytes long, "
+    "spilled_bytes long, spill_path string"
 )
 
 
@@ -61,6 +62,8 @@ class WorkerConfig:
         learning_rate: overrides the worker optimizer's learning rate.
         timeout: seconds for every PS request.
         prefetch: minibatches prepared ahead.
+        cache_memory: bytes of the partition's rows kept in memory between epochs; the rest is
+            spilled to Spark's local directory (None: every row stays in memory).
         algorithm_sources: modules or files to import so a run-time-registered algorithm exists.
         curve: the client side of the job's CURVE keys (:class:`zdk.transports.curve.ClientKeys`: never the
             shards' secret) when shards require it.
@@ -90,6 +93,7 @@ class WorkerConfig:
     learning_rate: float | None = None
     timeout: float = 60.0
     prefetch: int = 8
+    cache_memory: int | None = None
     algorithm_sources: tuple[str, ...] = ()
     curve: dict[str, str] | None = None
     quorum: int | None = None
@@ -154,7 +158,15 @@ class WorkerRun:
         t_start = time.time() if t_start is None else t_start
         model, local = self._model(initial)
         stream = MinibatchStream(batches, features=cfg.features, labels=cfg.labels, batch_size=cfg.batch_size,
-                                 shuffle=cfg.shuffle, seed=cfg.seed + self.worker_id, prefetch=cfg.prefetch)
+                                 shuffle=cfg.shuffle, seed=cfg.seed + self.worker_id, prefetch=cfg.prefetch,
+                                 cache_memory=cfg.cache_memory)
+        try:
+            return self._train(model, local, stream, t_start)
+        finally:
+            stream.close()  # the spilled rows go with the task, whether it succeeded or not
+
+    def _train(self, model: Any, local: np.ndarray, stream: MinibatchStream, t_start: float) -> list[dict[str, Any]]:
+        cfg = self.config
         started = time.perf_counter()
         clocks: dict[str, float | None] = {"t_start": t_start, "t_first": None}
         with self._cadence(model, local) as cadence:
@@ -184,7 +196,8 @@ class WorkerRun:
         busy = time.perf_counter() - started
         summary = self._record("summary", cfg.num_epoch - 1, step, {})
         summary.update(wait=cadence.blocked, busy=busy, rows=stream.rows, samples=samples, t_last=time.time(),
-                       reused=self.reused, **clocks)
+                       reused=self.reused, cached_bytes=stream.cached_bytes, spilled_bytes=stream.spilled_bytes,
+                       spill_path=stream.spill_path, **clocks)
         if not self.algorithm.uses_ps:
             summary["weights"] = get_flat_weights(model, self.layout, local).tobytes()
         self.records.append(summary)
@@ -271,7 +284,8 @@ class WorkerRun:
         return {"kind": kind, "worker": self.worker_id, "attempt": self.attempt, "epoch": epoch, "step": step,
                 "timestamp": time.time(), "loss": loss, "metrics": json.dumps(values), "staleness": None,
                 "scale": None, "wait": None, "busy": None, "rows": None, "samples": None, "weights": None,
-                "t_start": None, "t_ready": None, "t_first": None, "t_last": None, "reused": None}
+                "t_start": None, "t_ready": None, "t_first": None, "t_last": None, "reused": None,
+                "cached_bytes": None, "spilled_bytes": None, "spill_path": None}
 
 
 class _Cadence:
