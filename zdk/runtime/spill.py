@@ -4,7 +4,7 @@ The first epoch streams the partition and adds each record batch's arrays here, 
 stay in memory until they would take more than ``memory`` bytes; from then on every row is
 appended to one file per column in a fresh folder under Spark's local directories
 (``SPARK_LOCAL_DIRS``, which Spark gives its Python workers and deletes with the application),
-memory-mapped once the first epoch is done. The folder is removed by :meth:`RowStore.close`
+read back with plain reads in later epochs. The folder is removed by :meth:`RowStore.close`
 (the worker calls it when its task ends, also on failure), or when the store is collected.
 
 Later epochs read the rows as blocks of about ``BLOCK_BYTES`` (a whole number of minibatches).
@@ -66,7 +66,7 @@ class RowStore:
         self._files: list[BinaryIO] = []
         self._shapes: list[tuple[int, ...]] = []
         self._in_memory: Columns = []
-        self._spilled: Columns = []
+        self._readers: list[BinaryIO] = []
         self._cleanup: weakref.finalize | None = None
 
     @property
@@ -112,11 +112,11 @@ class RowStore:
         self._in_memory = [np.concatenate(c) if c else np.empty((0, *s), np.float32)
                            for c, s in zip(self._chunks, self._shapes)]
         self._chunks = []
-        spilled_rows = self.rows - self._memory_rows
-        for fh, shape in zip(self._files, self._shapes):
+        for fh in self._files:
             fh.close()
-            self._spilled.append(np.memmap(fh.name, dtype=np.float32, mode="r", shape=(spilled_rows, *shape))
-                                 if spilled_rows else np.empty((0, *shape), np.float32))
+        # Read back with plain reads, not a memory map: mapped pages would count in the worker's
+        # RSS, which is what cluster managers watch and kill containers for.
+        self._readers = [open(fh.name, "rb") for fh in self._files]
         self._files = []
 
     def epoch(self, batch_size: int, rng: np.random.Generator | None) -> Iterator[Columns]:
@@ -163,23 +163,27 @@ class RowStore:
             yield carry
 
     def _rows(self, start: int, stop: int) -> Columns:
-        """Rows [start, stop) of every column, copied from memory and the spilled files."""
+        """Rows [start, stop) of every column: views of the in-memory rows, reads of the spilled ones."""
         split = self._memory_rows
         out = []
-        for memory, spilled in zip(self._in_memory, self._spilled):
+        for k, (memory, shape) in enumerate(zip(self._in_memory, self._shapes)):
             parts = []
             if start < split:
                 parts.append(memory[start:min(stop, split)])
             if stop > split:
-                parts.append(np.asarray(spilled[max(start, split) - split:stop - split]))
-            out.append(parts[0].copy() if len(parts) == 1 else np.concatenate(parts))
+                first, rows = max(start, split) - split, stop - max(start, split)
+                per_row = int(np.prod(shape, dtype=np.int64))
+                reader = self._readers[k]
+                reader.seek(first * per_row * 4)
+                parts.append(np.fromfile(reader, dtype=np.float32, count=rows * per_row).reshape((rows, *shape)))
+            out.append(parts[0] if len(parts) == 1 else np.concatenate(parts))  # the window copies them
         return out
 
     def close(self) -> None:
         """Drops the rows and removes the spill folder."""
-        for fh in self._files:
+        for fh in self._files + self._readers:
             fh.close()
-        self._files, self._spilled, self._in_memory, self._chunks = [], [], [], []
+        self._files, self._readers, self._in_memory, self._chunks = [], [], [], []
         if self._cleanup is not None:
             self._cleanup()
 
