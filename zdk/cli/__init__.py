@@ -2,9 +2,9 @@
 
     zdk ps --shards 2 --bind tcp://127.0.0.1:5000 --size 1000000 --algorithm adag    (zdk.cli.ps)
     zdk ps status|stop|checkpoint ENDPOINT...
-    zdk algorithms                                                                  (zdk.cli.algorithms)
+    zdk algorithms, zdk algorithms check NAME                                       (zdk.cli.algorithms)
     zdk serve --state-dir DIR ..., zdk serve token create|revoke|list               (zdk.cli.serve)
-    zdk job submit|list|status|cancel|fetch ...                                     (zdk.cli.job)
+    zdk job submit|list|status|cancel|fetch|delete ...                                     (zdk.cli.job)
 
 Each module adds its subcommand with ``add_parser(commands)`` and does its work in the
 library it drives; tables go through :func:`zdk.cli.table.print_table`.
