@@ -291,7 +291,7 @@ def test_a_request_of_another_version_is_refused_in_its_own_version_so_an_old_cl
     header = msgpack.unpackb(out.header)
     assert header["v"] == 1 and header["op"] == "error" and header["rid"] == 31
     assert header["code"] == "bad_version" and header["request_op"] == "commit"
-    assert ("this shard speaks zdk wire protocol 2, the client v=1: run the same zdk version on the driver, "
+    assert ("this shard speaks zdk wire protocol 3, the client v=1: run the same zdk version on the driver, "
             "the workers and the shards") in header["message"]
     np.testing.assert_array_equal(core.center, before)
     assert core.version == 0
@@ -312,7 +312,7 @@ def test_a_reply_of_another_version_is_refused_with_what_to_do():
         decode_reply(old)
     assert info.value.code == "bad_version"
     assert info.value.message.startswith(
-        "`v` must be 2: this client speaks zdk wire protocol 2, the shard replied with v=1: run the same zdk "
+        "`v` must be 3: this client speaks zdk wire protocol 3, the shard replied with v=1: run the same zdk "
         "version on the driver, the workers and the shards")
     assert "(the shard's error: `v` must be 1. Received: v=2)" in info.value.message
-    assert PROTOCOL_VERSION == 2
+    assert PROTOCOL_VERSION == 3

@@ -41,7 +41,7 @@ def test_header_is_plain_msgpack_with_64_bit_sizes():
 
 @pytest.mark.parametrize("header,lens,code,text", [
     ({"v": PROTOCOL_VERSION, "op": "pull", "rid": 1}, [], "bad_header", "`shard` is required"),
-    ({"v": 1, "op": "pull", "rid": 1, "shard": 0}, [], "bad_version", "this shard speaks zdk wire protocol 2, the client v=1"),
+    ({"v": 1, "op": "pull", "rid": 1, "shard": 0}, [], "bad_version", "this shard speaks zdk wire protocol 3, the client v=1"),
     ({"v": PROTOCOL_VERSION, "op": "steal", "rid": 1, "shard": 0}, [], "unknown_op", "op='steal'"),
     ({"v": PROTOCOL_VERSION, "op": "pull", "rid": -1, "shard": 0}, [], "bad_header", "rid=-1"),
     ({"v": PROTOCOL_VERSION, "op": "pull", "rid": True, "shard": 0}, [], "bad_header", "rid=True"),

@@ -120,7 +120,7 @@ def test_an_old_client_reads_why_a_shard_refuses_it(shards, raw_dealer):
     sock.send(msgpack.packb({"v": 1, "op": "hello", "rid": 12, "shard": 0, "worker": 0, "session": 1}))
     header = msgpack.unpackb(sock.recv())
     assert (header["v"], header["op"], header["rid"], header["code"]) == (1, "error", 12, "bad_version")
-    assert "this shard speaks zdk wire protocol 2, the client v=1: run the same zdk version" in header["message"]
+    assert "this shard speaks zdk wire protocol 3, the client v=1: run the same zdk version" in header["message"]
 
 
 def test_the_client_refuses_a_shard_of_another_version_naming_it():
@@ -149,6 +149,6 @@ def test_the_client_refuses_a_shard_of_another_version_naming_it():
         thread.join(timeout=15)
         router.close(linger=0)
     assert info.value.code == "bad_version"
-    assert info.value.message.startswith(f"{endpoint}: `v` must be 2: this client speaks zdk wire protocol 2, the "
+    assert info.value.message.startswith(f"{endpoint}: `v` must be 3: this client speaks zdk wire protocol 3, the "
                                          f"shard replied with v=1: run the same zdk version")
-    assert "the shard's error: `v` must be 1. Received: v=2" in info.value.message
+    assert f"the shard's error: `v` must be 1. Received: v={PROTOCOL_VERSION}" in info.value.message

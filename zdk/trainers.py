@@ -33,7 +33,8 @@ SERVER = (Option("num_shards", "int", 1), Option("parameter_server", "Sequence[s
           Option("ps_host", "str", "127.0.0.1"), Option("timeout", "float", 120.0),
           Option("parallelism_factor", "int", 1), Option("security", "str", "auto"),
           Option("curve_keys", "CurveKeys | None", None), Option("checkpoint_dir", "str | None", None),
-          Option("checkpoint_every", "float | None", None), Option("overlap", "bool", False))
+          Option("checkpoint_every", "float | None", None), Option("overlap", "bool", False),
+          Option("codec", "str | None", None), Option("codec_args", "Mapping[str, Any] | None", None))
 
 
 def _record(trainer: Any, given: dict[str, Any], complete: dict[str, Any]) -> None:
@@ -95,6 +96,11 @@ class Trainer:
             step; ``"warn"`` logs it and trains on.
         overlap: exchange on a background thread while the worker trains (asynchronous
             algorithms; docs/algorithms.md says how each composes the steps taken meanwhile).
+        codec: encode every commit with a registered codec (``"fp16"``, ``"bf16"``, ``"int8"``,
+            ``"topk"`` or a plugin's) to send fewer bytes (asynchronous algorithms; docs/algorithms.md,
+            "Compressed commits").
+        codec_args: the codec's arguments, e.g. ``{"ratio": 0.01}`` for ``topk``; every codec takes
+            ``error_feedback`` (``topk``: on by default).
         cache_memory: bytes (or a size such as ``"256m"``) of its partition a worker keeps in
             memory after the first epoch; the rest is spilled to a file in Spark's local
             directories and read back in shuffled blocks (default: half the memory Spark gives

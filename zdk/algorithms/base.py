@@ -230,6 +230,8 @@ class Algorithm:
             as ``"sgd"``, or the map ``keras.optimizers.serialize`` returns); raises
             :class:`~zdk.errors.ConfigError` for one it cannot work with. None: the user's
             optimizer as it is. EAMSGD: SGD with Nesterov momentum δ.
+        codec: the registered commit codec (``zdk.algorithms.codecs``) its workers encode commits
+            with unless the job names another; None: raw float32.
         doc: one paragraph with the math, shown by ``zdk algorithms``.
     """
 
@@ -249,13 +251,14 @@ class Algorithm:
     pull_timeout: PullTimeout | None = None
     describe_wait: WaitDescription | None = None
     local_optimizer: LocalOptimizer | None = None
+    codec: str | None = None
     doc: str = ""
 
     #: Attributes a class-style definition may set; see ``registry.register``.
     FIELDS: ClassVar[tuple[str, ...]] = (
         "params", "server_update", "worker_delta", "worker_reset", "pull_before_commit",
         "synchronous", "keeps_pulled", "uses_ps", "workers", "additive", "on_leave", "on_reregister",
-        "pull_timeout", "describe_wait", "local_optimizer",
+        "pull_timeout", "describe_wait", "local_optimizer", "codec",
     )
 
     def __post_init__(self) -> None:
@@ -276,6 +279,8 @@ class Algorithm:
         if self.uses_ps:
             for attr in ("server_update", "worker_delta", "worker_reset"):
                 check(callable(getattr(self, attr)), attr, getattr(self, attr), "callable when uses_ps=True")
+        check(self.codec is None or (isinstance(self.codec, str) and self.codec != ""), "codec", self.codec,
+              "a codec name or None")
         for hook in ("on_leave", "on_reregister", "pull_timeout", "describe_wait", "local_optimizer"):
             value = getattr(self, hook)
             check(value is None or callable(value), hook, value, "callable or None")

@@ -18,6 +18,7 @@ import threading
 from typing import Iterable
 
 from zdk.algorithms.base import Algorithm
+from zdk.algorithms.codecs import Codec, get_codec
 from zdk.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -25,18 +26,29 @@ logger = logging.getLogger(__name__)
 _lock = threading.Lock()
 
 
-def sources(algorithm: Algorithm) -> list[str]:
-    """Module names or ``.py`` paths that define ``algorithm``'s functions, zdk's own excluded."""
+def sources(algorithm: Algorithm, codec: str | Codec | None = None) -> list[str]:
+    """Module names or ``.py`` paths that define ``algorithm``'s functions and ``codec``'s (the
+    algorithm's own codec when None), zdk's own excluded."""
+    functions = [algorithm.server_update, algorithm.worker_delta, algorithm.worker_reset, algorithm.on_leave,
+                 algorithm.on_reregister]
+    chosen = codec if codec is not None else algorithm.codec
+    found = _modules(functions, f"algorithm {algorithm.name!r}")
+    if chosen is not None:
+        resolved = get_codec(chosen)
+        found += [m for m in _modules([resolved.encode, resolved.decode], f"codec {resolved.name!r}") if m not in found]
+    return found
+
+
+def _modules(functions: Iterable[object], what: str) -> list[str]:
     found: list[str] = []
-    for fn in (algorithm.server_update, algorithm.worker_delta, algorithm.worker_reset, algorithm.on_leave,
-               algorithm.on_reregister):
+    for fn in functions:
         module = getattr(fn, "__module__", None)
         if module is None or module == "zdk" or module.startswith("zdk."):
             continue
         if module == "__main__":
             path = getattr(sys.modules["__main__"], "__file__", None)
             if path is None:
-                raise ConfigError(f"algorithm {algorithm.name!r} is defined in an interactive session; define it "
+                raise ConfigError(f"{what} is defined in an interactive session; define it "
                                   "in a module or script so shard processes and executors can import it")
             module = os.path.abspath(path)
         if module not in found:

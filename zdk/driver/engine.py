@@ -154,9 +154,10 @@ def worker_config(plan: TrainingPlan, *, shuffle: bool, endpoints: Sequence[str]
         endpoints=tuple(endpoints), features=plan.features_col, labels=plan.label_col, batch_size=plan.batch_size,
         num_epoch=plan.num_epoch, exchange_per_epoch=plan.exchange_per_epoch, shuffle=shuffle, seed=plan.seed,
         learning_rate=plan.learning_rate, timeout=plan.server.timeout, prefetch=plan.max_prefetch,
-        cache_memory=cache_memory, algorithm_sources=tuple(sources(plan.algorithm)), curve=curve.client().to_dict() if curve else None,
+        cache_memory=cache_memory, algorithm_sources=tuple(sources(plan.algorithm, plan.codec)), curve=curve.client().to_dict() if curve else None,
         quorum=plan.num_tasks, first_epoch=first_epoch, initial_file=initial_file,
-        reinitialize=plan.reinitialize, on_nan=plan.on_nan, overlap=plan.overlap,
+        reinitialize=plan.reinitialize, on_nan=plan.on_nan, overlap=plan.overlap, codec=plan.codec,
+        codec_args=dict(plan.codec_args) or None,
     )
 
 

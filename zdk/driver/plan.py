@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
+from zdk.algorithms import codecs
 from zdk.algorithms.base import Algorithm, Params
-from zdk.errors import ConfigError
+from zdk.errors import AlgorithmNotFound, ConfigError
 from zdk.ps.checkpoint import CheckpointPolicy
 from zdk.runtime.models import ModelSpec
 from zdk.transports.curve import CurveKeys
@@ -110,6 +111,9 @@ class TrainingPlan:
             spilled to local disk (None: half of what Spark gives a task's Python worker,
             :mod:`zdk.driver.memory`).
         overlap: exchange on a background thread while the worker trains (asynchronous algorithms).
+        codec: the commit codec (:mod:`zdk.algorithms.codecs`) the workers encode commits with;
+            None: the algorithm's own, or raw float32.
+        codec_args: the codec's arguments, validated (``{"ratio": 0.01, "error_feedback": True}``).
         on_nan: ``"raise"`` stops at the first non-finite loss; ``"warn"`` logs it and trains on.
         result: :data:`CENTER`, :data:`MODEL` (the one worker's) or :data:`MODELS` (every worker's).
         reinitialize: workers draw fresh initial weights (seed + worker id) instead of the given ones.
@@ -132,6 +136,8 @@ class TrainingPlan:
     max_prefetch: int = 8
     cache_memory: int | None = None
     overlap: bool = False
+    codec: str | None = None
+    codec_args: Mapping[str, Any] = field(default_factory=dict)
     on_nan: str = "raise"
     result: str = CENTER
     reinitialize: bool = False
@@ -157,7 +163,25 @@ class TrainingPlan:
         if self.overlap and self.algorithm.synchronous:
             raise ConfigError(f"`overlap` must be False for the synchronous algorithm {self.algorithm.name!r}: its "
                               f"rounds need every worker at the same point. Received: overlap=True", field="overlap")
+        self._check_codec()
         self._check_result()
+
+    def _check_codec(self) -> None:
+        name = self.codec if self.codec is not None else self.algorithm.codec
+        if name is None:
+            if self.codec_args:
+                raise ConfigError(f"`codec_args` needs a `codec`. Received: codec_args={dict(self.codec_args)!r}",
+                                  field="codec_args")
+            return
+        try:
+            codec = codecs.get_codec(name)
+        except AlgorithmNotFound as exc:
+            raise ConfigError(f"`codec` must be a registered codec. {exc}", field="codec") from None
+        if not self.algorithm.uses_ps or self.algorithm.synchronous:
+            kind = "synchronous" if self.algorithm.uses_ps else "without a parameter server"
+            raise ConfigError(f"`codec` needs an asynchronous algorithm with a parameter server; "
+                              f"{self.algorithm.name!r} is {kind}. Received: codec={name!r}", field="codec")
+        object.__setattr__(self, "codec_args", codec.make_args(self.codec_args).to_dict())
 
     def _check_result(self) -> None:
         expected = (CENTER,) if self.algorithm.uses_ps else (MODEL, MODELS)

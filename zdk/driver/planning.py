@@ -30,7 +30,8 @@ CHECKPOINT_EVERY = 30.0
 #: Options that only matter with a parameter server, and their neutral values.
 _PS_OPTIONS: dict[str, Any] = {"communication_window": None, "master_port": None, "parameter_server": None,
                                "checkpoint_dir": None, "checkpoint_every": None, "curve_keys": None, "num_shards": 1,
-                               "security": "auto", "ps_host": "127.0.0.1", "overlap": False, "timeout": 120.0}
+                               "security": "auto", "ps_host": "127.0.0.1", "overlap": False, "timeout": 120.0,
+                               "codec": None, "codec_args": None}
 
 
 def algorithm_of(owner: str, fixed: str | None, given: str | Algorithm | None) -> str | Algorithm:
@@ -148,13 +149,14 @@ def plan_training(keras_model: Any, *, algorithm: str | Algorithm, owner: str, w
     spec = model_spec(keras_model, algorithm=algo, params=params, worker_optimizer=worker_optimizer, loss=loss,
                       metrics=metrics, loss_weights=loss_weights, custom_modules=custom_modules)
     overlap = bool(ps_options.pop("overlap", False))
+    codec, codec_args = ps_options.pop("codec", None), ps_options.pop("codec_args", None)
     return TrainingPlan(
         model=spec, algorithm=algo, params=params, features_col=columns(features_col, "features_col"),
         label_col=columns(label_col, "label_col"), num_epoch=num_epoch, batch_size=batch_size,
         num_workers=num_workers, parallelism_factor=parallelism_factor,
         exchange_per_epoch=algo.synchronous and window is None,
         learning_rate=worker_learning_rate if worker_learning_rate is not None else routed_rate, seed=seed,
-        max_prefetch=max_prefetch, overlap=overlap, on_nan=on_nan,
+        max_prefetch=max_prefetch, overlap=overlap, on_nan=on_nan, codec=codec, codec_args=dict(codec_args or {}),
         cache_memory=None if cache_memory is None else parse_bytes(cache_memory, "cache_memory"),
         result=result or (CENTER if algo.uses_ps else MODEL if algo.workers == 1 else MODELS), reinitialize=bool(reinitialize), progress=progress,
         server=server_plan(**ps_options),

@@ -134,7 +134,7 @@ class PSSession:
                                    bind=f"tcp://{self.server.host}:{self.server.port}",
                                    algorithm=self.plan.algorithm.name, params=params,
                                    initial=None if self.resume else self.initial, curve=self.curve,
-                                   checkpoint_dir=cp.directory, checkpoint_every=cp.every)
+                                   checkpoint_dir=cp.directory, checkpoint_every=cp.every, codec=self.plan.codec)
         self.endpoints = list(self._group.endpoints)
 
     def _attach(self) -> None:

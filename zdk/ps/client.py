@@ -22,7 +22,7 @@ from zdk.ps.allocator import tune_allocator
 from zdk.ps.layout import DTYPE, ShardPlan
 from zdk.ps.protocol import (
     DEFAULT_CHUNK_BYTES, DEFAULT_MAX_FRAME_BYTES, ERROR, U32_MAX, U64_MAX, WIRE_DTYPE, Control, Reply, Request,
-    as_frames, check_epoch_end, check_epochs_from, check_report, decode_reply,
+    array_frames, as_frames, check_epoch_end, check_epochs_from, check_report, decode_reply,
 )
 from zdk.transports.base import ClientConnector, ClientTransport
 from zdk.transports.curve import ClientKeys, CurveKeys
@@ -236,12 +236,42 @@ class PSClient:
                               f"Received: dtype={delta.dtype}, shape={delta.shape}", field="delta")
         delta = np.ascontiguousarray(delta)
         assert self.plan is not None
+        return self._commit([(None, as_frames(part, self.chunk_bytes)) for part in self.plan.slices(delta)], report)
+
+    def commit_encoded(self, codec: str, parts: Sequence[Sequence[np.ndarray]], *,
+                       report: Mapping[str, float] | None = None) -> CommitReceipt:
+        """Sends each shard its slice of the payload as ``codec`` encoded it: ``parts[k]`` holds the
+        arrays of shard k's slice, which go as data frames with their dtypes (protocol `codec` and
+        `arrays`). The shards decode them before the server update.
+
+        Args:
+            codec: the registered codec's name.
+            parts: one tuple of arrays per shard, in shard order.
+            report: as for :meth:`commit`.
+        """
+        self._require_info()
+        if len(parts) != len(self._links):
+            raise ConfigError(f"`parts` must hold one encoding per shard ({len(self._links)}). "
+                              f"Received: {len(parts)}", field="parts")
+        encoded = []
+        for arrays in parts:
+            frames = [array_frames(np.ascontiguousarray(a), self.chunk_bytes) for a in arrays]
+            layout = tuple((a.dtype.str, len(f)) for a, f in zip(arrays, frames))
+            encoded.append(((codec, layout), [frame for group in frames for frame in group]))
+        return self._commit(encoded, report)
+
+    def _commit(self, parts: Sequence[tuple[tuple[str, tuple[tuple[str, int], ...]] | None, Sequence[Any]]],
+                report: Mapping[str, float] | None) -> CommitReceipt:
+        args = {"report": _numbers(report, "report")} if report else {}
         requests = []
-        for k, part in enumerate(self.plan.slices(delta)):
-            frames = as_frames(part, self.chunk_bytes)
-            requests.append((self._request("commit", k, base=self._versions[k], dtype=WIRE_DTYPE,
-                                           lens=tuple(f.nbytes for f in frames),
-                                           args={"report": _numbers(report, "report")} if report else {}), frames))
+        for k, (encoding, frames) in enumerate(parts):
+            lens = tuple(f.nbytes for f in frames)
+            if encoding is None:
+                request = self._request("commit", k, base=self._versions[k], dtype=WIRE_DTYPE, lens=lens, args=args)
+            else:
+                request = self._request("commit", k, base=self._versions[k], codec=encoding[0], arrays=encoding[1],
+                                        lens=lens, args=args)
+            requests.append((request, frames))
         replies = self._roundtrip("commit", requests)
         infos = [r.fields.get("info", {}) for r in replies]
         keys = set().union(*infos) if infos else set()

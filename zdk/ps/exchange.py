@@ -16,7 +16,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from zdk import algorithms
+from zdk.algorithms import codecs
 from zdk.algorithms.base import Algorithm, Params, WorkerWindow
+from zdk.algorithms.codecs import Codec, CodecArgs
 from zdk.ps.client import CommitReceipt, PSClient
 from zdk.errors import ConfigError, ShardRestarted
 
@@ -35,10 +37,16 @@ class Exchange:
         local: θ, the worker's flat weights; updated in place by every exchange.
         algorithm: overrides the algorithm the shards announce (they must agree).
         params: overrides the announced hyperparameters on the worker side.
+        codec: encodes every commit (a registered name or a Codec); None: the algorithm's own
+            ``codec``, and without one raw float32. With the codec's ``error_feedback`` the part of
+            a payload the encoding lost, e = P − decode(encode(P)), is added to the next payload
+            P = Δ + e; e survives a re-sync (only an applied commit changes it).
+        codec_args: the codec's arguments (``{"ratio": 0.01}`` for ``topk``).
     """
 
     def __init__(self, client: PSClient, local: np.ndarray, *, algorithm: str | Algorithm | None = None,
-                 params: Params | None = None) -> None:
+                 params: Params | None = None, codec: str | Codec | None = None,
+                 codec_args: Mapping[str, Any] | CodecArgs | None = None) -> None:
         info = client.info or client.hello()
         self.algorithm = algorithms.get(algorithm if algorithm is not None else info.algorithm)
         if self.algorithm.name != info.algorithm:
@@ -48,13 +56,24 @@ class Exchange:
         if local.dtype != np.float32 or local.shape != (info.total_size,) or not local.flags.c_contiguous:
             raise ConfigError(f"`local` must be a C-contiguous float32 vector of size {info.total_size}. "
                               f"Received: dtype={local.dtype}, shape={local.shape}", field="local")
+        chosen = codec if codec is not None else self.algorithm.codec
+        if chosen is None and codec_args:
+            raise ConfigError(f"`codec_args` needs a `codec`. Received: codec_args={codec_args!r}",
+                              field="codec_args")
+        self.codec: Codec | None = None if chosen is None else codecs.get_codec(chosen)
+        self.codec_args: CodecArgs | None = None if self.codec is None else self.codec.make_args(codec_args)
+        if self.codec is not None and self.algorithm.synchronous:
+            raise ConfigError(f"`codec` needs an asynchronous algorithm: {self.algorithm.name!r} commits whole models "
+                              f"in rounds. Received: codec={self.codec.name!r}", field="codec")
         self.client = client
         self.local = local
         self.center = np.empty_like(local)
         self.pulled = np.empty_like(local)
         self.state: dict[str, Any] = {}
         self.exchanges = 0
+        self.commit_bytes = 0
         self.resyncs = 0
+        self._residual: np.ndarray | None = None
         self.blocked_seconds = 0.0
         self._pool: ThreadPoolExecutor | None = None
         self._future: Future[CommitReceipt] | None = None
@@ -196,7 +215,7 @@ class Exchange:
         bases = self.client.versions
         assert algo.worker_delta is not None and algo.worker_reset is not None
         win.delta = np.ascontiguousarray(algo.worker_delta(win, self.params), dtype=np.float32)
-        receipt = self.client.commit(win.delta, report=report)
+        receipt = self._commit(win.delta, report)
         if algo.synchronous:
             self.client.pull(self.center, min_version=[b + 1 for b in bases], wait=self._round_wait())
         elif not algo.pull_before_commit:
@@ -205,6 +224,34 @@ class Exchange:
         np.copyto(self.pulled, self.center)
         self.exchanges += 1
         return receipt
+
+    def _commit(self, delta: np.ndarray, report: dict[str, float] | None) -> CommitReceipt:
+        """Commits ``delta``, encoded with the codec when there is one: P = Δ (+ e with error
+        feedback), each shard's slice encoded, and e ← P − decode(encode(P)) once it is applied."""
+        if self.codec is None:
+            receipt = self.client.commit(delta, report=report)
+            self.commit_bytes += delta.nbytes
+            return receipt
+        assert self.codec_args is not None and self.client.plan is not None
+        feedback = self.codec_args.error_feedback
+        if feedback and self._residual is None:
+            self._residual = np.zeros_like(delta)
+        payload = delta + self._residual if feedback and self._residual is not None else delta
+        slices = self.client.plan.slices(payload)
+        parts = [tuple(self.codec.encode(part, self.codec_args)) for part in slices]
+        receipt = self.client.commit_encoded(self.codec.name, parts, report=report)
+        self.commit_bytes += sum(a.nbytes for arrays in parts for a in arrays)
+        if feedback and self._residual is not None:
+            sent = np.empty_like(payload)
+            for arrays, target in zip(parts, self.client.plan.slices(sent)):
+                self.codec.decode(arrays, target)
+            np.subtract(payload, sent, out=self._residual)
+        return receipt
+
+    @property
+    def residual(self) -> np.ndarray | None:
+        """e, what error feedback has yet to send (None without it)."""
+        return self._residual
 
     def _round_wait(self) -> float:
         limit = self.algorithm.pull_wait(self.params)

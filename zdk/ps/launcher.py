@@ -147,7 +147,8 @@ def start_shards(*, num_shards: int = 1, total_size: int, bind: str = "tcp://127
                  checkpoint_every: float | None = None,
                  max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                  idle_timeout: float | None = None, startup_timeout: float = 30.0, log_level: str = "WARNING",
-                 env: Mapping[str, str] | None = None, curve: CurveKeys | None = None) -> ShardGroup:
+                 env: Mapping[str, str] | None = None, curve: CurveKeys | None = None,
+                 codec: str | None = None) -> ShardGroup:
     """Starts ``num_shards`` shard processes and waits until each has bound its endpoint.
 
     Args:
@@ -164,6 +165,8 @@ def start_shards(*, num_shards: int = 1, total_size: int, bind: str = "tcp://127
         log_level: the shards' stderr logging level.
         env: the shards' environment (default: this process's).
         curve: require CURVE with these keys (secrets go through the environment, not argv).
+        codec: the commit codec workers will use; a plugin's module is imported by the shards
+            (built-in and installed plugins' codecs need nothing).
 
     Raises:
         LaunchError: when a shard fails to start; already started ones are stopped first.
@@ -198,7 +201,7 @@ def start_shards(*, num_shards: int = 1, total_size: int, bind: str = "tcp://127
                 cmd += ["--checkpoint-every", str(checkpoints.every)]
             if idle_timeout is not None:
                 cmd += ["--idle-timeout", str(idle_timeout)]
-            for source in sources(algo):
+            for source in sources(algo, codec):
                 cmd += ["--import", source]
             group.commands.append(cmd)
             processes.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=child_env,

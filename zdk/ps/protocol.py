@@ -18,8 +18,9 @@ import numpy as np
 from zdk.errors import ConfigError, ProtocolError
 
 #: Version 2 added the `report` and `control` ops, `args.epochs_from` of `stats`, and the
-#: `control` and `control_version` fields of replies.
-PROTOCOL_VERSION = 2
+#: `control` and `control_version` fields of replies. Version 3 added compressed commits: the
+#: `codec` and `arrays` fields of a `commit`.
+PROTOCOL_VERSION = 3
 U64_MAX = 2**64 - 1
 U32_MAX = 2**32 - 1
 
@@ -46,6 +47,9 @@ ROLES = ("worker", "observer")
 DATA_OPS = frozenset({"commit", "init"})
 ERROR = "error"
 WIRE_DTYPE = "<f4"
+#: Dtypes the arrays of an encoded commit may have (``zdk.algorithms.codecs.WIRE_DTYPES``).
+CODEC_DTYPES = ("<f4", "<f2", "<u2", "|i1", "|u1", "<u4", "<i4")
+MAX_CODEC_ARRAYS = 16
 
 DEFAULT_CHUNK_BYTES = 1 << 20
 DEFAULT_MAX_FRAME_BYTES = 64 << 20
@@ -61,7 +65,7 @@ _SAME_ZDK = "run the same zdk version on the driver, the workers and the shards"
 # Optional request fields: name -> (type check, description for errors).
 _REQUEST_KEYS = frozenset(
     {"v", "op", "rid", "shard", "worker", "session", "base", "dtype", "lens", "gen", "min_version", "wait", "attempt",
-     "args"}
+     "args", "codec", "arrays"}
 )
 
 
@@ -85,6 +89,9 @@ class Request:
         wait: ``pull`` only: seconds to wait for ``min_version`` before an error.
         attempt: the sender's Spark task attempt number.
         args: op-specific extras (a msgpack map with string keys).
+        codec: `commit` only: the registered codec its payload is encoded with (then ``dtype`` is
+            None); None: raw ``"<f4"``.
+        arrays: with ``codec``: each encoded array's dtype and number of data frames, in frame order.
     """
 
     op: str
@@ -100,6 +107,8 @@ class Request:
     wait: float | None = None
     attempt: int = 0
     args: Mapping[str, Any] = field(default_factory=dict)
+    codec: str | None = None
+    arrays: tuple[tuple[str, int], ...] = ()
 
     def encode(self) -> bytes:
         header: dict[str, Any] = {"v": PROTOCOL_VERSION, "op": self.op, "rid": self.rid, "shard": self.shard}
@@ -113,6 +122,9 @@ class Request:
             header["lens"] = list(self.lens)
         if self.args:
             header["args"] = dict(self.args)
+        if self.codec is not None:
+            header["codec"] = self.codec
+            header["arrays"] = [[dtype, frames] for dtype, frames in self.arrays]
         return msgpack.packb(header, use_bin_type=True)
 
 
@@ -243,7 +255,10 @@ def decode_request(raw: bytes | memoryview, frame_lengths: Sequence[int], *, max
                 "frame_too_large", f"data frame {i} must be ≤ {max_frame_bytes} bytes. Received: {got} bytes"
             )
     dtype = header.get("dtype")
-    if lens or dtype is not None:
+    codec, arrays = header.get("codec"), header.get("arrays")
+    if codec is not None or arrays is not None:
+        arrays = _check_encoding(op, codec, arrays, dtype, lens)
+    elif lens or dtype is not None:
         if dtype != WIRE_DTYPE:
             raise ProtocolError("bad_dtype", f"`dtype` must be {WIRE_DTYPE!r}. Received: dtype={dtype!r}")
         itemsize = np.dtype(WIRE_DTYPE).itemsize
@@ -276,7 +291,45 @@ def decode_request(raw: bytes | memoryview, frame_lengths: Sequence[int], *, max
     return Request(
         op=op, rid=rid, shard=shard, worker=worker, session=session, base=base, dtype=dtype, lens=tuple(lens),
         gen=gen, min_version=min_version, wait=None if wait is None else float(wait), attempt=attempt, args=args,
+        codec=codec, arrays=tuple(arrays or ()),
     )
+
+
+def _check_encoding(op: str, codec: Any, arrays: Any, dtype: Any,
+                    lens: Sequence[int]) -> list[tuple[str, int]]:
+    """The ``arrays`` of an encoded commit, checked against its frames: each array's frames hold
+    whole values of its dtype. Whether the arrays are what the codec sends is the codec's to check."""
+    if op != "commit":
+        raise ProtocolError("bad_header", f"`codec` is sent with `commit` only. Received: codec on `{op}`")
+    if not isinstance(codec, str) or not 0 < len(codec) <= MAX_NAME_CHARS:
+        raise ProtocolError("bad_header", f"`codec` must be a codec name of 1 to {MAX_NAME_CHARS} characters. "
+                            f"Received: codec={_shown(codec)}")
+    if dtype is not None:
+        raise ProtocolError("bad_dtype", f"`dtype` must be absent with `codec` (`arrays` gives each array's). "
+                            f"Received: dtype={dtype!r}")
+    if (not isinstance(arrays, list) or not 0 < len(arrays) <= MAX_CODEC_ARRAYS
+            or any(not isinstance(a, list) or len(a) != 2 for a in arrays)):
+        raise ProtocolError("bad_header", f"`arrays` must be a list of 1 to {MAX_CODEC_ARRAYS} [dtype, frames] pairs "
+                            f"with `codec`. Received: arrays={_shown(arrays)}")
+    checked: list[tuple[str, int]] = []
+    first = 0
+    for i, (array_dtype, frames) in enumerate(arrays):
+        if array_dtype not in CODEC_DTYPES:
+            raise ProtocolError("bad_dtype", f"`arrays[{i}]` dtype must be one of {list(CODEC_DTYPES)}. "
+                                f"Received: dtype={_shown(array_dtype)}")
+        if not _is_int(frames, len(lens)) or frames < 1:
+            raise ProtocolError("bad_header", f"`arrays[{i}]` frames must be an int ≥ 1. Received: frames={frames!r}")
+        itemsize = np.dtype(array_dtype).itemsize
+        for j in range(first, first + frames):
+            if j < len(lens) and lens[j] % itemsize:
+                raise ProtocolError("bad_length", f"`lens[{j}]` must be a multiple of {itemsize} for "
+                                    f"{array_dtype} (`arrays[{i}]`). Received: {lens[j]}")
+        first += frames
+        checked.append((array_dtype, frames))
+    if first != len(lens):
+        raise ProtocolError("bad_header", f"`arrays` must account for every data frame ({len(lens)}). "
+                            f"Received: {first} frames")
+    return checked
 
 
 @dataclass(frozen=True)
@@ -467,16 +520,40 @@ def as_frames(array: np.ndarray, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list
         ProtocolError: when ``array`` is not C-contiguous little-endian float32, since
             sending an F-ordered or big-endian buffer would silently scramble it.
     """
-    if array.dtype != np.dtype(WIRE_DTYPE) or not array.flags.c_contiguous:
+    return array_frames(array, chunk_bytes, dtypes=(WIRE_DTYPE,))
+
+
+def array_frames(array: np.ndarray, chunk_bytes: int = DEFAULT_CHUNK_BYTES, *,
+                 dtypes: Sequence[str] = CODEC_DTYPES) -> list[memoryview]:
+    """:func:`as_frames` for an array of any of ``dtypes`` (an encoded commit's arrays); frames
+    hold whole values.
+
+    Raises:
+        ProtocolError: when ``array`` is not C-contiguous or its dtype is not one of ``dtypes``.
+    """
+    if array.dtype.str not in dtypes or not array.flags.c_contiguous:
         raise ProtocolError(
-            "bad_dtype", f"arrays on the wire must be C-contiguous {WIRE_DTYPE}. "
+            "bad_dtype", f"arrays on the wire must be C-contiguous {' or '.join(dtypes)}. "
             f"Received: dtype={array.dtype.str}, c_contiguous={array.flags.c_contiguous}"
         )
+    chunk = max(array.itemsize, chunk_bytes - chunk_bytes % array.itemsize)
     view = array.reshape(-1).data.cast("B")
     out, offset = [], 0
-    for n in chunk_lengths(view.nbytes, chunk_bytes):
+    for n in chunk_lengths(view.nbytes, chunk):
         out.append(view[offset : offset + n])
         offset += n
+    return out
+
+
+def split_arrays(frames: Sequence[memoryview | bytes], arrays: Sequence[tuple[str, int]]) -> list[np.ndarray]:
+    """The typed arrays an encoded commit's frames carry, as ``arrays`` (dtype, frames) lays them
+    out: a zero-copy view of an array sent as one frame, else one joined copy."""
+    out, first = [], 0
+    for dtype, count in arrays:
+        parts = frames[first:first + count]
+        first += count
+        data = parts[0] if len(parts) == 1 else b"".join(bytes(p) for p in parts)
+        out.append(np.frombuffer(data, dtype=dtype))
     return out
 
 

@@ -18,15 +18,16 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from zdk import algorithms
+from zdk.algorithms import codecs
 from zdk.algorithms.base import APPLIED, Algorithm, Params, ShardState, UpdateResult, WorkerSlot
-from zdk.errors import ConfigError, ProtocolError, ZdkError
+from zdk.errors import AlgorithmNotFound, ConfigError, ProtocolError, ZdkError
 from zdk.ps import checkpoint, snapshot
 from zdk.ps.checkpoint import CheckpointPolicy
 from zdk.ps.layout import DTYPE, ShardPlan
 from zdk.ps.protocol import (
     CONTROL_REPLY_OPS, DEFAULT_CHUNK_BYTES, DEFAULT_MAX_FRAME_BYTES, ERROR, MAX_WAIT_SECONDS, PROTOCOL_VERSION,
-    WIRE_DTYPE, Control, Reply, Request, add_checked, as_frames, check_epoch_end, check_epochs_from, check_report,
-    decode_request, join_checked, salvage,
+    WIRE_DTYPE, Control, Reply, Request, add_checked, all_finite, as_frames, check_epoch_end, check_epochs_from,
+    check_report, decode_request, join_checked, salvage, split_arrays,
 )
 
 logger = logging.getLogger(__name__)
@@ -386,6 +387,31 @@ class ShardCore:
             raise ProtocolError("non_finite", f"`{request.op}` data must be finite. Received: {data[bad]} at index {bad}")
         return data
 
+    def _decoded(self, request: Request, frames: Sequence[Frame]) -> np.ndarray:
+        """The dense float32 slice an encoded commit carries, in the receive buffer; refuses an
+        unknown codec, arrays other than the codec's layout, a malformed encoding (the codec's
+        decoder says what) and non-finite values."""
+        try:
+            codec = codecs.get_codec(request.codec or "")
+        except AlgorithmNotFound as exc:
+            raise ProtocolError("bad_codec", f"`codec` must be a codec registered on this shard. {exc}") from None
+        dtypes = tuple(dtype for dtype, _ in request.arrays)
+        if dtypes != codec.layout:
+            raise ProtocolError("bad_dtype", f"`arrays` of codec {codec.name!r} must have dtypes "
+                                f"{list(codec.layout)}. Received: {list(dtypes)}")
+        out = self._recv_buffer
+        try:
+            codec.decode(split_arrays(frames, request.arrays), out)
+        except ProtocolError:
+            raise
+        except (ValueError, TypeError, IndexError, ArithmeticError) as exc:
+            raise ProtocolError("bad_encoding", f"codec {codec.name!r} could not decode the commit: {exc!r}") from None
+        if not all_finite(out):
+            bad = int(np.flatnonzero(~np.isfinite(out))[0])
+            raise ProtocolError("non_finite", f"`commit` data must be finite. Received: {out[bad]} at index {bad} "
+                                f"after decoding with codec {codec.name!r}")
+        return out
+
     # ------------------------------------------------------------------ handlers
 
     def _hello(self, peer: bytes, request: Request, frames: Sequence[Frame]) -> list[Outgoing]:
@@ -495,12 +521,18 @@ class ShardCore:
             raise ProtocolError("bad_base", f"`base` must be ≤ the shard version {self.version}. "
                                 f"Received: base={request.base}")
         report = check_report(request.args.get("report", {}))
+        # An encoded payload is decoded into the receive buffer, checked finite there, and then
+        # goes where a float32 one would: nothing of a malformed one reaches the center.
+        decoded = None if request.codec is None else self._decoded(request, frames)
         if self.algorithm.additive:
             # θ̃ + Δ is elementwise: it is computed frame by frame into a free buffer, each block
             # checked while in cache, and becomes the center only if all of it is finite. No joined
             # copy, no separate validation pass, the live center is never written (so in-flight
             # zero-copy pulls need no copy-on-write), and bad data leaves it untouched.
-            self._check_size(request)
+            if decoded is None:
+                self._check_size(request)
+            else:
+                frames = [decoded]
             fresh = self._free_buffer()
             bad = add_checked(self.state.center, frames, fresh)
             if bad is not None:
@@ -512,7 +544,7 @@ class ShardCore:
             self.state.center = fresh
             result = APPLIED
         else:
-            data = self._payload(request, frames)
+            data = self._payload(request, frames) if decoded is None else decoded
             slot.report = report or slot.report
             slot.staleness = self.version - request.base
             assert self.algorithm.server_update is not None  # checked in __init__: the algorithm uses the PS

@@ -39,7 +39,7 @@ HISTORY_SCHEMA = (
     "kind string, worker int, attempt int, epoch int, step int, timestamp double, loss double, metrics string, "
     "staleness long, scale double, wait double, busy double, rows long, samples long, weights binary, "
     "t_start double, t_ready double, t_first double, t_last double, reused boolean, cached_bytes long, "
-    "spilled_bytes long, spill_path string"
+    "spilled_bytes long, spill_path string, commit_bytes long"
 )
 
 
@@ -75,6 +75,7 @@ class WorkerConfig:
             algorithms exchanging every λ steps; see ``Exchange.begin_window``).
         on_nan: ``"raise"`` stops the worker at the first non-finite loss with an error naming
             the worker, epoch and step; ``"warn"`` logs it once and trains on.
+        codec: the commit codec, and ``codec_args`` its arguments (None: the algorithm's, or float32).
         first_epoch: the epoch to start at (a resumed job skips those already done); epochs are
             numbered from 0 to ``num_epoch - 1`` in records and progress reports either way.
     """
@@ -102,6 +103,8 @@ class WorkerConfig:
     reinitialize: bool = False
     on_nan: str = "raise"
     overlap: bool = False
+    codec: str | None = None
+    codec_args: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -197,7 +200,7 @@ class WorkerRun:
         summary = self._record("summary", cfg.num_epoch - 1, step, {})
         summary.update(wait=cadence.blocked, busy=busy, rows=stream.rows, samples=samples, t_last=time.time(),
                        reused=self.reused, cached_bytes=stream.cached_bytes, spilled_bytes=stream.spilled_bytes,
-                       spill_path=stream.spill_path, **clocks)
+                       spill_path=stream.spill_path, commit_bytes=cadence.commit_bytes, **clocks)
         if not self.algorithm.uses_ps:
             summary["weights"] = get_flat_weights(model, self.layout, local).tobytes()
         self.records.append(summary)
@@ -285,7 +288,7 @@ class WorkerRun:
                 "timestamp": time.time(), "loss": loss, "metrics": json.dumps(values), "staleness": None,
                 "scale": None, "wait": None, "busy": None, "rows": None, "samples": None, "weights": None,
                 "t_start": None, "t_ready": None, "t_first": None, "t_last": None, "reused": None,
-                "cached_bytes": None, "spilled_bytes": None, "spill_path": None}
+                "cached_bytes": None, "spilled_bytes": None, "spill_path": None, "commit_bytes": None}
 
 
 class _Cadence:
@@ -294,6 +297,11 @@ class _Cadence:
 
     blocked = 0.0  #: seconds the worker waited on the parameter server
     stopping = False  #: the driver asked the workers to stop (they finish at once)
+
+    @property
+    def commit_bytes(self) -> int | None:
+        """Payload bytes this worker's commits carried (None without a PS)."""
+        return None
 
     def __enter__(self) -> "_Cadence":
         return self
@@ -330,7 +338,8 @@ class _EveryWindow(_Cadence):
         self._control_seen = 0
         try:
             self.client.hello(quorum=cfg.quorum)
-            self.exchange = Exchange(self.client, local, params=run.algorithm.make_params(cfg.params))
+            self.exchange = Exchange(self.client, local, params=run.algorithm.make_params(cfg.params),
+                                     codec=cfg.codec, codec_args=cfg.codec_args)
             self.exchange.start()
             set_flat_weights(model, self.layout, local)
             self._obey()  # a run the driver stopped, or a learning rate it set, before this task started
@@ -340,6 +349,10 @@ class _EveryWindow(_Cadence):
 
     def __exit__(self, *exc: object) -> None:
         self.client.close()
+
+    @property
+    def commit_bytes(self) -> int | None:
+        return self.exchange.commit_bytes
 
     def after_step(self, record: dict[str, Any], samples: int) -> None:
         self.in_window += 1
