@@ -337,3 +337,15 @@ def test_the_plugin_codec_of_the_docs_registers_trains_and_refuses_short_input(t
     finally:
         codecs.unregister_codec("sign")
         sys.modules.pop("zdk_docs_sign_codec", None)
+
+
+def test_topk_on_a_large_slice_picks_exactly_the_largest_even_when_the_sample_misjudges_the_tail():
+    x = rng_vector(300_000, seed=4)
+    idx, values = get_codec("topk").encode(x, TopKArgs(ratio=0.01))
+    assert idx.size == 3_000 and set(idx.tolist()) == set(np.argsort(-np.abs(x))[:3_000].tolist())
+    # The strided sample sees only the large values here, so its threshold keeps too few candidates
+    # (1.9% of the values for k = 5%) and everything is partitioned instead.
+    spiky = rng_vector(300_000, seed=6, scale=1e-3)
+    spiky[::4] = 1_000 + np.arange(75_000, dtype=np.float32)
+    idx, values = get_codec("topk").encode(spiky, TopKArgs(ratio=0.05))
+    assert set(idx.tolist()) == set(np.argsort(-spiky)[:15_000].tolist())
