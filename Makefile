@@ -10,7 +10,7 @@ FASHION := /usr/share/datasets/fashion-mnist
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[spark,tf,serve,test,testing,mlflow]'
+	$(PY) -m pip install -q -e '.[spark,tf,serve,test,testing,mlflow,lab]'
 	touch $(STAMP)
 
 # The demo's data set is a Debian package; without root it falls back to sklearn digits.

@@ -349,3 +349,48 @@ def test_topk_on_a_large_slice_picks_exactly_the_largest_even_when_the_sample_mi
     spiky[::4] = 1_000 + np.arange(75_000, dtype=np.float32)
     idx, values = get_codec("topk").encode(spiky, TopKArgs(ratio=0.05))
     assert set(idx.tolist()) == set(np.argsort(-spiky)[:15_000].tolist())
+
+
+# ------------------------------------------------------------------ exactly once, and in the lab
+
+
+def test_encoded_commits_through_a_lossy_link_are_applied_exactly_once():
+    from zdk.lab.proxy import LossyProxy
+
+    size = 2_000
+    deltas = [rng_vector(size, seed=s, scale=0.01) for s in range(20)]
+    with start_shards(num_shards=2, total_size=size, algorithm="downpour") as group:
+        with LossyProxy(group.endpoints[0], drop=0.2, late=0.1, seed=1) as p0, \
+                LossyProxy(group.endpoints[1], drop=0.2, late=0.1, seed=2) as p1:
+            with PSClient([p0.endpoint, p1.endpoint], worker_id=0, timeout=3.0, tries=12) as client:
+                client.hello()
+                local = np.zeros(size, np.float32)
+                exchange = Exchange(client, local, codec="topk", codec_args={"ratio": 0.05})
+                exchange.start()
+                for delta in deltas:
+                    local += delta
+                    exchange.end_window(1)
+                exchange.finish()
+                resends = client.resends
+            dropped = p0.counts["dropped"] + p1.counts["dropped"]
+        with PSClient(group.endpoints, worker_id=OBSERVER_TOOL, timeout=20) as observer:
+            observer.hello(register=False)
+            center = observer.pull()
+            updates = [s["updates"] for s in observer.stats()]
+    assert dropped > 0 and resends > 0
+    # A commit applied twice, or lost, would break the sum: every update is in the center or in e.
+    assert updates == [len(deltas)] * 2
+    assert np.allclose(center + exchange.residual, np.sum(deltas, axis=0), atol=1e-6)
+
+
+def test_the_lab_measures_a_codecs_bytes_and_learns_with_it():
+    from zdk.lab import LabSettings, run_cell
+
+    cells = {}
+    for codec in (None, "int8"):
+        settings = LabSettings(algorithms=("downpour",), model="digits", workers=(2,), epochs=8, codec=codec)
+        cells[codec] = run_cell(settings, algorithm="downpour", workers=2, seed=0)
+    assert cells["int8"].commit_bytes * 3.9 < cells[None].commit_bytes  # 4810 values: 1 byte each, and 2 scales
+    assert cells["int8"].value > 0.85 and abs(cells["int8"].value - cells[None].value) < 0.03, cells
+    with pytest.raises(ConfigError, match=r"`codec` must be a registered codec"):
+        LabSettings(codec="zip")

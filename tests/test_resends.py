@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lossy_proxy import LossyProxy
 from test_algorithms_integration import DIM, LOSS_THRESHOLD, make_problem, mse, train_two_workers
 from zdk.errors import DeadlineExceeded
+from zdk.lab.proxy import LossyProxy
 from zdk.ps.client import PSClient
 
 SIZE = 64

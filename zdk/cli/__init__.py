@@ -5,6 +5,7 @@
     zdk algorithms, zdk algorithms check NAME                                       (zdk.cli.algorithms)
     zdk serve --state-dir DIR ..., zdk serve token create|revoke|list               (zdk.cli.serve)
     zdk job submit|list|status|cancel|fetch|delete ...                                     (zdk.cli.job)
+    zdk lab --algorithms downpour adag --workers 1 4 16 --plot lab.png                (zdk.cli.lab)
 
 Each module adds its subcommand with ``add_parser(commands)`` and does its work in the
 library it drives; tables go through :func:`zdk.cli.table.print_table`.
@@ -18,15 +19,15 @@ import logging
 import sys
 from typing import Sequence
 
-from zdk.cli import algorithms, job, ps, serve
+from zdk.cli import algorithms, job, lab, ps, serve
 from zdk.errors import ZdkError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zdk", description="zdk: parameter-server, job-server and algorithm tools")
+    parser = argparse.ArgumentParser(prog="zdk", description="zdk: parameter-server, job-server, algorithm and lab tools")
     parser.add_argument("--log-level", default="WARNING", help="logging level (default: WARNING)")
     commands = parser.add_subparsers(dest="command", required=True)
-    for module in (ps, algorithms, serve, job):
+    for module in (ps, algorithms, serve, job, lab):
         module.add_parser(commands)
     return parser
 

@@ -1,4 +1,4 @@
-"""A ZeroMQ proxy that drops and delays messages, for testing the client's resends.
+"""A ZeroMQ proxy that drops and delays messages: the lab's lossy link, and the tests' too.
 
 Clients connect their DEALERs to the proxy's ROUTER; for each client connection the proxy
 opens its own DEALER to the shard, so replies find their way back. Each message, in each
@@ -17,9 +17,30 @@ from typing import Any
 import numpy as np
 import zmq
 
+from zdk.errors import ConfigError
+
 
 class LossyProxy:
+    """A lossy link in front of one shard endpoint; a context manager that runs it on a thread.
+
+    Each message, in each direction, is dropped with probability p_drop, else held for
+    ``delay`` seconds with probability p_late, else forwarded at once.
+
+    Args:
+        target: the shard's endpoint.
+        drop: p_drop, in [0, 1).
+        late: p_late, in [0, 1 − p_drop].
+        delay: seconds a late message is held (≥ 0).
+        seed: seeds the proxy's own random numbers, so a run drops the same rolls.
+    """
+
     def __init__(self, target: str, *, drop: float, late: float = 0.0, delay: float = 0.05, seed: int = 0) -> None:
+        if not 0 <= drop < 1:
+            raise ConfigError(f"`drop` must be in [0, 1). Received: drop={drop!r}", field="drop")
+        if not 0 <= late <= 1 - drop:
+            raise ConfigError(f"`late` must be in [0, 1 − drop]. Received: late={late!r}, drop={drop!r}", field="late")
+        if not delay >= 0:
+            raise ConfigError(f"`delay` must be ≥ 0 seconds. Received: delay={delay!r}", field="delay")
         self.target = target
         self.drop, self.late, self.delay = drop, late, delay
         self._rng = np.random.default_rng(seed)
