@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
 import pytest
+
+from zdk import algorithms
 
 pytest.importorskip("keras")
 pytest.importorskip("pyspark")
@@ -16,12 +19,28 @@ GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guide.md"
 pytestmark = pytest.mark.spark
 
 
-def test_the_guides_code_runs(spark):
+def test_the_guides_code_runs(spark, tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), re.S)
     assert len(blocks) >= 4
+    # A block starting "# file: NAME.py" is a module the reader saves: written where this process,
+    # the shards and the lab's workers import it from (they inherit PYTHONPATH).
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     namespace: dict = {"__name__": "guide"}
-    for i, block in enumerate(blocks):
-        exec(compile(block, f"{GUIDE}:block{i + 1}", "exec"), namespace)
+    saved = []
+    try:
+        for i, block in enumerate(blocks):
+            name = re.match(r"# file: (\w+)\.py\n", block)
+            if name:
+                (tmp_path / f"{name.group(1)}.py").write_text(block)
+                saved.append(name.group(1))
+                continue
+            exec(compile(block, f"{GUIDE}:block{i + 1}", "exec"), namespace)
+    finally:
+        for module in saved:
+            sys.modules.pop(module, None)
+        algorithms.unregister("guide-momentum")
+    assert saved == ["my_research"]
     assert namespace["accuracy"] > 0.85
 
 
