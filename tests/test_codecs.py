@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -214,8 +215,15 @@ def test_a_plugin_codec_is_decoded_by_the_shard_and_a_crashing_decoder_is_refuse
 # ------------------------------------------------------------------ through real shards
 
 
-def run_windows(endpoints, deltas, **exchange_args):
-    """One worker committing each of ``deltas`` through an Exchange; returns it and the final center."""
+def pull_center(endpoints) -> np.ndarray:
+    with PSClient(endpoints, worker_id=OBSERVER_TOOL, timeout=20) as observer:
+        observer.hello(register=False)
+        return observer.pull()
+
+
+def run_windows(endpoints, deltas, *, before_finish=None, **exchange_args):
+    """One worker committing each of ``deltas`` through an Exchange; returns it and the final center.
+    ``before_finish(exchange)`` runs after the last window, before ``finish`` flushes e."""
     with PSClient(endpoints, worker_id=0, timeout=20) as client:
         client.hello()
         local = np.zeros(deltas[0].size, np.float32)
@@ -224,22 +232,32 @@ def run_windows(endpoints, deltas, **exchange_args):
         for delta in deltas:
             local += delta
             exchange.end_window(1)
+        if before_finish is not None:
+            before_finish(exchange)
         exchange.finish()
-    with PSClient(endpoints, worker_id=OBSERVER_TOOL, timeout=20) as observer:
-        observer.hello(register=False)
-        return exchange, observer.pull()
+    return exchange, pull_center(endpoints)
 
 
 def test_topk_error_feedback_sends_every_update_eventually_through_two_shards():
     size = 2_000
     deltas = [rng_vector(size, seed=s, scale=0.01) for s in range(12)]
+    seen = {}
+
+    def before_finish(exchange):
+        seen["center"], seen["residual"] = pull_center(exchange.client.endpoints), exchange.residual.copy()
+        seen["bytes"] = exchange.commit_bytes
+
     with start_shards(num_shards=2, total_size=size, algorithm="downpour") as group:
-        exchange, center = run_windows(group.endpoints, deltas, codec="topk", codec_args={"ratio": 0.05})
-    # Nothing lost: what the shards applied plus what the worker still holds is every update.
-    assert np.allclose(center + exchange.residual, np.sum(deltas, axis=0), atol=1e-6)
-    assert np.count_nonzero(exchange.residual) > 0
-    # (u32 index + f32 value) for 5% of the values: 10× fewer bytes than float32.
-    assert exchange.commit_bytes == len(deltas) * 2 * math.ceil(0.05 * size / 2) * 8
+        exchange, center = run_windows(group.endpoints, deltas, codec="topk", codec_args={"ratio": 0.05},
+                                       before_finish=before_finish)
+    # Nothing lost: what the shards applied plus what the worker still holds is every update ...
+    assert np.count_nonzero(seen["residual"]) > 0
+    assert np.allclose(seen["center"] + seen["residual"], np.sum(deltas, axis=0), atol=1e-6)
+    # ... and `finish` commits the remainder, so the final center holds all of it.
+    assert np.allclose(center, np.sum(deltas, axis=0), atol=1e-6) and not exchange.residual.any()
+    # (u32 index + f32 value) for 5% of the values: 10× fewer bytes than float32; then e once.
+    assert seen["bytes"] == len(deltas) * 2 * math.ceil(0.05 * size / 2) * 8
+    assert exchange.commit_bytes == seen["bytes"] + size * 4
 
 
 def test_without_error_feedback_the_lost_part_stays_lost_and_int8_quarters_the_bytes():
@@ -329,8 +347,9 @@ def test_the_plugin_codec_of_the_docs_registers_trains_and_refuses_short_input(t
         with start_shards(num_shards=2, total_size=size, algorithm="downpour", codec="sign") as group:
             exchange, center = run_windows(group.endpoints, deltas, codec="sign",
                                            codec_args={"error_feedback": True})
-        assert exchange.commit_bytes == 3 * 2 * (-(-500 // 8) + 4)  # 1 bit a value and a scale per shard
-        assert np.allclose(center + exchange.residual, np.sum(deltas, axis=0), atol=1e-6)
+        # 1 bit a value and a scale per shard, then the remainder e as float32 at `finish`.
+        assert exchange.commit_bytes == 3 * 2 * (-(-500 // 8) + 4) + size * 4
+        assert np.allclose(center, np.sum(deltas, axis=0), atol=1e-6)
         core = core_for()
         reply = send(core, *encoded_request("sign", (np.zeros(3, "|u1"), np.ones(1, "<f4"))))
         assert reply["code"] == "bad_encoding" and "sign needs 38 bytes" in reply["message"], reply
@@ -378,9 +397,10 @@ def test_encoded_commits_through_a_lossy_link_are_applied_exactly_once():
             center = observer.pull()
             updates = [s["updates"] for s in observer.stats()]
     assert dropped > 0 and resends > 0
-    # A commit applied twice, or lost, would break the sum: every update is in the center or in e.
-    assert updates == [len(deltas)] * 2
-    assert np.allclose(center + exchange.residual, np.sum(deltas, axis=0), atol=1e-6)
+    # A commit applied twice, or lost, would break the sum: every update reaches the center (the
+    # last commit is the remainder e that `finish` flushes).
+    assert updates == [len(deltas) + 1] * 2
+    assert np.allclose(center, np.sum(deltas, axis=0), atol=1e-6)
 
 
 def test_the_lab_measures_a_codecs_bytes_and_learns_with_it():
@@ -394,3 +414,93 @@ def test_the_lab_measures_a_codecs_bytes_and_learns_with_it():
     assert cells["int8"].value > 0.85 and abs(cells["int8"].value - cells[None].value) < 0.03, cells
     with pytest.raises(ConfigError, match=r"`codec` must be a registered codec"):
         LabSettings(codec="zip")
+
+
+def test_topk_counts_values_without_floating_point_surprises_and_handles_sparse_deltas():
+    from zdk.algorithms.codecs import topk_count
+
+    assert topk_count(100, 0.07) == 7 and topk_count(0, 0.5) == 0 and topk_count(10, 1e-9) == 1
+    sparse = np.zeros(200_000, np.float32)
+    sparse[::100] = rng_vector(2_000, seed=8)  # 1% non-zero: the sample's threshold is 0
+    idx, _ = get_codec("topk").encode(sparse, TopKArgs(ratio=0.005))
+    assert set(idx.tolist()) == set(np.argsort(-np.abs(sparse))[:1_000].tolist())
+
+
+def test_a_non_finite_payload_is_refused_on_the_worker_naming_its_index():
+    with start_shards(num_shards=1, total_size=50, algorithm="downpour") as group:
+        with PSClient(group.endpoints, worker_id=0, timeout=10) as client:
+            exchange = Exchange(client, np.zeros(50, np.float32), codec="bf16")
+            exchange.start()
+            exchange.local[7] = np.nan
+            with pytest.raises(ProtocolError, match=r"must be finite. Received: nan at index 7, before encoding"):
+                exchange.end_window(1)
+        assert not pull_center(group.endpoints).any()
+
+
+def test_a_decoder_that_leaves_values_unwritten_is_refused_not_given_stale_ones():
+    def half_decode(arrays, out):
+        out[: out.size // 2] = arrays[0][: out.size // 2]
+
+    codecs.register_codec(Codec("test-half", ("<f4",), lambda x, a: (x.copy(),), half_decode))
+    try:
+        core = core_for()
+        assert send(core, *encoded_request("fp16", (np.ones(SIZE, "<f2"),)))["applied"]
+        before = core.center.copy()
+        reply = send(core, *encoded_request("test-half", (np.zeros(SIZE, "<f4"),), rid=11))
+        assert reply["code"] == "non_finite" and "test-half" in reply["message"], reply
+        assert np.array_equal(core.center, before)
+    finally:
+        codecs.unregister_codec("test-half")
+
+
+DROPPING_PLUGIN = """
+from zdk.algorithms import APPLIED, Params, UpdateResult, accumulated_delta, register, reset_to_center
+
+
+@register("test-drop-1")
+class DropOnSecondShard:
+    Params = Params
+    worker_delta = staticmethod(accumulated_delta)
+    worker_reset = staticmethod(reset_to_center)
+
+    @staticmethod
+    def server_update(shard, worker, delta, params):
+        if shard.center.size == 30:  # the second of two shards of 61 values (31 + 30)
+            return UpdateResult(applied=False, advance=False)
+        shard.center += delta
+        return APPLIED
+"""
+
+
+def test_error_feedback_forgets_what_a_shard_dropped_and_what_a_restart_may_have_applied_twice(tmp_path,
+                                                                                             monkeypatch):
+    import importlib
+
+    from zdk.algorithms import unregister
+
+    (tmp_path / "zdk_test_dropping.py").write_text(DROPPING_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the shards import it by name
+    importlib.import_module("zdk_test_dropping")
+    try:
+        with start_shards(num_shards=2, total_size=61, algorithm="test-drop-1") as group:
+            seen = {}
+            run_windows(group.endpoints, [rng_vector(61, seed=1)], codec="topk", codec_args={"ratio": 0.2},
+                        before_finish=lambda ex: seen.update(residual=ex.residual.copy()))
+        # Shard 0 applied its part: e keeps what topk left out there; shard 1 dropped its part: e ← 0.
+        assert seen["residual"][:31].any() and not seen["residual"][31:].any()
+    finally:
+        unregister("test-drop-1")
+        sys.modules.pop("zdk_test_dropping", None)
+    with start_shards(num_shards=2, total_size=60, algorithm="downpour") as group:
+        with PSClient(group.endpoints, worker_id=0, timeout=10) as client:
+            exchange = Exchange(client, np.zeros(60, np.float32), codec="topk", codec_args={"ratio": 0.2})
+            exchange.start()
+            exchange.local += rng_vector(60, seed=2)
+            exchange.end_window(1)
+            assert exchange.residual.any()
+            client._gens[1] ^= 1  # shard 1's next reply looks like a restarted shard's
+            exchange.local += rng_vector(60, seed=3)
+            receipt = exchange.end_window(1)
+            assert receipt.info == {"resynced": 1.0} and not exchange.residual.any()
+

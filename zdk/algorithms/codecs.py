@@ -97,8 +97,10 @@ class Codec:
         name: the registry key, sent in the commit header's ``codec``.
         layout: the dtypes of the arrays ``encode`` returns, in order (each one of :data:`WIRE_DTYPES`).
         encode: ``(x, args) -> arrays``: one slice x (C-contiguous float32, read-only) encoded.
-        decode: ``(arrays, out)``: writes the dense float32 slice into ``out`` (its size is the
-            slice's); raises ``ProtocolError("bad_encoding", ...)`` naming what is malformed.
+        decode: ``(arrays, out)``: writes every element of the dense float32 slice into ``out``
+            (its size is the slice's; the shard fills it with NaN first, so an element left
+            unwritten is refused); raises ``ProtocolError("bad_encoding", ...)`` naming what is
+            malformed.
         args: the dataclass of its arguments (a :class:`CodecArgs` subclass).
         doc: one paragraph with the math.
     """
@@ -163,7 +165,8 @@ def fp16_decode(arrays: Sequence[np.ndarray], out: np.ndarray) -> None:
 def bf16_encode(x: np.ndarray, args: CodecArgs) -> tuple[np.ndarray, ...]:
     """The upper 16 bits of float32 x, rounded to nearest, ties to even."""
     raw = np.ascontiguousarray(x).view("<u4")
-    # A finite float32's bits are < 0x7F800000, so adding < 0x10000 cannot overflow 32 bits.
+    # Adding < 0x10000 overflows 32 bits only for NaNs with a negative sign and a full mantissa;
+    # the worker checks the payload finite before encoding.
     bits = raw >> 16
     bits &= 1
     bits += 0x7FFF
@@ -208,17 +211,24 @@ def int8_decode(arrays: Sequence[np.ndarray], out: np.ndarray) -> None:
     if bad.size:
         refuse(f"int8 scales must be finite and ≥ 0. Received: {float(scales[bad[0]])} at scale {int(bad[0])}")
     np.copyto(out, values)
-    for b in range(scales.size):
-        out[b * INT8_BLOCK:(b + 1) * INT8_BLOCK] *= scales[b]
+    with np.errstate(over="ignore"):  # an overflow gives inf, which the shard refuses as non-finite
+        for b in range(scales.size):
+            out[b * INT8_BLOCK:(b + 1) * INT8_BLOCK] *= scales[b]
 
 
 # ------------------------------------------------------------------ topk
 
 
+def topk_count(n: int, ratio: float) -> int:
+    """k = ⌈ratio·n⌉, at least 1 and at most n (0 for n = 0); rounded first, so that 0.07 · 100,
+    which is 7.000000000000001 in floating point, gives 7."""
+    return min(n, max(1, math.ceil(round(ratio * n, 6)))) if n else 0
+
+
 def topk_encode(x: np.ndarray, args: TopKArgs) -> tuple[np.ndarray, ...]:
     """The k = ⌈ratio·n⌉ entries of largest |x|, as increasing u32 indices and their f32 values."""
     n = x.size
-    k = min(n, max(1, math.ceil(args.ratio * n))) if n else 0
+    k = topk_count(n, args.ratio)
     magnitude = np.abs(x)
     idx = _largest(magnitude, k)
     return idx, x[idx].astype("<f4")
@@ -235,8 +245,10 @@ def _largest(magnitude: np.ndarray, k: int) -> np.ndarray:
         sample = magnitude[:: n // (1 << 16)]
         want = min(sample.size, math.ceil(sample.size * k / n * 1.5) + 8)
         threshold = np.partition(sample, sample.size - want)[sample.size - want]
-        candidates = np.flatnonzero(magnitude >= threshold)
-        if candidates.size >= k:  # else the sample misjudged the tail: partition everything
+        candidates = np.flatnonzero(magnitude >= threshold) if threshold > 0 else magnitude[:0]
+        # Too few candidates (the sample misjudged the tail), or too many (ties, as zeros of a
+        # sparse delta): partition everything instead.
+        if k <= candidates.size <= n // 2:
             chosen = np.argpartition(magnitude[candidates], candidates.size - k)[candidates.size - k:]
             return np.sort(candidates[chosen]).astype("<u4")
     return np.sort(np.argpartition(magnitude, n - k)[n - k:]).astype("<u4")

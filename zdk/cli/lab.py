@@ -35,11 +35,22 @@ def parse_params(values: Sequence[str]) -> tuple[dict[str, Any], dict[str, dict[
                 raise ConfigError(f"`--params` must be a JSON object or NAME=JSON. Received: {value!r}",
                                   field="params")
             target = per.setdefault(name.strip(), {})
-        loaded = json.loads(text)
+        loaded = _json(text, "params")
         if not isinstance(loaded, dict):
             raise ConfigError(f"`--params` must hold a JSON object. Received: {value!r}", field="params")
         target.update(loaded)
     return shared, per
+
+
+def _json(text: str, flag: str) -> Any:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"`--{flag}` must be JSON: {exc.msg} at character {exc.pos}. Received: {text!r}",
+                          field=flag) from None
+    if flag == "codec-args" and not isinstance(value, dict):
+        raise ConfigError(f"`--{flag}` must be a JSON object. Received: {text!r}", field=flag)
+    return value
 
 
 def _progress(cell: CellResult) -> None:
@@ -56,7 +67,7 @@ def _run(args: argparse.Namespace) -> int:
         window=args.window or None, lr=args.lr, epochs=args.epochs, batch=args.batch, seeds=tuple(args.seeds),
         stragglers=args.stragglers, slowdown=args.slowdown, drop=args.drop, late=args.late, delay=args.delay,
         params=spread_params(args.algorithms, shared, per), plugins=plugins, timeout=args.timeout,
-        codec=args.codec, codec_args=json.loads(args.codec_args) if args.codec_args else {},
+        codec=args.codec, codec_args=_json(args.codec_args, "codec-args") if args.codec_args else {},
     )
     result = run_lab(settings, progress=_progress)
     cols, rows = report.table(report.summarize(result))

@@ -21,9 +21,10 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from zdk import algorithms
+from zdk.algorithms import codecs
 from zdk.algorithms.base import Params
 from zdk.algorithms.sources import sources
-from zdk.errors import ConfigError, DeadlineExceeded, WorkerFailed
+from zdk.errors import AlgorithmNotFound, ConfigError, DeadlineExceeded, WorkerFailed
 from zdk.lab.models import Data, Model, get_model
 from zdk.lab.plugins import child_env, load_plugins
 from zdk.lab.proxy import LossyProxy
@@ -130,11 +131,19 @@ def check_algorithms(settings: LabSettings) -> None:
         ConfigError: for an algorithm without a PS, or invalid hyperparameters.
     """
     load_plugins(settings.plugins)
+    if settings.codec is not None:
+        try:
+            codecs.get_codec(settings.codec).make_args(settings.codec_args)
+        except AlgorithmNotFound as exc:
+            raise ConfigError(f"`codec` must be a registered codec. {exc}", field="codec") from None
     for name in settings.algorithms:
         algo = algorithms.get(name)
         if not algo.uses_ps:
             raise ConfigError(f"`algorithms` must use the parameter server; {name!r} trains without one. "
                               f"Received: algorithms={list(settings.algorithms)}", field="algorithms")
+        if settings.codec is not None and algo.synchronous:
+            raise ConfigError(f"`codec` needs asynchronous algorithms; {name!r} commits whole models in rounds. "
+                              f"Received: codec={settings.codec!r}", field="codec")
         for workers in settings.workers:
             algorithm_params(settings, name, workers)
 

@@ -135,6 +135,8 @@ class LabSettings:
         try:
             codec = codecs.get_codec(self.codec)
         except AlgorithmNotFound as exc:
+            if self.plugins:  # a plugin's codec: checked once the plugins are imported (run.check_algorithms)
+                return
             raise ConfigError(f"`codec` must be a registered codec. {exc}", field="codec") from None
         object.__setattr__(self, "codec_args", codec.make_args(self.codec_args).to_dict())
 

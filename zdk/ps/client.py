@@ -64,12 +64,14 @@ class CommitReceipt:
         control: the driver's control state as the client knew it after this commit (the newest
             of its replies and of every earlier one); empty before any was set.
         control_version: its version; 0 before any was set.
+        applied_by: whether each shard applied it, in shard order.
     """
 
     applied: bool
     staleness: int
     info: Mapping[str, float] = field(default_factory=dict)
     versions: tuple[int, ...] = ()
+    applied_by: tuple[bool, ...] = ()
     control: Mapping[str, Any] = field(default_factory=dict)
     control_version: int = 0
 
@@ -276,7 +278,8 @@ class PSClient:
         infos = [r.fields.get("info", {}) for r in replies]
         keys = set().union(*infos) if infos else set()
         merged = {k: float(np.mean([i[k] for i in infos if k in i])) for k in keys}
-        return CommitReceipt(applied=all(r.fields.get("applied", False) for r in replies),
+        applied_by = tuple(bool(r.fields.get("applied", False)) for r in replies)
+        return CommitReceipt(applied=all(applied_by), applied_by=applied_by,
                              staleness=max(int(r.fields.get("staleness", 0)) for r in replies),
                              info=merged, versions=tuple(r.version for r in replies),
                              control=self.control, control_version=self.control_version)

@@ -20,7 +20,7 @@ from zdk.algorithms import codecs
 from zdk.algorithms.base import Algorithm, Params, WorkerWindow
 from zdk.algorithms.codecs import Codec, CodecArgs
 from zdk.ps.client import CommitReceipt, PSClient
-from zdk.errors import ConfigError, ShardRestarted
+from zdk.errors import ConfigError, ProtocolError, ShardRestarted
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ class Exchange:
         codec: encodes every commit (a registered name or a Codec); None: the algorithm's own
             ``codec``, and without one raw float32. With the codec's ``error_feedback`` the part of
             a payload the encoding lost, e = P − decode(encode(P)), is added to the next payload
-            P = Δ + e; e survives a re-sync (only an applied commit changes it).
+            P = Δ + e (see :meth:`_commit` for commits that do not land), and :meth:`finish` commits
+            what e holds at the end.
         codec_args: the codec's arguments (``{"ratio": 0.01}`` for ``topk``).
     """
 
@@ -74,6 +75,7 @@ class Exchange:
         self.commit_bytes = 0
         self.resyncs = 0
         self._residual: np.ndarray | None = None
+        self._payload: np.ndarray | None = None
         self.blocked_seconds = 0.0
         self._pool: ThreadPoolExecutor | None = None
         self._future: Future[CommitReceipt] | None = None
@@ -226,26 +228,62 @@ class Exchange:
         return receipt
 
     def _commit(self, delta: np.ndarray, report: dict[str, float] | None) -> CommitReceipt:
-        """Commits ``delta``, encoded with the codec when there is one: P = Δ (+ e with error
-        feedback), each shard's slice encoded, and e ← P − decode(encode(P)) once it is applied."""
+        """Commits ``delta``, encoded with the codec when there is one.
+
+        With error feedback the payload is P = Δ + e, and after the replies, per shard slice:
+        e ← P − decode(encode(P)) where the shard applied it, e ← 0 where the algorithm dropped
+        it (a dropped commit loses its payload, as a raw one does). When a shard turns out to have
+        restarted (:class:`ShardRestarted`), which of the others applied P is unknown: e ← 0, so
+        nothing is applied twice, and the window is dropped as for a raw commit.
+        """
         if self.codec is None:
             receipt = self.client.commit(delta, report=report)
             self.commit_bytes += delta.nbytes
             return receipt
         assert self.codec_args is not None and self.client.plan is not None
+        plan = self.client.plan
+        bad = np.flatnonzero(~np.isfinite(delta))
+        if bad.size:
+            raise ProtocolError("non_finite", f"`commit` data must be finite. Received: {delta[bad[0]]} at index "
+                                f"{int(bad[0])}, before encoding with codec {self.codec.name!r}")
         feedback = self.codec_args.error_feedback
-        if feedback and self._residual is None:
-            self._residual = np.zeros_like(delta)
-        payload = delta + self._residual if feedback and self._residual is not None else delta
-        slices = self.client.plan.slices(payload)
-        parts = [tuple(self.codec.encode(part, self.codec_args)) for part in slices]
-        receipt = self.client.commit_encoded(self.codec.name, parts, report=report)
+        if feedback:
+            if self._residual is None:
+                self._residual = np.zeros_like(delta)
+                self._payload = np.empty_like(delta)
+            assert self._payload is not None
+            payload = np.add(delta, self._residual, out=self._payload)
+        else:
+            payload = delta
+        parts = [tuple(self.codec.encode(part, self.codec_args)) for part in plan.slices(payload)]
+        try:
+            receipt = self.client.commit_encoded(self.codec.name, parts, report=report)
+        except ShardRestarted:
+            if self._residual is not None:
+                self._residual.fill(0.0)
+            raise
         self.commit_bytes += sum(a.nbytes for arrays in parts for a in arrays)
         if feedback and self._residual is not None:
-            sent = np.empty_like(payload)
-            for arrays, target in zip(parts, self.client.plan.slices(sent)):
-                self.codec.decode(arrays, target)
-            np.subtract(payload, sent, out=self._residual)
+            for arrays, sent, left, applied in zip(parts, plan.slices(self._residual), plan.slices(payload),
+                                                   receipt.applied_by):
+                if applied:
+                    self.codec.decode(arrays, sent)  # e_k ← P_k − decode(encode(P_k)), in place
+                    np.subtract(left, sent, out=sent)
+                else:
+                    sent.fill(0.0)
+        return receipt
+
+    def flush(self) -> CommitReceipt | None:
+        """Commits what error feedback still holds, e, as raw float32, and sets e ← 0; None when e is
+        zero or there is none. :meth:`finish` calls it, so the final center holds every update."""
+        if self._residual is None or not self._residual.any():
+            return None
+        assert self.client.plan is not None
+        receipt = self.client.commit(self._residual)
+        self.commit_bytes += self._residual.nbytes
+        for left, applied in zip(self.client.plan.slices(self._residual), receipt.applied_by):
+            if applied:
+                left.fill(0.0)
         return receipt
 
     @property
@@ -258,9 +296,14 @@ class Exchange:
         return DEFAULT_ROUND_WAIT if limit is None else float(limit)
 
     def finish(self) -> None:
-        """Waits for an exchange in flight, then tells the shards this worker is done."""
+        """Waits for an exchange in flight, commits what error feedback still holds
+        (:meth:`flush`), then tells the shards this worker is done."""
         self.collect(block=True)
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        try:
+            self.flush()
+        except ShardRestarted as exc:
+            logger.warning("%s; the error-feedback remainder is dropped", exc)
         self.client.bye()

@@ -400,6 +400,7 @@ class ShardCore:
             raise ProtocolError("bad_dtype", f"`arrays` of codec {codec.name!r} must have dtypes "
                                 f"{list(codec.layout)}. Received: {list(dtypes)}")
         out = self._recv_buffer
+        out.fill(np.nan)  # what a decoder leaves unwritten is refused as non-finite, not a stale value
         try:
             codec.decode(split_arrays(frames, request.arrays), out)
         except ProtocolError:
