@@ -101,7 +101,9 @@ def test_a_callback_stops_every_worker_within_a_window(spark, digits_df):
     for worker in (0, 1):
         late = [r for r in trainer.history if r["worker"] == worker and r["timestamp"] > stop.when]
         # The control goes out right after the callbacks return; a worker obeys at its next exchange.
-        assert len(late) <= window + 2, (worker, len(late))
+        # If its last exchange was answered just before the control reached the shards, it trains
+        # out the window in progress and the next one: at most two windows (plus clock slack).
+        assert len(late) <= 2 * window + 2, (worker, len(late))
     assert max(r["epoch"] for r in trainer.history) < 50
     assert no_spark_job_runs(spark)
 

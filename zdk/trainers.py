@@ -20,6 +20,7 @@ from zdk.driver.tracking import MlflowTracking
 from zdk.driver.tracking import active as tracking_active
 from zdk.driver.watching import Watch
 from zdk.errors import ConfigError
+from zdk.runtime.steps import DEFAULT_STEPS_PER_EXECUTION
 from zdk.signatures import Option, checked_call, keyword_options, with_options
 
 Columns = str | Sequence[str]
@@ -27,7 +28,8 @@ Metrics = Sequence[Any] | None
 
 #: zdk's keyword-only options of every trainer (documented on :class:`Trainer`).
 COMMON = (Option("progress", "bool", True), Option("custom_modules", "Sequence[str]", ()), Option("seed", "int", 0),
-          Option("on_nan", "str", "raise"), Option("cache_memory", "int | str | None", None))
+          Option("on_nan", "str", "raise"), Option("cache_memory", "int | str | None", None),
+          Option("steps_per_execution", "int", DEFAULT_STEPS_PER_EXECUTION))
 #: zdk's keyword-only options of the trainers with a parameter server.
 SERVER = (Option("num_shards", "int", 1), Option("parameter_server", "Sequence[str] | None", None),
           Option("ps_host", "str", "127.0.0.1"), Option("timeout", "float", 120.0),
@@ -105,6 +107,10 @@ class Trainer:
             memory after the first epoch; the rest is spilled to a file in Spark's local
             directories and read back in shuffled blocks (default: half the memory Spark gives
             a task's Python worker; docs/guide.md, "How much memory a worker holds").
+        steps_per_execution: the most training steps a worker runs in one compiled call (a
+            ``tf.function`` looping over the steps' minibatches; its windows also end at every
+            exchange and epoch end); the per-step history is the same. 1: one ``train_on_batch``
+            call per step.
         **algorithm_params: the algorithm's hyperparameters (``rho``, ``momentum``, ``eta``, a
             plugin's own); ``learning_rate`` goes to the algorithm when it has one, else to
             the worker optimizer.

@@ -157,7 +157,7 @@ def worker_config(plan: TrainingPlan, *, shuffle: bool, endpoints: Sequence[str]
         cache_memory=cache_memory, algorithm_sources=tuple(sources(plan.algorithm, plan.codec)), curve=curve.client().to_dict() if curve else None,
         quorum=plan.num_tasks, first_epoch=first_epoch, initial_file=initial_file,
         reinitialize=plan.reinitialize, on_nan=plan.on_nan, overlap=plan.overlap, codec=plan.codec,
-        codec_args=dict(plan.codec_args) or None,
+        codec_args=dict(plan.codec_args) or None, steps_per_execution=plan.steps_per_execution,
     )
 
 

@@ -18,6 +18,7 @@ from zdk.algorithms.base import Algorithm, Params
 from zdk.errors import AlgorithmNotFound, ConfigError
 from zdk.ps.checkpoint import CheckpointPolicy
 from zdk.runtime.models import ModelSpec
+from zdk.runtime.steps import DEFAULT_STEPS_PER_EXECUTION
 from zdk.transports.curve import CurveKeys
 
 #: What ``train`` returns: the parameter server's center, the one worker's model, or every worker's.
@@ -118,6 +119,8 @@ class TrainingPlan:
         result: :data:`CENTER`, :data:`MODEL` (the one worker's) or :data:`MODELS` (every worker's).
         reinitialize: workers draw fresh initial weights (seed + worker id) instead of the given ones.
         progress: show a progress bar on a terminal.
+        steps_per_execution: the most training steps a worker runs in one compiled call (its windows
+            end at exchanges and epoch ends too); 1: one ``train_on_batch`` call per step.
         server: the parameter server (ignored by algorithms without one).
     """
 
@@ -142,12 +145,14 @@ class TrainingPlan:
     result: str = CENTER
     reinitialize: bool = False
     progress: bool = True
+    steps_per_execution: int = DEFAULT_STEPS_PER_EXECUTION
     server: ServerPlan = ServerPlan()
 
     def __post_init__(self) -> None:
         _columns(self.features_col, "features_col")
         _columns(self.label_col, "label_col")
-        for name in ("num_epoch", "batch_size", "num_workers", "parallelism_factor", "max_prefetch"):
+        for name in ("num_epoch", "batch_size", "num_workers", "parallelism_factor", "max_prefetch",
+                     "steps_per_execution"):
             positive_int(getattr(self, name), name)
         _one_of(self.on_nan, "on_nan", ON_NAN)
         if self.cache_memory is not None and (isinstance(self.cache_memory, bool) or not isinstance(

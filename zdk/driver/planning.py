@@ -22,6 +22,7 @@ from zdk.driver.plan import CENTER, MODEL, MODELS, ServerPlan, TrainingPlan, pos
 from zdk.errors import ConfigError
 from zdk.ps.checkpoint import CheckpointPolicy
 from zdk.runtime.models import ModelSpec, make_spec, serialize_optimizer
+from zdk.runtime.steps import DEFAULT_STEPS_PER_EXECUTION
 from zdk.transports.curve import CurveKeys
 
 #: Seconds between shard checkpoints when a checkpoint directory is given without a period.
@@ -123,7 +124,8 @@ def plan_training(keras_model: Any, *, algorithm: str | Algorithm, owner: str, w
                   label_col: str | Sequence[str] = "label", num_epoch: int = 1, batch_size: int = 32,
                   num_workers: int = 2, parallelism_factor: int = 1, seed: int = 0, max_prefetch: int = 8,
                   cache_memory: int | str | None = None, on_nan: str = "raise", progress: bool = True, reinitialize: bool = False, result: str | None = None,
-                  worker_learning_rate: float | None = None, algorithm_options: Mapping[str, Any] | None = None,
+                  worker_learning_rate: float | None = None,
+                  steps_per_execution: int = DEFAULT_STEPS_PER_EXECUTION, algorithm_options: Mapping[str, Any] | None = None,
                   **ps_options: Any) -> TrainingPlan:
     """A validated plan from a trainer's arguments.
 
@@ -159,7 +161,7 @@ def plan_training(keras_model: Any, *, algorithm: str | Algorithm, owner: str, w
         max_prefetch=max_prefetch, overlap=overlap, on_nan=on_nan, codec=codec, codec_args=dict(codec_args or {}),
         cache_memory=None if cache_memory is None else parse_bytes(cache_memory, "cache_memory"),
         result=result or (CENTER if algo.uses_ps else MODEL if algo.workers == 1 else MODELS), reinitialize=bool(reinitialize), progress=progress,
-        server=server_plan(**ps_options),
+        steps_per_execution=steps_per_execution, server=server_plan(**ps_options),
     )
 
 

@@ -9,20 +9,22 @@ its history as Arrow rows, and its weights when the algorithm has no PS.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import math
 import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 from zdk import algorithms
 from zdk.algorithms.sources import load_sources
 from zdk.ps.client import PSClient
-from zdk.runtime.minibatches import MinibatchStream, fit_to_shapes
+from zdk.runtime.minibatches import Batch, MinibatchStream, fit_to_shapes
+from zdk.runtime.steps import DEFAULT_STEPS_PER_EXECUTION, NotCompilable, compiled_steps, window_steps
 from zdk.runtime.threads import size_tf_threads
 from zdk.errors import NonFiniteError, RemoteError
 from zdk.ps.exchange import Exchange
@@ -76,6 +78,8 @@ class WorkerConfig:
         on_nan: ``"raise"`` stops the worker at the first non-finite loss with an error naming
             the worker, epoch and step; ``"warn"`` logs it once and trains on.
         codec: the commit codec, and ``codec_args`` its arguments (None: the algorithm's, or float32).
+        steps_per_execution: the most training steps one compiled call runs (a window ends earlier at
+            an exchange or an epoch's end; :mod:`zdk.runtime.steps`); 1: one ``train_on_batch`` per step.
         first_epoch: the epoch to start at (a resumed job skips those already done); epochs are
             numbered from 0 to ``num_epoch - 1`` in records and progress reports either way.
     """
@@ -105,6 +109,7 @@ class WorkerConfig:
     overlap: bool = False
     codec: str | None = None
     codec_args: dict[str, Any] | None = None
+    steps_per_execution: int = DEFAULT_STEPS_PER_EXECUTION
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -146,6 +151,7 @@ class WorkerRun:
         self.epoch_steps = 0
         self.reused = False
         self._warned_nan = False
+        self._compiled: Any = None
 
     def run(self, batches: Iterable, *, initial: np.ndarray | None = None,
             t_start: float | None = None) -> list[dict[str, Any]]:
@@ -175,19 +181,21 @@ class WorkerRun:
         with self._cadence(model, local) as cadence:
             clocks["t_ready"] = time.time()
             step = samples = 0
+            self._compiled = self._compiler(model)
             for epoch in range(cfg.first_epoch, cfg.num_epoch):
                 if cadence.stopping:
                     break
                 model.reset_metrics()
                 before = samples
-                for xs, ys in stream.epoch():
-                    step += 1
-                    record = self._step(model, xs, ys, epoch, step)
+                for window in _windows(stream.epoch(), lambda first: self._window_steps(cadence, first)):
+                    records = self._steps(model, window, epoch, step + 1)
                     clocks["t_first"] = clocks["t_first"] or time.time()
-                    samples += len(xs[0])
-                    cadence.after_step(record, samples)
-                    self.records.append(record)
-                    if cadence.stopping:
+                    for record, (xs, _) in zip(records, window):
+                        step += 1
+                        samples += len(xs[0])
+                        cadence.after_step(record, samples)
+                        self.records.append(record)
+                    if cadence.stopping:  # a control arrives at an exchange, which ends a window
                         break
                 if cadence.stopping:  # the driver stopped the run: this epoch is not complete
                     logger.info("worker %d: stopped by the driver in epoch %d, step %d", self.worker_id, epoch, step)
@@ -236,13 +244,55 @@ class WorkerRun:
         overlapped = cfg.overlap and not self.algorithm.synchronous and not cfg.exchange_per_epoch
         return kinds[(cfg.exchange_per_epoch, overlapped)](self, model, local)
 
-    def _step(self, model: Any, xs: list[np.ndarray], ys: list[np.ndarray], epoch: int, step: int) -> dict[str, Any]:
-        xs = fit_to_shapes(xs, _shapes(model.inputs), self.config.features)
-        ys = fit_to_shapes(ys, _shapes(model.outputs), self.config.labels, strict=False)
-        record = self._record("step", epoch, step, model.train_on_batch(_unwrap(xs), _unwrap(ys), return_dict=True))
-        if record["loss"] is not None and not math.isfinite(record["loss"]):
-            self._non_finite(record)
-        return record
+    def _compiler(self, model: Any) -> Any:
+        """The model's :class:`~zdk.runtime.steps.CompiledSteps`, or None for one ``train_on_batch``
+        per step (``steps_per_execution=1``, or a model whose steps cannot run compiled)."""
+        if self.config.steps_per_execution <= 1:
+            return None
+        compiled = compiled_steps(model)
+        if compiled.disabled is not None:
+            self._fall_back(compiled.disabled)
+            return None
+        return compiled
+
+    def _fall_back(self, reason: str) -> None:
+        logger.warning("worker %d: training steps cannot run compiled, %d per call: %s; running one "
+                       "train_on_batch call per step instead (same results, slower)", self.worker_id,
+                       self.config.steps_per_execution, reason)
+        self._compiled = None
+
+    def _window_steps(self, cadence: "_Cadence", first: Batch) -> int:
+        """Steps of the next window: up to ``steps_per_execution``, ending at the cadence's next
+        exchange (a window never spans one) and within the memory a compiled call may stack."""
+        if self._compiled is None:
+            return 1
+        return window_steps(self.config.steps_per_execution, cadence.horizon(), first)
+
+    def _steps(self, model: Any, window: list[Batch], epoch: int, first: int) -> list[dict[str, Any]]:
+        """Trains on ``window``'s minibatches, in one compiled call when possible, and returns one
+        record per step (numbered from ``first``), its loss and metrics those of its own batch.
+        A non-finite loss is reported at the first step that had one."""
+        shaped = [(fit_to_shapes(xs, _shapes(model.inputs), self.config.features),
+                   fit_to_shapes(ys, _shapes(model.outputs), self.config.labels, strict=False)) for xs, ys in window]
+        started = time.time()
+        logs: list[dict[str, Any]] = []
+        if self._compiled is not None:
+            try:
+                logs = self._compiled.run(shaped)
+            except NotCompilable as exc:
+                logs = exc.completed
+                self._fall_back(exc.reason)
+        for xs, ys in shaped[len(logs):]:
+            logs.append(model.train_on_batch(_unwrap(xs), _unwrap(ys), return_dict=True))
+        ended = time.time()
+        records = []
+        for i, step_logs in enumerate(logs):
+            record = self._record("step", epoch, first + i, step_logs)
+            record["timestamp"] = started + (ended - started) * (i + 1) / len(logs)  # the steps share the call
+            if record["loss"] is not None and not math.isfinite(record["loss"]):
+                self._non_finite(record)
+            records.append(record)
+        return records
 
     def _last(self) -> dict[str, Any]:
         return self.records[-1] if self.records else {}
@@ -312,6 +362,11 @@ class _Cadence:
     def after_step(self, record: dict[str, Any], samples: int) -> None:
         pass
 
+    def horizon(self) -> int | None:
+        """Steps the worker may take before this cadence acts at a step's end (exchanges); None:
+        only at epoch ends. A compiled window of steps never runs past it."""
+        return None
+
     def end_epoch(self, record: dict[str, Any], samples: int, summary: dict[str, float], *, last: bool) -> None:
         """The end of an epoch: the driver learns of it (and its figures) through the shards. After
         the last epoch, the worker first commits what it has left, so the figures the driver reads
@@ -358,6 +413,9 @@ class _EveryWindow(_Cadence):
         self.in_window += 1
         if self.in_window == self.exchange.window:
             self._exchange(record, samples)
+
+    def horizon(self) -> int | None:
+        return max(1, self.exchange.window - self.in_window)
 
     def end_epoch(self, record: dict[str, Any], samples: int, summary: dict[str, float], *, last: bool) -> None:
         if last and self.in_window:
@@ -423,6 +481,9 @@ class _EveryEpoch(_EveryWindow):
     def after_step(self, record: dict[str, Any], samples: int) -> None:
         self.in_window += 1
 
+    def horizon(self) -> int | None:
+        return None
+
     def end_epoch(self, record: dict[str, Any], samples: int, summary: dict[str, float], *, last: bool) -> None:
         if self.in_window:
             self._exchange(record, samples)
@@ -463,6 +524,14 @@ class _Overlapped(_EveryWindow):
         if receipt is not None:
             _note(record, receipt)
             self._obey()
+
+
+def _windows(batches: Iterable[Batch], size: Callable[[Batch], int]) -> Iterator[list[Batch]]:
+    """``batches`` cut into windows: each of ``size(its first batch)`` batches (fewer at the end).
+    ``size`` is asked when the window starts, after the previous one was trained and exchanged."""
+    batches = iter(batches)
+    for first in batches:
+        yield [first, *itertools.islice(batches, size(first) - 1)]
 
 
 def _note(record: dict[str, Any], receipt: Any) -> None:
