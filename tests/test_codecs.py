@@ -257,7 +257,7 @@ def test_topk_error_feedback_sends_every_update_eventually_through_two_shards():
     assert np.allclose(center, np.sum(deltas, axis=0), atol=1e-6) and not exchange.residual.any()
     # (u32 index + f32 value) for 5% of the values: 10× fewer bytes than float32; then e once.
     assert seen["bytes"] == len(deltas) * 2 * math.ceil(0.05 * size / 2) * 8
-    assert exchange.commit_bytes == seen["bytes"] + size * 4
+    assert exchange.commit_bytes == seen["bytes"] and exchange.flushed_bytes == size * 4
 
 
 def test_without_error_feedback_the_lost_part_stays_lost_and_int8_quarters_the_bytes():
@@ -348,7 +348,7 @@ def test_the_plugin_codec_of_the_docs_registers_trains_and_refuses_short_input(t
             exchange, center = run_windows(group.endpoints, deltas, codec="sign",
                                            codec_args={"error_feedback": True})
         # 1 bit a value and a scale per shard, then the remainder e as float32 at `finish`.
-        assert exchange.commit_bytes == 3 * 2 * (-(-500 // 8) + 4) + size * 4
+        assert exchange.commit_bytes == 3 * 2 * (-(-500 // 8) + 4) and exchange.flushed_bytes == size * 4
         assert np.allclose(center, np.sum(deltas, axis=0), atol=1e-6)
         core = core_for()
         reply = send(core, *encoded_request("sign", (np.zeros(3, "|u1"), np.ones(1, "<f4"))))

@@ -72,7 +72,8 @@ class Exchange:
         self.pulled = np.empty_like(local)
         self.state: dict[str, Any] = {}
         self.exchanges = 0
-        self.commit_bytes = 0
+        self.commit_bytes = 0  #: payload bytes of the windows' commits, as sent (encoded)
+        self.flushed_bytes = 0  #: bytes of the error-feedback remainder committed by :meth:`flush`
         self.resyncs = 0
         self._residual: np.ndarray | None = None
         self._payload: np.ndarray | None = None
@@ -280,7 +281,7 @@ class Exchange:
             return None
         assert self.client.plan is not None
         receipt = self.client.commit(self._residual)
-        self.commit_bytes += self._residual.nbytes
+        self.flushed_bytes += self._residual.nbytes
         for left, applied in zip(self.client.plan.slices(self._residual), receipt.applied_by):
             if applied:
                 left.fill(0.0)
