@@ -218,3 +218,21 @@ def test_steps_per_execution_must_be_a_positive_int():
     assert caught.value.field == "steps_per_execution"
     assert ADAG(m, "adam", "mse", steps_per_execution=4).plan.steps_per_execution == 4
     assert SingleTrainer(m, "adam", "mse").plan.steps_per_execution == steps_module.DEFAULT_STEPS_PER_EXECUTION
+
+
+def test_the_epoch_figures_are_the_row_weighted_means_of_its_steps_not_its_last_step(monkeypatch):
+    from zdk.runtime import worker as worker_module
+
+    seen = []
+    monkeypatch.setattr(worker_module._Cadence, "end_epoch",
+                        lambda self, record, samples, summary, *, last: seen.append(summary))
+    records = steps_of(WorkerRun(config(), worker_id=0).run(arrow_batches()))
+    rows = [BATCH] * 12 + [ROWS - 12 * BATCH]  # a step's figures are its own batch's
+    assert len(seen) == 2
+    for epoch, summary in enumerate(seen):
+        mine = [r for r in records if r["epoch"] == epoch]
+        assert summary["samples"] == ROWS and len(mine) == len(rows)
+        assert summary["loss"] == pytest.approx(np.average([r["loss"] for r in mine], weights=rows), rel=1e-6)
+        accuracy = np.average([eval_metrics(r)["accuracy"] for r in mine], weights=rows)
+        assert summary["accuracy"] == pytest.approx(accuracy, rel=1e-6)
+        assert summary["loss"] != pytest.approx(mine[-1]["loss"], rel=1e-3)

@@ -43,14 +43,16 @@ def test_every_epoch_has_training_and_validation_figures_of_the_center(cls, wind
     figures = trainer.keras_history.history
     assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(figures)
     assert all(len(figures[k]) == 3 for k in ("loss", "accuracy", "val_loss", "val_accuracy"))
-    # Training figures: the workers' last running means of each epoch, weighted by their samples.
+    # Training figures: each worker's epoch loss is its steps' losses (each its own batch's) weighted
+    # by their rows, as fit's epoch loss; the workers' are then weighted by their samples.
     rows = {s["worker"]: s["rows"] for s in trainer.worker_summaries}
     for epoch in range(3):
-        last = {}
-        for r in trainer.history:
-            if r["epoch"] == epoch:
-                last[r["worker"]] = r["loss"]
-        expected = sum(last[w] * rows[w] for w in last) / sum(rows[w] for w in last)
+        per_worker = {}
+        for w in rows:
+            losses = [r["loss"] for r in trainer.history if r["epoch"] == epoch and r["worker"] == w]
+            sizes = [32] * (len(losses) - 1) + [rows[w] - 32 * (len(losses) - 1)]  # the default batch_size
+            per_worker[w] = np.average(losses, weights=sizes)
+        expected = sum(per_worker[w] * rows[w] for w in rows) / sum(rows.values())
         assert figures["loss"][epoch] == pytest.approx(expected, rel=1e-5)
     # The last epoch ended after every worker's last commit: its figures are the returned center's.
     again = model.evaluate(x_test, y_test, verbose=0, return_dict=True)

@@ -1,8 +1,9 @@
 """When an epoch of an asynchronous run ends, and what its training figures are.
 
 Workers train at their own pace. Each one, at the end of each of its epochs, reports the
-epoch's figures to the shards (``epoch``, its ``samples``, and the loss and metrics of its last
-step: Keras's running means since the epoch began). For the driver, epoch e has ended once
+epoch's figures to the shards (``epoch``, its ``samples``, and the loss and metrics of its steps
+averaged with their rows as weights, which for the loss and mean metrics is the epoch's value as
+``fit`` reports it). For the driver, epoch e has ended once
 every worker has reported it; its training figures are the workers' figures averaged with
 their samples as weights: f_e = Σ_k n_k f_k / Σ_k n_k.
 

@@ -187,12 +187,14 @@ class WorkerRun:
                     break
                 model.reset_metrics()
                 before = samples
+                sums: dict[str, float] = {}
                 for window in _windows(stream.epoch(), lambda first: self._window_steps(cadence, first)):
                     records = self._steps(model, window, epoch, step + 1)
                     clocks["t_first"] = clocks["t_first"] or time.time()
                     for record, (xs, _) in zip(records, window):
                         step += 1
                         samples += len(xs[0])
+                        _accumulate(sums, record, len(xs[0]))
                         cadence.after_step(record, samples)
                         self.records.append(record)
                     if cadence.stopping:  # a control arrives at an exchange, which ends a window
@@ -201,7 +203,7 @@ class WorkerRun:
                     logger.info("worker %d: stopped by the driver in epoch %d, step %d", self.worker_id, epoch, step)
                     break
                 self.epoch_steps = self.epoch_steps or step
-                cadence.end_epoch(self._last(), samples, self._epoch_summary(epoch, samples - before),
+                cadence.end_epoch(self._last(), samples, self._epoch_summary(epoch, samples - before, sums),
                                   last=epoch == cfg.num_epoch - 1)
             cadence.finish(self._last(), samples)
         busy = time.perf_counter() - started
@@ -297,13 +299,15 @@ class WorkerRun:
     def _last(self) -> dict[str, Any]:
         return self.records[-1] if self.records else {}
 
-    def _epoch_summary(self, epoch: int, samples: int) -> dict[str, float]:
-        """The epoch's figures for the driver: its samples, and the loss and metrics of its last step
-        (Keras's running means since the metrics were reset at the epoch's start)."""
-        last = self.records[-1] if self.records and self.records[-1]["epoch"] == epoch else None
+    def _epoch_summary(self, epoch: int, samples: int, sums: dict[str, float]) -> dict[str, float]:
+        """The epoch's figures for the driver: its samples, and the loss and each metric averaged over
+        its steps weighted by their rows, Σ nᵢ·vᵢ / Σ nᵢ. A step's figures are its own batch's (Keras
+        resets the metrics before every ``train_on_batch`` and every compiled step), so for the loss
+        and mean metrics (accuracy, MAE) this is the epoch's value, as ``fit`` reports it; for a metric
+        that is not a mean of per-row values (AUC, precision) it is the mean of the batches' values."""
         summary: dict[str, float] = {"epoch": float(epoch), "samples": float(samples)}
-        if last is not None:
-            figures = {"loss": last["loss"], **json.loads(last["metrics"])}
+        if samples and sums:
+            figures = {name: total / samples for name, total in sums.items()}
             kept = list(figures.items())[:MAX_EPOCH_FIGURES]
             if len(figures) > len(kept):
                 logger.warning("worker %d: only the loss and the first %d metrics reach the driver per epoch",
@@ -524,6 +528,14 @@ class _Overlapped(_EveryWindow):
         if receipt is not None:
             _note(record, receipt)
             self._obey()
+
+
+def _accumulate(sums: dict[str, float], record: dict[str, Any], rows: int) -> None:
+    """Adds a step's loss and metrics, weighted by its ``rows``, to the epoch's ``sums``."""
+    figures = {"loss": record["loss"], **json.loads(record["metrics"])}
+    for name, value in figures.items():
+        if value is not None:
+            sums[name] = sums.get(name, 0.0) + float(value) * rows
 
 
 def _windows(batches: Iterable[Batch], size: Callable[[Batch], int]) -> Iterator[list[Batch]]:
