@@ -53,7 +53,7 @@ def probe_without_keys(trainer, result: dict) -> None:
     while time.monotonic() < deadline and not trainer.endpoints:
         time.sleep(0.1)
     try:
-        with PSClient(trainer.endpoints, worker_id=OBSERVER_TOOL, timeout=3.0, tries=1) as client:
+        with PSClient(trainer.endpoints, worker_id=OBSERVER_TOOL, timeout=1.5, tries=1) as client:
             client.hello(register=False)
         result["probe"] = "answered"
     except DeadlineExceeded:
@@ -78,13 +78,16 @@ def train_one(name: str, args: argparse.Namespace, data) -> dict:
         ps_host=args.ps_host, num_shards=args.num_shards)
     killed: dict = {}
     probe: dict = {}
+    prober = threading.Thread(target=probe_without_keys, args=(trainer, probe), daemon=True)
     if args.probe_without_keys:
-        threading.Thread(target=probe_without_keys, args=(trainer, probe), daemon=True).start()
+        prober.start()
     if args.kill_worker_at is not None:
         threading.Thread(target=kill_worker_when, args=(trainer, args.kill_worker_at, killed), daemon=True).start()
     started = time.monotonic()
     trained = trainer.train(df, resume=args.resume)
     finished = time.monotonic()
+    if args.probe_without_keys:
+        prober.join(timeout=30)  # a short run can end before the probe's deadline
     accuracy = float((trained.predict(x_test, verbose=0).argmax(axis=1) == y_test).mean())
     return {
         "trainer": name, "accuracy": accuracy, "attempts": sorted({r["attempt"] for r in trainer.history}),

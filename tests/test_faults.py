@@ -197,7 +197,12 @@ def freeze_checkpoint_and_kill(trainer, what: dict, parent: int, checkpoint_dir:
             time.sleep(0.05)
         with PSClient(trainer.endpoints, worker_id=OBSERVER_TOOL, timeout=10) as client:
             before = client.hello(register=False)
-            workers = [int(w["report"]["pid"]) for w in client.stats()[k]["workers"].values()]
+            # A worker's pid arrives with its first commit; one worker can pass version 20 alone.
+            workers: list[int] = []
+            while time.monotonic() < deadline and len(workers) < 2:
+                reports = [w["report"] for w in client.stats()[k]["workers"].values()]
+                workers = [int(r["pid"]) for r in reports if "pid" in r]
+                time.sleep(0.05)
         for pid in [*workers, victim]:
             os.kill(pid, signal.SIGSTOP)
             frozen.append(pid)

@@ -3,6 +3,7 @@ with an error naming the worker, epoch and step; never a silently wrong model.""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 
@@ -25,7 +26,10 @@ def mlp(inputs: int = 64):
 
 
 def shard_pids() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "zdk.ps.server"], capture_output=True, text=True).stdout
+    """The shards this test process started (a trainer's shards are its children); other tests'
+    helpers, such as a supervised `zdk ps`, start shards of their own."""
+    out = subprocess.run(["pgrep", "-P", str(os.getpid()), "-f", "zdk.ps.server"], capture_output=True,
+                         text=True).stdout
     return {int(p) for p in out.split()}
 
 

@@ -34,6 +34,8 @@ from zdk.transports.zmq import check_endpoint
 
 logger = logging.getLogger(__name__)
 
+STOP_TIMEOUT = 15.0  # seconds a shard gets to exit after SIGTERM before SIGKILL
+
 _live_groups: "weakref.WeakSet[ShardGroup]" = weakref.WeakSet()
 _live_lock = threading.Lock()
 
@@ -112,8 +114,12 @@ class ShardGroup:
                        self.restarts[shard])
         return endpoint
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM every shard, wait up to ``timeout`` seconds, then SIGKILL the rest. Idempotent."""
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM every shard, wait up to ``timeout`` seconds, then SIGKILL the rest. Idempotent.
+
+        A shard exits within milliseconds of SIGTERM, after writing its last checkpoint when it
+        keeps them; the generous default lets that write finish on a busy disk, since a killed
+        shard loses everything since its previous checkpoint."""
         for p in self.processes:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
