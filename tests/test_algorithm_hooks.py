@@ -64,7 +64,8 @@ def send(core: ShardCore, op: str, worker: int = 1, rid: int = 1, data=None, **f
 
 
 @pytest.mark.parametrize("name,additive", [("downpour", True), ("agn", True), ("aeasgd", True), ("eamsgd", True),
-                                           ("adag", False), ("dynsgd", False), ("averaging", False)])
+                                           ("adag", True), ("adag_server", False), ("dynsgd", False),
+                                           ("averaging", False)])
 def test_builtins_say_whether_their_server_update_is_additive(name, additive):
     algo = algorithms.get(name)
     assert algo.additive is additive

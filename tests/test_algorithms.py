@@ -133,8 +133,8 @@ def test_agn_step_divides_by_the_window():
     np.testing.assert_allclose(shard.center, [1.25, 1.5])
 
 
-def test_adag_step_scales_elementwise_by_the_center_drift():
-    algo = algorithms.get("adag")
+def test_adag_server_step_scales_elementwise_by_the_center_drift():
+    algo = algorithms.get("adag_server")
     params = algo.make_params(eta=0.01)
     center = np.array([1.0, 2.0, 3.0], np.float32)
     pulled = np.array([1.0, 1.9, 2.0], np.float32)  # what this worker saw τ updates ago
@@ -149,11 +149,46 @@ def test_adag_step_scales_elementwise_by_the_center_drift():
     assert algo.keeps_pulled and algo.worker_delta is algorithms.get("agn").worker_delta
 
 
-def test_adag_before_any_pull_applies_the_delta_unscaled():
-    algo = algorithms.get("adag")
+def test_adag_server_before_any_pull_applies_the_delta_unscaled():
+    algo = algorithms.get("adag_server")
     shard = state([1.0])
     result = algo.server_update(shard, WorkerSlot(worker=0), np.array([0.5], np.float32), algo.make_params())
     assert shard.center.tolist() == [1.5] and result.info["scale"] == 1.0
+
+
+def test_adag_worker_scales_its_normalized_delta_by_the_drift_since_its_last_commit():
+    algo = algorithms.get("adag")
+    params = algo.make_params(eta=0.01)
+    pulled = np.array([1.0, 1.9, 2.0], np.float32)  # the center as this worker's last commit left it
+    center = np.array([1.0, 2.0, 3.0], np.float32)  # the center just pulled
+    local = pulled + np.float32(0.6)  # λ = 2 local steps of 0.3
+    win = WorkerWindow(local=local.copy(), pulled=pulled.copy(), center=center.copy(), window=2)
+    win.delta = algo.worker_delta(win, params)
+    scale = 1.0 / ((center - pulled) ** 2 / 0.01 + 1.0)  # [1, 0.5, 1/101]
+    np.testing.assert_allclose(win.delta, 0.3 * scale, rtol=1e-5)
+    assert win.state["info"]["scale"] == pytest.approx(scale.mean(), rel=1e-5)
+    algo.worker_reset(win, params)
+    # It continues from the center as its commit left it, and measures the next drift from there.
+    np.testing.assert_allclose(win.local, center + 0.3 * scale, rtol=1e-6)
+    np.testing.assert_array_equal(win.state["base"], win.local)
+    np.testing.assert_array_equal(win.center, center)  # the pulled center is not the worker's to write
+    win.pulled, win.center = center.copy(), center + np.float32(0.1)  # the next exchange's pull
+    win.local = win.state["base"] + np.float32(0.4)
+    nxt = algo.worker_delta(win, params)
+    drift = win.center - win.state["base"]
+    np.testing.assert_allclose(nxt, 0.2 / (drift ** 2 / 0.01 + 1.0), rtol=1e-4)
+    assert algo.additive and algo.pull_before_commit and not algo.keeps_pulled
+
+
+def test_adag_without_drift_commits_the_agn_delta():
+    adag, agn = algorithms.get("adag"), algorithms.get("agn")
+    pulled = np.array([0.5, -1.0], np.float32)
+
+    def window() -> WorkerWindow:
+        return WorkerWindow(local=pulled + np.float32(0.4), pulled=pulled.copy(), center=pulled.copy(), window=4)
+
+    np.testing.assert_array_equal(adag.worker_delta(window(), adag.make_params()),
+                                  agn.worker_delta(window(), agn.make_params()))
 
 
 @pytest.mark.parametrize("staleness", [0, 1, 3])

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from zdk.algorithms.agn import normalized_delta
-from zdk.algorithms.base import Params, ShardState, UpdateResult, WorkerSlot, _positive, reset_to_center
+from zdk.algorithms.base import (Params, ShardState, UpdateResult, WorkerSlot, WorkerWindow, _positive,
+                                 reset_to_center)
 from zdk.algorithms.registry import register
 
 
@@ -38,8 +39,19 @@ class ADAGParams(Params):
         _positive("eta", self.eta)
 
 
+def adag_scale(center: np.ndarray, pulled: np.ndarray, params: ADAGParams, out: np.ndarray | None = None) -> np.ndarray:
+    """1 / (η⁻¹·(θ̃_t − θ̃_{t−τ})² + 1), elementwise: 1 where the center has not moved since the
+    pull, ½ where it moved by √η, → 0 as it moves further."""
+    scale = np.subtract(center, pulled, out=out)
+    np.square(scale, out=scale)
+    scale *= np.float32(1.0 / params.eta)
+    scale += np.float32(1.0)
+    np.reciprocal(scale, out=scale)
+    return scale
+
+
 def adag_update(shard: ShardState, worker: WorkerSlot, delta: np.ndarray, params: ADAGParams) -> UpdateResult:
-    """θ̃_{t+1} = θ̃_t + Δ ⊙ 1 / (η⁻¹·(θ̃_t − θ̃_{t−τ})² + 1), elementwise.
+    """θ̃_{t+1} = θ̃_t + Δ ⊙ 1 / (η⁻¹·(θ̃_t − θ̃_{t−τ})² + 1), elementwise, on the shard.
 
     θ̃_{t−τ} is this shard's slice as the worker last pulled it, which the server
     keeps, so the worker sends only Δ/λ. Before the worker's first pull the scale is 1.
@@ -47,15 +59,38 @@ def adag_update(shard: ShardState, worker: WorkerSlot, delta: np.ndarray, params
     if worker.pulled is None:
         shard.center += delta
         return UpdateResult(info={"scale": 1.0})
-    scale = np.subtract(shard.center, worker.pulled)
-    np.square(scale, out=scale)
-    scale *= np.float32(1.0 / params.eta)
-    scale += np.float32(1.0)
-    np.reciprocal(scale, out=scale)
+    scale = adag_scale(shard.center, worker.pulled, params)
     mean_scale = float(scale.mean()) if scale.size else 1.0
     scale *= delta
     shard.center += scale
     return UpdateResult(info={"scale": mean_scale})
+
+
+def adag_delta(win: WorkerWindow, params: ADAGParams) -> np.ndarray:
+    """Δ/λ ⊙ 1/(η⁻¹·(θ̃_t − θ̃_{t−τ})² + 1), computed by the worker, which has both centers: θ̃_t
+    just pulled, and θ̃_{t−τ}, the center as its previous commit left it (``win.pulled`` before
+    its first commit). Δ = θ − θ̃_{t−τ}, the λ local steps since then. Reports the mean scale, as
+    ``win.state["info"]["scale"]``."""
+    base = win.state.get("base", win.pulled)
+    delta = np.subtract(win.local, base)
+    delta /= np.float32(win.window)
+    scale = adag_scale(win.center, base, params)
+    win.state["info"] = {"scale": float(scale.mean()) if scale.size else 1.0}
+    delta *= scale
+    return delta
+
+
+def adag_reset(win: WorkerWindow, params: ADAGParams) -> None:
+    """θ̃_{t−τ} ← θ̃_t + committed, θ ← θ̃_{t−τ}: the worker continues from the center as its commit
+    left it (other workers' commits since the pull arrive with the next one), and its next commit
+    is scaled by the drift from there, as when the pull followed the commit. That center is kept
+    in ``win.state["base"]``, one array of the model's size."""
+    assert win.delta is not None  # the exchange sets it before the reset
+    base = win.state.get("base")
+    if base is None or base.shape != win.center.shape:
+        base = win.state["base"] = np.empty_like(win.center)
+    np.add(win.center, win.delta, out=base)
+    np.copyto(win.local, base)
 
 
 @register("adag")
@@ -63,9 +98,27 @@ class ADAG:
     """Asynchronous Distributed Adaptive Gradients (J. Hermans, "On Scalable Deep Learning
     and Parallelizing Gradient Descent", 2017, §4.4).
 
-    Worker: as AGN, commits Δ/λ. Server, elementwise:
-    θ̃ ← θ̃ + Δ/λ ⊙ 1/(η⁻¹·(θ̃_t − θ̃_{t−τ})² + 1), where θ̃_{t−τ} is the center
-    this worker last pulled, kept by the server (the network-efficient variant).
+    Worker, every λ steps: pulls θ̃_t, commits Δ/λ ⊙ 1/(η⁻¹·(θ̃_t − θ̃_{t−τ})² + 1), elementwise,
+    where θ̃_{t−τ} is the center as its previous commit left it; continues from θ̃_t plus its
+    commit. Server: θ̃ ← θ̃ + payload. The worker holds both centers, so a shard keeps no
+    per-worker copy and its memory does not grow with the number of workers; θ̃_t is the center
+    one round trip before the commit lands rather than at that instant (``adag_server`` scales on
+    the shard, at the cost of one slice per worker).
+    """
+
+    Params = ADAGParams
+    worker_delta = staticmethod(adag_delta)
+    worker_reset = staticmethod(adag_reset)
+    pull_before_commit = True
+    additive = True
+
+
+@register("adag_server")
+class ADAGServer:
+    """ADAG with the drift measured on the shard: worker as AGN, commits Δ/λ; server, elementwise,
+    θ̃ ← θ̃ + Δ/λ ⊙ 1/(η⁻¹·(θ̃_t − θ̃_{t−τ})² + 1), where θ̃_{t−τ} is the center this worker last
+    pulled, kept by the server. Exact at the instant the commit lands, but each shard keeps one
+    slice per worker: its memory grows with the number of workers.
     """
 
     Params = ADAGParams

@@ -152,7 +152,9 @@ class WorkerWindow:
         center: the center just pulled (before the commit when the algorithm pulls first).
         window: λ, local steps taken in this window.
         delta: what ``worker_delta`` returned, for ``worker_reset`` to use.
-        state: the algorithm's own worker-side bookkeeping.
+        state: the algorithm's own worker-side bookkeeping. Numbers ``worker_delta`` leaves in
+            ``state["info"]`` (a map of floats) join the commit's reported numbers, as a
+            server update's ``UpdateResult.info`` does (ADAG's ``scale``).
     """
 
     local: np.ndarray

@@ -8,6 +8,7 @@ resets θ with ``worker_reset``, in the order the algorithm asks for.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -89,7 +90,9 @@ class Exchange:
         return int(self.params.communication_window)
 
     def start(self) -> None:
-        """Pulls θ̃ and starts from it: θ ← θ̃."""
+        """Pulls θ̃ and starts from it: θ ← θ̃, forgetting the algorithm's worker-side state (ADAG's
+        θ̃_{t−τ}), which described the center before it."""
+        self.state.clear()
         self.client.pull(self.center)
         np.copyto(self.local, self.center)
         np.copyto(self.pulled, self.center)
@@ -219,6 +222,9 @@ class Exchange:
         assert algo.worker_delta is not None and algo.worker_reset is not None
         win.delta = np.ascontiguousarray(algo.worker_delta(win, self.params), dtype=np.float32)
         receipt = self._commit(win.delta, report)
+        info = win.state.pop("info", None)
+        if info:
+            receipt = dataclasses.replace(receipt, info={**receipt.info, **info})
         if algo.synchronous:
             self.client.pull(self.center, min_version=[b + 1 for b in bases], wait=self._round_wait())
         elif not algo.pull_before_commit:
