@@ -498,15 +498,15 @@ class ShardCore:
         return self.state
 
     def _free_buffer(self) -> np.ndarray:
-        # Reusing buffers avoids page-faulting a fresh allocation for every copy.
-        for buf in self._pool:
-            if buf is not self.state.center and not self._lent(buf):
-                return buf
-        buf = np.empty_like(self.state.center)
+        """A slice-sized buffer no one reads: neither the center nor lent. Reusing one avoids
+        page-faulting a fresh allocation for every update; the pool keeps only the center, the
+        lent buffers (their leases keep them alive anyway) and one spare, so memory returns to
+        center + spare once pulls in flight have been sent, however many workers there are."""
+        center = self.state.center
+        free = [b for b in self._pool if b is not center and not self._lent(b)]
+        buf = free[0] if free else np.empty_like(center)
+        self._pool = [b for b in self._pool if b is center or (b is not buf and self._lent(b))]
         self._pool.append(buf)
-        if len(self._pool) > 4 + 2 * len(self.state.workers):
-            # Lent buffers leave the pool; their leases keep them alive until released.
-            self._pool = [b for b in self._pool if b is buf or b is self.state.center or not self._lent(b)]
         return buf
 
     def _commit(self, peer: bytes, request: Request, frames: Sequence[Frame]) -> list[Outgoing]:
