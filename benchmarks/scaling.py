@@ -28,7 +28,6 @@ import argparse
 import multiprocessing as mp
 import os
 import platform
-import statistics
 import threading
 import time
 from typing import Any, Callable, Iterable
@@ -44,18 +43,9 @@ from zdk.ps.client import PSClient  # noqa: E402
 from zdk.ps.launcher import start_shards  # noqa: E402
 from zdk.ps.protocol import DEFAULT_CHUNK_BYTES  # noqa: E402
 
+from ps_throughput import _median_seconds as median_seconds  # noqa: E402  (warm-up call, then the median)
+
 MIB = 1 << 20
-
-
-def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
-    """The median of ``repeats`` timed calls after one untimed warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def peak_rss(pid: int) -> int:

@@ -67,6 +67,14 @@ def test_stream_yields_full_minibatches_across_record_batches_then_caches():
     assert second == first  # no shuffle: the cached order
 
 
+def test_a_stream_for_one_epoch_keeps_no_rows_and_refuses_a_second_epoch():
+    stream = MinibatchStream(batches(10, 3), features=["x"], labels=["y"], batch_size=4, keep=False)
+    assert [x[0].tolist() for x, _ in stream.epoch()] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert stream.rows == 10 and stream.cached_bytes == 0 and stream.spilled_bytes == 0
+    with pytest.raises(RuntimeError, match="kept no rows"):
+        list(stream.epoch())
+
+
 def test_stream_shuffles_later_epochs_keeping_rows_paired():
     stream = MinibatchStream(batches(64, 16), features=["x"], labels=["y"], batch_size=8, shuffle=True, seed=3)
     list(stream.epoch())

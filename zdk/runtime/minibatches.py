@@ -147,13 +147,15 @@ class MinibatchStream:
         prefetch: minibatches the queue holds.
         cache_memory: bytes of rows kept in memory between epochs (None: every row).
         spill_dir: where rows beyond ``cache_memory`` go (default: Spark's local directory).
+        keep: keep the rows for later epochs; False when the first epoch is the only one, so a
+            one-epoch worker holds only the minibatches in flight, however large its partition.
     """
 
     _END = object()
 
     def __init__(self, batches: Iterable, *, features: Sequence[str], labels: Sequence[str], batch_size: int,
                  shuffle: bool = False, seed: int = 0, prefetch: int = 8, cache_memory: int | None = None,
-                 spill_dir: str | None = None) -> None:
+                 spill_dir: str | None = None, keep: bool = True) -> None:
         if batch_size < 1:
             raise ConfigError(f"`batch_size` must be ≥ 1. Received: batch_size={batch_size}", field="batch_size")
         self._source: Iterator | None = iter(batches)
@@ -164,6 +166,8 @@ class MinibatchStream:
         self.prefetch = prefetch
         self._store = RowStore(memory=cache_memory, directory=spill_dir)
         self._cached = False
+        self._keep = keep
+        self._served = False
         self.rows = 0
 
     @property
@@ -219,6 +223,9 @@ class MinibatchStream:
             return False
 
         try:
+            if self._served and not self._cached:
+                raise RuntimeError("this MinibatchStream kept no rows (keep=False): it serves one epoch")
+            self._served = True
             source = self._cached_epoch() if self._cached else self._first_epoch()
             for batch in source:
                 if not put(batch):
@@ -234,7 +241,8 @@ class MinibatchStream:
             if record_batch.num_rows == 0:
                 continue
             xs, ys = record_batch_arrays(record_batch, self.features, self.labels)
-            self._store.add(xs + ys)
+            if self._keep:
+                self._store.add(xs + ys)
             self.rows += record_batch.num_rows
             if pending is not None:
                 xs = [np.concatenate([p, a]) for p, a in zip(pending[0], xs)]
@@ -249,8 +257,9 @@ class MinibatchStream:
         self._source = None
         if pending is not None:
             yield pending
-        self._store.finish()
-        self._cached = True
+        if self._keep:
+            self._store.finish()
+            self._cached = True
 
     def _cached_epoch(self) -> Iterator[Batch]:
         split = len(self.features)

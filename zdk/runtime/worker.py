@@ -168,7 +168,7 @@ class WorkerRun:
         model, local = self._model(initial)
         stream = MinibatchStream(batches, features=cfg.features, labels=cfg.labels, batch_size=cfg.batch_size,
                                  shuffle=cfg.shuffle, seed=cfg.seed + self.worker_id, prefetch=cfg.prefetch,
-                                 cache_memory=cfg.cache_memory)
+                                 cache_memory=cfg.cache_memory, keep=cfg.num_epoch - cfg.first_epoch > 1)
         try:
             return self._train(model, local, stream, t_start)
         finally:
