@@ -9,9 +9,12 @@ Axes, each row against a reference measured in the same run:
     slice into its own center with one ``np.add`` before sending the center back. The goal is a
     ratio ≥ 0.8 at 10 M and 100 M.
 ``memory``
-    The shards' peak RSS (``VmHWM``) over their slice, for DOWNPOUR, ADAG and AEASGD with 2 and 8
-    numpy workers committing and pulling a 100 M-parameter center through 4 shards. A shard
-    holds the center, its receive buffers and the algorithm's state; the goal is ≤ 2.5× the slice.
+    The shards' peak RSS (``VmHWM``) less an empty shard's (the interpreter, numpy, pyzmq), over
+    their slice, for DOWNPOUR, ADAG (which keeps each worker's pulled slice), ``adag_worker``
+    (ADAG with the drift measured on the worker) and AEASGD, with 2 and 8 numpy workers
+    committing and pulling a 100 M-parameter center through 4 shards. A shard holds the center,
+    the buffer the next update goes to, the older centers pulls are still being sent from, the
+    commits ZeroMQ has queued and the algorithm's state; the goal is ≤ 2.5× the slice.
 ``keras``
     A 100 M-parameter Keras model (1024 → 10,000 → 9,000 → 10, 100.3 M weights) trained by
     DOWNPOUR, ADAG and AEASGD with 2 Spark workers through 4 shards: wall time, the shards' peak
@@ -332,7 +335,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shards", nargs="+", type=int, default=[1, 2, 4], help="model axis: shard counts")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--memory-size", type=int, default=100_000_000, help="memory axis: parameters")
-    parser.add_argument("--algorithms", nargs="+", default=["downpour", "adag", "adag_server", "aeasgd"])
+    parser.add_argument("--algorithms", nargs="+", default=["downpour", "adag", "adag_worker", "aeasgd"])
     parser.add_argument("--workers", nargs="+", type=int, default=[2, 8], help="memory axis: numpy workers")
     parser.add_argument("--rounds", type=int, default=3, help="memory axis: commit+pull rounds per worker")
     parser.add_argument("--keras-rows", type=int, default=1280)

@@ -64,7 +64,7 @@ def send(core: ShardCore, op: str, worker: int = 1, rid: int = 1, data=None, **f
 
 
 @pytest.mark.parametrize("name,additive", [("downpour", True), ("agn", True), ("aeasgd", True), ("eamsgd", True),
-                                           ("adag", True), ("adag_server", False), ("dynsgd", False),
+                                           ("adag", False), ("adag_worker", True), ("dynsgd", False),
                                            ("averaging", False)])
 def test_builtins_say_whether_their_server_update_is_additive(name, additive):
     algo = algorithms.get(name)

@@ -133,8 +133,8 @@ def test_agn_step_divides_by_the_window():
     np.testing.assert_allclose(shard.center, [1.25, 1.5])
 
 
-def test_adag_server_step_scales_elementwise_by_the_center_drift():
-    algo = algorithms.get("adag_server")
+def test_adag_step_scales_elementwise_by_the_center_drift():
+    algo = algorithms.get("adag")
     params = algo.make_params(eta=0.01)
     center = np.array([1.0, 2.0, 3.0], np.float32)
     pulled = np.array([1.0, 1.9, 2.0], np.float32)  # what this worker saw τ updates ago
@@ -149,15 +149,15 @@ def test_adag_server_step_scales_elementwise_by_the_center_drift():
     assert algo.keeps_pulled and algo.worker_delta is algorithms.get("agn").worker_delta
 
 
-def test_adag_server_before_any_pull_applies_the_delta_unscaled():
-    algo = algorithms.get("adag_server")
+def test_adag_before_any_pull_applies_the_delta_unscaled():
+    algo = algorithms.get("adag")
     shard = state([1.0])
     result = algo.server_update(shard, WorkerSlot(worker=0), np.array([0.5], np.float32), algo.make_params())
     assert shard.center.tolist() == [1.5] and result.info["scale"] == 1.0
 
 
 def test_adag_worker_scales_its_normalized_delta_by_the_drift_since_its_last_commit():
-    algo = algorithms.get("adag")
+    algo = algorithms.get("adag_worker")
     params = algo.make_params(eta=0.01)
     pulled = np.array([1.0, 1.9, 2.0], np.float32)  # the center as this worker's last commit left it
     center = np.array([1.0, 2.0, 3.0], np.float32)  # the center just pulled
@@ -180,8 +180,8 @@ def test_adag_worker_scales_its_normalized_delta_by_the_drift_since_its_last_com
     assert algo.additive and algo.pull_before_commit and not algo.keeps_pulled
 
 
-def test_adag_without_drift_commits_the_agn_delta():
-    adag, agn = algorithms.get("adag"), algorithms.get("agn")
+def test_adag_worker_without_drift_commits_the_agn_delta():
+    adag, agn = algorithms.get("adag_worker"), algorithms.get("agn")
     pulled = np.array([0.5, -1.0], np.float32)
 
     def window() -> WorkerWindow:

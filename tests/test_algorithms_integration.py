@@ -74,6 +74,7 @@ CASES = [
     ("downpour", {"communication_window": 5}, {}),
     ("agn", {"communication_window": 5}, {"lr": 0.05}),
     ("adag", {"communication_window": 5, "eta": 0.01}, {"lr": 0.05}),
+    ("adag_worker", {"communication_window": 5, "eta": 0.01}, {"lr": 0.05}),
     ("dynsgd", {"communication_window": 5}, {}),
     ("aeasgd", {"communication_window": 4, "rho": 5.0, "learning_rate": 0.1}, {}),
     ("eamsgd", {"communication_window": 4, "rho": 5.0, "learning_rate": 0.1, "momentum": 0.5}, {"momentum": 0.5, "lr": 0.01}),

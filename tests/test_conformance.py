@@ -18,7 +18,7 @@ from zdk.ps.conformance import CHECKPOINT, INVARIANTS, NO_WRITES, SHARDING, Conf
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 #: Fewer generated runs than the default (30), to keep this file quick; `zdk algorithms check` uses the default.
 FEW = 12
-BUILTINS = ["downpour", "agn", "adag", "adag_server", "dynsgd", "aeasgd", "eamsgd", "averaging", "ensemble", "sequential"]
+BUILTINS = ["downpour", "agn", "adag", "adag_worker", "dynsgd", "aeasgd", "eamsgd", "averaging", "ensemble", "sequential"]
 
 
 @pytest.mark.parametrize("name", BUILTINS)

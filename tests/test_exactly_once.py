@@ -81,7 +81,7 @@ def test_hello_again_from_the_same_session_keeps_the_registration():
 
 
 def test_reregistration_drops_the_adag_snapshot_and_plugin_state():
-    core = make_core(algorithm="adag_server", params={"eta": 1.0})
+    core = make_core(algorithm="adag", params={"eta": 1.0})
     call(core, "hello")
     call(core, "pull", rid=2)
     slot = core.state.workers[1]
@@ -171,7 +171,7 @@ def test_an_observer_pull_needs_neither_worker_nor_session():
 
 
 def test_held_pull_frames_and_an_adag_snapshot_survive_many_commits_bit_for_bit():
-    core = make_core(algorithm="adag_server", params={"eta": 1.0})
+    core = make_core(algorithm="adag", params={"eta": 1.0})
     call(core, "hello", worker=1)
     call(core, "hello", worker=2)
     commit(core, 0.5, worker=2, rid=1)

@@ -108,8 +108,9 @@ def test_dynsgd_and_downpour_differ_by_the_staleness_scale(shards):
     np.testing.assert_allclose(dynsgd, np.full(SIZE, 2.0 + 4.0 / 2))
 
 
-def test_adag_and_agn_differ_by_the_elementwise_scale(shards):
-    agn, adag = stale_commit(shards, "agn", {}), stale_commit(shards, "adag", {"eta": 0.5})
+@pytest.mark.parametrize("name", ["adag", "adag_worker"])
+def test_adag_and_agn_differ_by_the_elementwise_scale(shards, name):
+    agn, adag = stale_commit(shards, "agn", {}), stale_commit(shards, name, {"eta": 0.5})
     np.testing.assert_allclose(agn, np.full(SIZE, 1.0 + 2.0))
     # ADAG: the center moved by 1 since worker 0's pull: scale 1/(1²/0.5 + 1) = 1/3.
     np.testing.assert_allclose(adag, np.full(SIZE, 1.0 + 2.0 / 3), rtol=1e-6)

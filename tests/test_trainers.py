@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -32,7 +33,9 @@ def accuracy(model, digits) -> float:
 
 
 def shard_pids() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "zdk.ps.server"], capture_output=True, text=True).stdout
+    """The shards this test process started (a trainer's shards are its children)."""
+    out = subprocess.run(["pgrep", "-P", str(os.getpid()), "-f", "zdk.ps.server"], capture_output=True,
+                         text=True).stdout
     return {int(p) for p in out.split()}
 
 
@@ -89,6 +92,15 @@ def test_adag_reports_scale_and_history_frame(digits_df):
     assert {"worker", "epoch", "step", "loss", "accuracy", "staleness", "scale", "timestamp"} <= set(frame.columns)
     assert len(frame) == len(trainer.history)
     assert {r["step"] for r in trainer.get_averaged_history()} == {r["step"] for r in trainer.history}
+
+
+def test_adag_worker_learns_digits_and_reports_the_scale_its_workers_measure(digits_df, digits):
+    trainer = trainers.Trainer(mlp(), keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy",
+                               algorithm="adag_worker", num_workers=2, num_shards=2, num_epoch=12, progress=False)
+    acc = accuracy(trainer.train(digits_df), digits)
+    assert acc >= 0.90, f"adag_worker: test accuracy {acc:.3f}"
+    scales = [r["scale"] for r in trainer.history if r["scale"] is not None]
+    assert scales and all(0 < s <= 1 for s in scales) and min(scales) < 1  # the centers drifted
 
 
 def test_shuffle_true_trains(digits_df, digits):

@@ -154,7 +154,7 @@ class WorkerWindow:
         delta: what ``worker_delta`` returned, for ``worker_reset`` to use.
         state: the algorithm's own worker-side bookkeeping. Numbers ``worker_delta`` leaves in
             ``state["info"]`` (a map of floats) join the commit's reported numbers, as a
-            server update's ``UpdateResult.info`` does (ADAG's ``scale``).
+            server update's ``UpdateResult.info`` does (``adag_worker``'s ``scale``).
     """
 
     local: np.ndarray

@@ -90,7 +90,7 @@ class Exchange:
         return int(self.params.communication_window)
 
     def start(self) -> None:
-        """Pulls θ̃ and starts from it: θ ← θ̃, forgetting the algorithm's worker-side state (ADAG's
+        """Pulls θ̃ and starts from it: θ ← θ̃, forgetting the algorithm's worker-side state (adag_worker's
         θ̃_{t−τ}), which described the center before it."""
         self.state.clear()
         self.client.pull(self.center)
