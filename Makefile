@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.zdk-installed
 FASHION := /usr/share/datasets/fashion-mnist
 
-.PHONY: test demo bench accuracy staleness time-to-accuracy job-service data lint clean
+.PHONY: test demo bench scaling accuracy staleness time-to-accuracy job-service data lint clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ accuracy: $(STAMP) data
 # Whole train() calls, cold and warm, against plain keras fit in the same run (about 20 minutes here).
 time-to-accuracy: $(STAMP) data
 	$(PY) benchmarks/time_to_accuracy.py --results benchmarks/RESULTS.md
+
+# How the cost grows with the model, shards, workers and rows (about 40 minutes here).
+scaling: $(STAMP)
+	$(PY) benchmarks/scaling.py --axis model memory keras rows workers
 
 # Hermans's staleness experiment: 1-32 worker processes through the real PS, no Spark (a few minutes).
 staleness: $(STAMP)

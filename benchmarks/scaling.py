@@ -220,7 +220,7 @@ def idle_shard_rss() -> int:
 def memory_axis(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for algorithm in args.algorithms:
-        for workers in args.workers:
+        for workers in args.memory_workers:
             rows.append(shard_memory(algorithm, args.memory_size, 4, workers, args.rounds))
             print_row(rows[-1])
     return rows
@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--memory-size", type=int, default=100_000_000, help="memory axis: parameters")
     parser.add_argument("--algorithms", nargs="+", default=["downpour", "adag", "adag_worker", "aeasgd"])
-    parser.add_argument("--workers", nargs="+", type=int, default=[2, 8], help="memory axis: numpy workers")
+    parser.add_argument("--memory-workers", nargs="+", type=int, default=[2, 8], help="memory axis: numpy workers")
     parser.add_argument("--rounds", type=int, default=3, help="memory axis: commit+pull rounds per worker")
     parser.add_argument("--keras-rows", type=int, default=1280)
     parser.add_argument("--keras-trainers", nargs="+", default=["DOWNPOUR", "ADAG", "AEASGD"])
