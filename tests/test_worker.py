@@ -100,3 +100,22 @@ def test_non_finite_weights_refused_by_the_ps_name_worker_epoch_and_step(shards)
     with pytest.raises(NonFiniteError, match=r"worker 0: its weights became non-finite by epoch 0, step 3.*"
                                              r"refused them.*Check the input data"):
         WorkerRun(cfg, worker_id=0).run(poisoned())
+
+
+def test_flat_weights_round_trip_every_variable_in_get_weights_order():
+    from zdk.errors import ConfigError
+    from zdk.ps.layout import FlatLayout
+    from zdk.runtime.models import get_flat_weights, set_flat_weights
+
+    keras.utils.set_random_seed(4)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4), keras.layers.BatchNormalization(),
+                              keras.layers.Dense(3)])
+    model(np.random.default_rng(0).normal(size=(8, 5)).astype(np.float32), training=True)
+    layout = FlatLayout.of(model.get_weights())
+    flat = get_flat_weights(model, layout, layout.empty())
+    np.testing.assert_array_equal(flat, layout.flatten(model.get_weights()))  # moving statistics included
+    set_flat_weights(model, layout, flat * 2)
+    np.testing.assert_allclose(get_flat_weights(model, layout, layout.empty()), flat * 2)
+    other = FlatLayout.of(model.get_weights()[:-1])
+    with pytest.raises(ConfigError, match="must have the 7 weights its layout was made from. Received: a model with 8"):
+        get_flat_weights(model, other, other.empty())

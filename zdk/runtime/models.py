@@ -238,4 +238,18 @@ def set_flat_weights(model: Any, layout: FlatLayout, flat: np.ndarray) -> None:
 
 
 def get_flat_weights(model: Any, layout: FlatLayout, out: np.ndarray) -> np.ndarray:
-    return layout.flatten(model.get_weights(), out=out)
+    """θ ← the model's weights (``model.weights``, the order of ``get_weights``), read one variable
+    at a time into its view of ``out``: the transient copy is one variable's, not the whole
+    model's as with ``model.get_weights()``."""
+    variables = model.weights
+    views = layout.views(out)
+    if len(variables) != len(views):
+        raise ConfigError(f"the model must have the {len(views)} weights its layout was made from. "
+                          f"Received: a model with {len(variables)}", field="keras_model")
+    for variable, view in zip(variables, views):
+        value = variable.numpy()
+        if value.shape != view.shape:
+            raise ConfigError(f"weight `{variable.path}` must have shape {view.shape}. Received: shape={value.shape}",
+                              field="keras_model")
+        np.copyto(view, value, casting="same_kind")
+    return out
