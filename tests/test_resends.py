@@ -16,12 +16,14 @@ from zdk.ps.client import PSClient
 SIZE = 64
 
 
-def test_every_commit_is_applied_exactly_once_through_a_lossy_network(shards):
+@pytest.mark.parametrize("admit_bytes", [None, 0], ids=["plain", "admitted"])
+def test_every_commit_is_applied_exactly_once_through_a_lossy_network(shards, admit_bytes):
     group = shards(num_shards=2, total_size=SIZE, algorithm="downpour")
     commits = 25
     with LossyProxy(group.endpoints[0], drop=0.2, late=0.1, seed=1) as p0, \
             LossyProxy(group.endpoints[1], drop=0.2, late=0.1, seed=2) as p1:
-        with PSClient([p0.endpoint, p1.endpoint], worker_id=0, timeout=3.0, tries=12) as client:
+        with PSClient([p0.endpoint, p1.endpoint], worker_id=0, timeout=3.0, tries=12,
+                      admit_bytes=admit_bytes) as client:
             client.hello()
             for _ in range(commits):
                 assert client.commit(np.ones(SIZE, np.float32)).applied

@@ -21,7 +21,7 @@ from zdk.errors import ConfigError, DeadlineExceeded, ProtocolError, RemoteError
 from zdk.ps.allocator import tune_allocator
 from zdk.ps.layout import DTYPE, ShardPlan
 from zdk.ps.protocol import (
-    DEFAULT_CHUNK_BYTES, DEFAULT_MAX_FRAME_BYTES, ERROR, U32_MAX, U64_MAX, WIRE_DTYPE, Control, Reply, Request,
+    ADMIT_BYTES, ADMIT_WAIT, DEFAULT_CHUNK_BYTES, DEFAULT_MAX_FRAME_BYTES, ERROR, U32_MAX, U64_MAX, WIRE_DTYPE, Control, Reply, Request,
     array_frames, as_frames, check_epoch_end, check_epochs_from, check_report, decode_reply,
 )
 from zdk.transports.base import ClientConnector, ClientTransport
@@ -99,12 +99,16 @@ class PSClient:
             with a new session replaces its earlier registration on every shard.
         connector: opens the links to the shards and waits on them; ZeroMQ DEALERs with ``curve``
             and a message limit of ``max_frame_bytes`` + 1 MiB when omitted.
+        admit_bytes: a commit whose slice for some shard has at least this many bytes asks each
+            shard to `admit` it first and is sent to a shard once it does, so a shard holds one
+            large commit at a time rather than one per worker; None never asks.
     """
 
     def __init__(self, endpoints: Sequence[str], *, worker_id: int = 0, attempt: int = 0, timeout: float = 30.0,
                  tries: int = 3, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                  max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, curve: CurveKeys | ClientKeys | None = None,
-                 session: int | None = None, connector: ClientConnector | None = None) -> None:
+                 session: int | None = None, connector: ClientConnector | None = None,
+                 admit_bytes: int | None = ADMIT_BYTES) -> None:
         if not endpoints:
             raise ConfigError("`endpoints` must name at least one shard. Received: endpoints=[]", field="endpoints")
         if not isinstance(worker_id, int) or not 0 <= worker_id <= U32_MAX:
@@ -116,6 +120,10 @@ class PSClient:
             raise ConfigError(f"`timeout` must be > 0 seconds. Received: timeout={timeout!r}", field="timeout")
         if isinstance(tries, bool) or not isinstance(tries, int) or tries < 1:
             raise ConfigError(f"`tries` must be an int ≥ 1. Received: tries={tries!r}", field="tries")
+        if admit_bytes is not None and (isinstance(admit_bytes, bool) or not isinstance(admit_bytes, int)
+                                        or admit_bytes < 0):
+            raise ConfigError(f"`admit_bytes` must be an int ≥ 0 or None. Received: admit_bytes={admit_bytes!r}",
+                              field="admit_bytes")
         if session is not None and not (isinstance(session, int) and 0 <= session <= U64_MAX):
             raise ConfigError(f"`session` must be an int in [0, 2^64). Received: session={session!r}", field="session")
         tune_allocator()
@@ -136,6 +144,7 @@ class PSClient:
         self._gens: list[int | None] = [None] * len(self._links)
         self.wait_seconds = 0.0
         self.resends = 0
+        self.admit_bytes = admit_bytes
         self._observer = False
         self._quorum: int | None = None
         self.control: Mapping[str, Any] = {}
@@ -274,7 +283,11 @@ class PSClient:
                 request = self._request("commit", k, base=self._versions[k], codec=encoding[0], arrays=encoding[1],
                                         lens=lens, args=args)
             requests.append((request, frames))
-        replies = self._roundtrip("commit", requests)
+        largest = max(sum(f.nbytes for f in frames) for _, frames in parts)
+        if self.admit_bytes is not None and largest >= self.admit_bytes:
+            replies = self._admitted_roundtrip(requests)
+        else:
+            replies = self._roundtrip("commit", requests)
         infos = [r.fields.get("info", {}) for r in replies]
         keys = set().union(*infos) if infos else set()
         merged = {k: float(np.mean([i[k] for i in infos if k in i])) for k in keys}
@@ -390,6 +403,72 @@ class PSClient:
         self._rid += 1
         return Request(op=op, rid=self._rid, shard=shard, worker=self.worker_id, session=self.session,
                        attempt=self.attempt, gen=self._gens[shard], **fields)
+
+    def _admitted_roundtrip(self, requests: Sequence[tuple[Request, Sequence[Any]]]) -> list[Reply]:
+        """Sends each shard its commit once that shard admits it (`admit`), and gathers the
+        replies. A shard's part goes as soon as that shard says so, so no worker holds one
+        shard's turn while waiting for another's. Whatever is unanswered after a try's share of
+        ``timeout`` is sent again on a fresh socket: a resent `admit` keeps its place in the
+        shard's queue, and a resent commit is deduplicated by rid. A shard answers an `admit`
+        within ``ADMIT_WAIT``, so the deadline is ``timeout`` plus that."""
+        started = time.perf_counter()
+        admits = {k: self._request("admit", k) for k in range(len(requests))}
+        committing: dict[int, Request] = {}
+        replies: list[Reply | None] = [None] * len(requests)
+        per_try = self.timeout / self.tries
+        end = time.monotonic() + self.timeout + ADMIT_WAIT
+        for k, admit in admits.items():
+            self._links[k].send(admit.encode(), ())
+        try:
+            while admits or committing:
+                now = time.monotonic()
+                if now >= end:
+                    late = ", ".join(f"shard {k} at {self.endpoints[k]}" for k in sorted({*admits, *committing}))
+                    raise DeadlineExceeded(
+                        f"`commit` got no reply within {self.timeout + ADMIT_WAIT:.1f} s from {late}: is the "
+                        f"parameter server running and reachable? (`zdk ps status ENDPOINT...`)")
+                self._gather_admitted(requests, admits, committing, replies, min(end, now + per_try))
+                for k in [*admits, *committing]:  # no answer this try: again, on a fresh socket
+                    self._links[k].close()
+                    self._links[k] = self._connector.connect(self.endpoints[k])
+                    self.resends += 1
+                    if k in admits:
+                        self._links[k].send(admits[k].encode(), ())
+                    else:
+                        self._links[k].send(committing[k].encode(), requests[k][1])
+        finally:
+            self.wait_seconds += time.perf_counter() - started
+        return [r for r in replies if r is not None]
+
+    def _gather_admitted(self, requests: Sequence[tuple[Request, Sequence[Any]]], admits: dict[int, Request],
+                         committing: dict[int, Request], replies: list[Reply | None], deadline: float) -> None:
+        """Until ``deadline``: sends a shard its commit when it admits it, and keeps its reply."""
+        while (admits or committing) and (remaining := deadline - time.monotonic()) > 0:
+            shards = [*admits, *committing]
+            for i in self._connector.wait([self._links[k] for k in shards], remaining):
+                k = shards[i]
+                if k in admits:
+                    if self._admission(k, admits[k]):
+                        del admits[k]
+                        request, frames = requests[k]
+                        self._links[k].send(request.encode(), frames)
+                        committing[k] = request
+                elif (reply := self._receive(k, committing[k], "commit", None)) is not None:
+                    replies[k] = reply
+                    del committing[k]
+
+    def _admission(self, k: int, admit: Request) -> bool:
+        """Whether the reply just arrived from shard ``k`` admits ``admit`` (False: a late reply to
+        an earlier request). A shard of an older zdk, which knows no `admit`, admits everything."""
+        try:
+            return self._receive(k, admit, "admit", None) is not None
+        except RemoteError as exc:
+            if exc.code != "unknown_op":
+                raise
+            logger.info("%s does not know `admit`; this client commits without asking from now on",
+                        self.endpoints[k])
+            self.admit_bytes = None
+            return True
 
     def _roundtrip(self, op: str, requests: Sequence[Request | tuple[Request, Sequence[Any]]], *,
                    targets: Sequence[memoryview] | None = None, extra_time: float = 0.0) -> list[Reply]:

@@ -32,9 +32,9 @@ OBSERVER_PROGRESS = U32_MAX - 1  # the driver's progress poller (`stats` about t
 OBSERVER_DRIVER = U32_MAX - 2  # the driver's PS session: probe, init, resume point, control, final pull
 
 #: Request ops. Each has a reply with the same ``op``, or an ``error`` reply.
-OPS = ("hello", "pull", "commit", "stats", "checkpoint", "shutdown", "init", "bye", "report", "control")
+OPS = ("hello", "pull", "commit", "stats", "checkpoint", "shutdown", "init", "bye", "report", "control", "admit")
 #: Ops that must carry a worker id and its client session (a `pull` as observer need not).
-WORKER_OPS = frozenset({"pull", "commit", "bye", "report"})
+WORKER_OPS = frozenset({"pull", "commit", "bye", "report", "admit"})
 #: Ops a client may send with ``args.role = "observer"`` instead of as a registered worker.
 OBSERVABLE_OPS = frozenset({"hello", "pull"})
 #: Ops only an observer sends: the driver's decisions are not a worker's to make.
@@ -50,6 +50,13 @@ WIRE_DTYPE = "<f4"
 #: Dtypes the arrays of an encoded commit may have (``zdk.algorithms.codecs.WIRE_DTYPES``).
 CODEC_DTYPES = ("<f4", "<f2", "<u2", "|i1", "|u1", "<u4", "<i4")
 MAX_CODEC_ARRAYS = 16
+
+#: A client asks each shard to `admit` a commit whose slice for some shard is at least this
+#: many bytes before sending it, so a shard receives large commits one at a time instead of
+#: holding one queued slice per worker in ZeroMQ.
+ADMIT_BYTES = 16 << 20
+#: Seconds an `admit` waits for its turn on a shard; then it is answered anyway, over the budget.
+ADMIT_WAIT = 10.0
 
 DEFAULT_CHUNK_BYTES = 1 << 20
 DEFAULT_MAX_FRAME_BYTES = 64 << 20

@@ -25,7 +25,7 @@ from zdk.ps import checkpoint, snapshot
 from zdk.ps.checkpoint import CheckpointPolicy
 from zdk.ps.layout import DTYPE, ShardPlan
 from zdk.ps.protocol import (
-    CONTROL_REPLY_OPS, DEFAULT_CHUNK_BYTES, DEFAULT_MAX_FRAME_BYTES, ERROR, MAX_WAIT_SECONDS, PROTOCOL_VERSION,
+    ADMIT_WAIT, CONTROL_REPLY_OPS, DEFAULT_CHUNK_BYTES, DEFAULT_MAX_FRAME_BYTES, ERROR, MAX_WAIT_SECONDS, PROTOCOL_VERSION,
     WIRE_DTYPE, Control, Reply, Request, add_checked, all_finite, as_frames, check_epoch_end, check_epochs_from,
     check_report, decode_request, join_checked, salvage, split_arrays,
 )
@@ -36,6 +36,10 @@ logger = logging.getLogger(__name__)
 MAX_EPOCHS_KEPT = 1000
 #: Epoch summaries per worker in one `stats` reply, which keeps the reply's header bounded.
 MAX_EPOCHS_PER_STATS = 100
+#: Large commits a shard admits at once (`admit`): each is a whole slice in ZeroMQ until handled.
+MAX_ADMITTED = 1
+#: Seconds an admission lasts without its commit (the worker died, or gave up); then the turn passes on.
+ADMIT_HOLD = 10.0
 
 Frame = Any  # bytes, memoryview or zmq.Frame: anything with the buffer protocol
 
@@ -195,6 +199,10 @@ class ShardCore:
         self._recv_buffer = np.empty(center.size, dtype=DTYPE)
         self._dedupe: dict[int, OrderedDict[int, bytes]] = {}
         self._parked: list[_Parked] = []
+        # Workers admitted to send a large commit, each with the deadline of its turn, and the
+        # `admit` requests waiting for one, oldest first.
+        self._admitted: dict[int, float] = {}
+        self._admit_queue: list[_Parked] = []
         self._counters = _Counters()
         # Per worker id, its epoch summaries by epoch number. Not in checkpoints, like the
         # control state: the workers and the driver send them again.
@@ -208,7 +216,7 @@ class ShardCore:
         self._handlers: dict[str, Callable[[bytes, Request, Sequence[Frame]], list[Outgoing]]] = {
             "hello": self._hello, "pull": self._pull, "commit": self._commit, "stats": self._stats,
             "checkpoint": self._checkpoint, "shutdown": self._shutdown, "init": self._init, "bye": self._bye,
-            "report": self._report, "control": self._set_control,
+            "report": self._report, "control": self._set_control, "admit": self._admit,
         }
 
     # ------------------------------------------------------------------ entry points
@@ -253,31 +261,64 @@ class ShardCore:
             return [self._error(peer, salvaged.rid, salvaged.op, exc.code, exc.message, protocol=salvaged.protocol)]
         try:
             self._check_addressing(request)
-            return self._handlers[request.op](peer, request, frames)
+            out = self._handlers[request.op](peer, request, frames)
         except ProtocolError as exc:
-            return [self._error(peer, request.rid, request.op, exc.code, exc.message)]
+            out = [self._error(peer, request.rid, request.op, exc.code, exc.message)]
         except ZdkError as exc:
-            return [self._error(peer, request.rid, request.op, "rejected", str(exc))]
+            out = [self._error(peer, request.rid, request.op, "rejected", str(exc))]
         except Exception as exc:  # an algorithm plugin's bug must not kill the shard
             logger.exception("shard %d: `%s` from worker %d failed", self.config.shard, request.op, request.worker)
-            return [self._error(peer, request.rid, request.op, "internal", f"{type(exc).__name__}: {exc}")]
+            out = [self._error(peer, request.rid, request.op, "internal", f"{type(exc).__name__}: {exc}")]
+        if request.op in ("commit", "bye") and request.worker is not None:
+            # Its commit has arrived (applied or refused) or it left: its turn, or its wait for
+            # one (a client that stopped waiting commits anyway), is over.
+            self._admit_queue = [p for p in self._admit_queue if p.request.worker != request.worker]
+            if self._admitted.pop(request.worker, None) is not None:
+                out.extend(self._grant_admissions())
+        return out
 
     def next_deadline(self) -> float | None:
-        """The earliest deadline of a parked pull, in clock seconds."""
-        return min((p.deadline for p in self._parked), default=None)
+        """The earliest deadline of a parked pull, a waiting `admit` or an admission, in clock seconds."""
+        deadlines = [p.deadline for p in self._parked] + [p.deadline for p in self._admit_queue]
+        return min([*deadlines, *self._admitted.values()], default=None)
 
     def expire(self) -> list[Outgoing]:
-        """Error replies for parked pulls whose deadline has passed."""
+        """Error replies for parked pulls whose deadline has passed; admissions whose commit never
+        came pass their turn on, and an `admit` that waited its whole ``ADMIT_WAIT`` is answered
+        anyway (``admitted`` false: over the budget), so a worker never waits on a dead one."""
         now = self._clock()
+        out = self._expire_admissions(now)
         expired = [p for p in self._parked if p.deadline <= now]
         self._parked = [p for p in self._parked if p.deadline > now]
         if not expired:
-            return []
+            return out
         waited_for = self._describe_wait()
-        return [self._error(p.peer, p.request.rid, "pull", "deadline",
-                            f"shard {self.config.shard} stayed at version {self.version} < min_version="
-                            f"{p.request.min_version} for the whole wait{waited_for}")
-                for p in expired]
+        return out + [self._error(p.peer, p.request.rid, "pull", "deadline",
+                                  f"shard {self.config.shard} stayed at version {self.version} < min_version="
+                                  f"{p.request.min_version} for the whole wait{waited_for}")
+                      for p in expired]
+
+    def _expire_admissions(self, now: float) -> list[Outgoing]:
+        for worker in [w for w, until in self._admitted.items() if until <= now]:
+            del self._admitted[worker]
+            logger.info("shard %d: worker %d was admitted but sent no commit for %.0f s; the turn passes on",
+                        self.config.shard, worker, ADMIT_HOLD)
+        late = [p for p in self._admit_queue if p.deadline <= now]
+        self._admit_queue = [p for p in self._admit_queue if p.deadline > now]
+        for p in late:
+            logger.info("shard %d: worker %d waited %.0f s for its turn; it commits over the budget",
+                        self.config.shard, p.request.worker, ADMIT_WAIT)
+        return [self._reply(p.peer, p.request, admitted=False) for p in late] + self._grant_admissions()
+
+    def _grant_admissions(self) -> list[Outgoing]:
+        """Admits waiting workers, oldest first, while fewer than ``MAX_ADMITTED`` are admitted."""
+        out = []
+        while self._admit_queue and len(self._admitted) < MAX_ADMITTED:
+            waiting = self._admit_queue.pop(0)
+            assert waiting.request.worker is not None  # decode_request requires it for `admit`
+            self._admitted[waiting.request.worker] = self._clock() + ADMIT_HOLD
+            out.append(self._reply(waiting.peer, waiting.request, admitted=True))
+        return out
 
     def _describe_wait(self) -> str:
         """The algorithm's account of what a waiting pull waits for, as a suffix of its error."""
@@ -317,6 +358,7 @@ class ShardCore:
             "updates": c.updates, "dropped": c.dropped, "duplicates": c.duplicates, "errors": c.errors,
             "requests": c.requests, "bytes_in": c.bytes_in, "bytes_out": c.bytes_out,
             "uptime": self._clock() - self._started, "parked": len(self._parked),
+            "admitted": sorted(self._admitted), "admit_waiting": len(self._admit_queue),
             "quorum": self.state.quorum, "restored_from": self.restored_from,
             "restored_progress": {str(w): r for w, r in self.restored_progress.items()},
             "workers": workers, "reports": c.reports,
@@ -625,6 +667,24 @@ class ShardCore:
         slot.report = report or slot.report
         self._counters.reports += 1
         return [self._reply(peer, request)]
+
+    def _admit(self, peer: bytes, request: Request, frames: Sequence[Frame]) -> list[Outgoing]:
+        """Answers when the worker may send a large commit: at once while fewer than
+        ``MAX_ADMITTED`` workers are admitted (or it already is), else when a turn frees up (its
+        commit arrives, it says `bye`, or its admission lapses), or after ``ADMIT_WAIT``."""
+        self._slot(request)
+        worker = request.worker
+        assert worker is not None  # decode_request requires it
+        if worker in self._admitted or len(self._admitted) < MAX_ADMITTED:
+            self._admitted[worker] = self._clock() + ADMIT_HOLD
+            return [self._reply(peer, request, admitted=True)]
+        # A resend comes from a fresh socket: it replaces the worker's earlier wait, keeping its place.
+        for i, waiting in enumerate(self._admit_queue):
+            if waiting.request.worker == worker:
+                self._admit_queue[i] = _Parked(peer, request, waiting.deadline)
+                return []
+        self._admit_queue.append(_Parked(peer, request, self._clock() + ADMIT_WAIT))
+        return []
 
     def _set_control(self, peer: bytes, request: Request, frames: Sequence[Frame]) -> list[Outgoing]:
         if "control" not in request.args:
