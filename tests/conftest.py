@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Callable, Iterator, TypeVar
 
@@ -16,6 +19,17 @@ import zmq
 from zdk.ps.launcher import ShardGroup, start_shards
 
 T = TypeVar("T")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_failure_reports_left() -> Iterator[None]:
+    """Removes the failure reports (``zdk-report-*`` folders) that the tests' deliberately failed
+    ``train()`` calls, in this process and in the scripts tests run, leave in the temp directory."""
+    pattern = os.path.join(tempfile.gettempdir(), "zdk-report-*")
+    before = set(glob.glob(pattern))
+    yield
+    for path in set(glob.glob(pattern)) - before:
+        shutil.rmtree(path, ignore_errors=True)
 
 # Every JVM of a test session (the shared Spark, and those of the scripts tests run) lives seconds to
 # minutes on 2 cores: C1-compiled code and the serial collector cost less CPU there than the server
