@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -9,6 +10,7 @@ import threading
 import time
 from typing import Any
 
+from zdk.driver import cds
 from zdk.runtime.warmup import import_keras
 
 logger = logging.getLogger(__name__)
@@ -65,11 +67,20 @@ def get_session(master: str = "local[*]", extra_conf: dict[str, str] | None = No
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     for key, value in EXECUTOR_ENV.items():
         os.environ.setdefault(key, value)
+    from pyspark import SparkContext
+
+    conf = {**embedded_conf(master), **(extra_conf or {})}
+    archive = cds.options() if SparkContext._gateway is None else cds.Plan(None, None)  # a new JVM only
+    if archive.java_options:
+        conf["spark.driver.extraJavaOptions"] = f"{conf.get('spark.driver.extraJavaOptions', '')} {archive.java_options}".strip()
     builder = SparkSession.builder
-    for key, value in {**embedded_conf(master), **(extra_conf or {})}.items():
+    for key, value in conf.items():
         builder = builder.config(key, value)
     started = time.perf_counter()
     spark = builder.getOrCreate()
+    if archive.dump:
+        cds.record_dumper(archive, getattr(getattr(SparkContext._gateway, "proc", None), "pid", None))
+        atexit.register(cds.finish_dump, spark, archive)
     global _session_seconds
     _session_seconds = time.perf_counter() - started
     level = os.environ.get("ZDK_LOG_LEVEL", "").upper()
