@@ -54,24 +54,30 @@ def test_warm_workers_leaves_keras_imported_in_the_python_workers(spark):
 
         import pyarrow as pa
 
+        from zdk.runtime.threads import _tf_started, size_tf_threads
+
         for _ in batches:
             pass
         loading = any(t.name == "zdk-keras-import" for t in threading.enumerate())
+        started = _tf_started()
+        size_tf_threads()  # what a training task does first
         yield pa.RecordBatch.from_pydict({"pid": [os.getpid()], "ready": ["keras" in sys.modules and not loading],
+                                          "started": [started],
                                           "threads": [os.environ.get("TF_NUM_INTRAOP_THREADS", "")]})
 
     slots = spark.sparkContext.defaultParallelism
 
     def all_ready():
-        found = spark.range(slots, numPartitions=slots).mapInArrow(check, "pid long, ready boolean, threads string"
-                                                                   ).collect()
+        found = spark.range(slots, numPartitions=slots).mapInArrow(
+            check, "pid long, ready boolean, started boolean, threads string").collect()
         return all(r.ready for r in found) and found
 
-    # The import runs on a thread of each worker process, so the warm-up's tasks return at once.
+    # The session's daemon (zdk.runtime.daemon) imported Keras before forking the workers.
     found = poll_until(all_ready, timeout=60, interval=0.5, what="Keras to be imported in every Python worker")
-    # TensorFlow started with one intra-op thread per CPU Spark gives a task (spark.task.cpus = 1),
-    # not one per core of the host in every worker.
-    assert {r.threads for r in found} == {"1"}
+    # TensorFlow starts with one intra-op thread per CPU Spark gives a task (spark.task.cpus = 1),
+    # not one per core of the host in every worker: a forked worker has TensorFlow imported but
+    # not started, so its task still sizes the pools (a reused one sized them in its first task).
+    assert {r.threads for r in found} == {"1"}, found
 
 
 def test_timings_account_for_the_phases_of_train(spark, digits_df):
@@ -178,3 +184,6 @@ def test_tf_threads_follow_the_task_cpus_unless_the_environment_or_tensorflow_de
     assert run() == "1 1 2"  # outside a task: one CPU
     assert run(TF_NUM_INTRAOP_THREADS="4") == "None 4 None"
     assert run(pre="sys.modules['tensorflow'] = object(); ") == "None None None"
+    # imported but not started (a worker forked from zdk.runtime.daemon): still sized
+    assert run(pre="import tensorflow; ") == "1 1 2"
+    assert run(pre="import tensorflow as tf; tf.constant(1.0); ") == "None None None"  # started: too late

@@ -24,6 +24,10 @@ EXECUTOR_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0",
 LOG4J2_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2.properties")
 
 
+#: The Python daemon that imports Keras before forking workers (see :mod:`zdk.runtime.daemon`).
+DAEMON_MODULE = "zdk.runtime.daemon"
+
+
 def embedded_conf(master: str = "local[*]") -> dict[str, str]:
     """The settings of the embedded session: loopback only, no UI, quiet executors, and
     barrier stages that fail fast instead of waiting ~10 minutes for missing slots."""
@@ -39,6 +43,8 @@ def embedded_conf(master: str = "local[*]") -> dict[str, str]:
         "spark.scheduler.barrier.maxConcurrentTasksCheck.interval": "1s",
         "spark.scheduler.barrier.maxConcurrentTasksCheck.maxFailures": "1",
         "spark.python.worker.reuse": "true",
+        # workers fork with Keras already imported, from a daemon that imports it once
+        "spark.python.daemon.module": DAEMON_MODULE,
         # local mode runs executors in the driver JVM: Spark's 1 GiB default is too small
         # for image data sets such as Fashion-MNIST held as ML vectors.
         "spark.driver.memory": os.environ.get("ZDK_DRIVER_MEMORY", "4g"),
@@ -123,6 +129,11 @@ def session_seconds(*, consume: bool = False) -> float:
     return value
 
 
+def preloading_daemon(spark: Any) -> bool:
+    """Whether ``spark`` runs one Python daemon, ours, in local mode: one warm-up task then
+    warms every worker, and the other task slots stay free for the driver's own jobs."""
+    sc = spark.sparkContext
+    return (sc.master or "").startswith("local") and sc.getConf().get("spark.python.daemon.module", "") == DAEMON_MODULE
 
 
 def warm_workers(spark: Any, slots: int | None = None, *, force: bool = False) -> threading.Thread | None:
@@ -149,7 +160,7 @@ def warm_workers(spark: Any, slots: int | None = None, *, force: bool = False) -
     with _warm_lock:
         if key in _warmed and not force:
             return None
-        count = max(1, slots or task_slots(spark))
+        count = 1 if preloading_daemon(spark) else max(1, slots or task_slots(spark))
 
         def run() -> None:
             try:

@@ -16,10 +16,23 @@ import os
 import sys
 
 
+def _tf_started() -> bool:
+    """Whether TensorFlow's eager context (and its thread pools) exists in this process: a
+    worker forked from :mod:`zdk.runtime.daemon` has TensorFlow imported but not started."""
+    if "tensorflow" not in sys.modules:
+        return False
+    try:
+        from tensorflow.python.eager import context
+    except ImportError:
+        return True
+    ctx = context.context_safe()
+    return ctx is not None and bool(getattr(ctx, "_initialized", True))
+
+
 def size_tf_threads() -> int | None:
     """Sets TensorFlow's thread counts from the task's CPUs, before TensorFlow starts in this
     process (later, TensorFlow would ignore them). Returns the intra-op count set, or None."""
-    if "tensorflow" in sys.modules or "TF_NUM_INTRAOP_THREADS" in os.environ:
+    if "TF_NUM_INTRAOP_THREADS" in os.environ or _tf_started():
         return None
     from pyspark import TaskContext
 
