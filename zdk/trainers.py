@@ -319,7 +319,7 @@ class AGN(_Asynchronous):
 class ADAG(_Asynchronous):
     """Asynchronous Distributed Adaptive Gradients (Hermans 2017): AGN commits, scaled on the
     server elementwise by 1/(η⁻¹(θ̃_t − θ̃_{t−τ})² + 1); ``eta`` 1e-4; the window defaults to
-    the number of workers (see ``zdk.algorithms.adag.ADAGParams``)."""
+    max(4, number of workers) (see ``zdk.algorithms.adag.ADAGParams.window_for``)."""
 
     default_algorithm = "adag"
 
