@@ -1,8 +1,9 @@
 """What a run leaves: the trained models, the workers' per-step history and summaries, and timings.
 
 Workers send back one record per training step (``kind = "step"``) and one summary each
-(``kind = "summary"``: rows, samples, time busy and waiting on the PS, phase clocks, and
-their weights when there is no PS). :func:`split_records` turns them into the history a
+(``kind = "summary"``: rows, samples, time busy and waiting on the PS, phase clocks, the bytes
+of rows cached and spilled, the Python worker's RSS at the task's start and its sampled peak,
+and their weights when there is no PS). :func:`split_records` turns them into the history a
 trainer shows and the summaries the timings are read from.
 """
 
@@ -120,7 +121,9 @@ class TrainingResult:
         models: compiled Keras models: the center's, or one per worker (no PS).
         result: the plan's ``result`` kind (``"center"``, ``"model"`` or ``"models"``).
         history: one record per worker step (see :data:`HISTORY_KEYS`), in time order.
-        worker_summaries: one per worker: rows, samples, ``busy`` and ``wait`` seconds, phase clocks.
+        worker_summaries: one per worker: rows, samples, ``busy`` and ``wait`` seconds, phase clocks,
+            ``cached_bytes`` and ``spilled_bytes``, ``rss_start_bytes`` and ``rss_peak_bytes`` (its Python
+            worker's resident set size when the task started, and the largest sampled until it ended).
         training_time: seconds from the start of the parameter server session to the last record.
         timings: seconds per phase (see :meth:`Marks.timings`).
         endpoints: the shards the run used (none without a PS).

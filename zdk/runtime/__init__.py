@@ -1,1 +1,2 @@
-"""What runs on Spark executors: the worker loop, Arrow minibatches, model shipping, TensorFlow threads and warm-up."""
+"""What runs on Spark executors: the worker loop, Arrow minibatches and the rows they spill, the
+task's memory figures, model shipping, TensorFlow threads and warm-up."""

@@ -244,13 +244,21 @@ class MinibatchStream:
             if self._keep:
                 self._store.add(xs + ys)
             self.rows += record_batch.num_rows
-            if pending is not None:
-                xs = [np.concatenate([p, a]) for p, a in zip(pending[0], xs)]
-                ys = [np.concatenate([p, a]) for p, a in zip(pending[1], ys)]
-                pending = None
             n = len(xs[0])
-            full = n - n % self.batch_size
-            for start in range(0, full, self.batch_size):
+            first = 0
+            if pending is not None:
+                # Only the minibatch that straddles two record batches is joined: joining whole
+                # batches copied the partition once more, in allocations the allocator kept.
+                first = min(n, self.batch_size - len(pending[0][0]))
+                xs_p = [np.concatenate([p, a[:first]]) for p, a in zip(pending[0], xs)]
+                ys_p = [np.concatenate([p, a[:first]]) for p, a in zip(pending[1], ys)]
+                pending = None
+                if len(xs_p[0]) < self.batch_size:
+                    pending = (xs_p, ys_p)
+                    continue
+                yield xs_p, ys_p
+            full = first + (n - first) // self.batch_size * self.batch_size
+            for start in range(first, full, self.batch_size):
                 yield [a[start:start + self.batch_size] for a in xs], [a[start:start + self.batch_size] for a in ys]
             if full < n:
                 pending = ([a[full:] for a in xs], [a[full:] for a in ys])

@@ -15,11 +15,15 @@ full, and the number of steps is ⌈rows / batch_size⌉, as in memory. A partit
 served exactly as before: one permutation of all its rows.
 
 What a worker holds: the in-memory rows (≤ ``memory``), one window (≤ ``WINDOW_BYTES`` plus a
-minibatch), and the minibatches prefetched for training.
+minibatch), and the minibatches prefetched for training. The window is one buffer per epoch that
+the blocks are read into and every minibatch is copied out of: allocating a window's blocks, their
+concatenation and its permutation afresh for every window tripled the window's share of the
+worker's peak RSS, and the allocator kept much of what was freed.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import shutil
@@ -66,7 +70,7 @@ class RowStore:
         self._files: list[BinaryIO] = []
         self._shapes: list[tuple[int, ...]] = []
         self._in_memory: Columns = []
-        self._readers: list[BinaryIO] = []
+        self._readers: list[io.BufferedReader] = []
         self._cleanup: weakref.finalize | None = None
 
     @property
@@ -146,38 +150,46 @@ class RowStore:
         starts = np.arange(0, self.rows, block)
         if rng is not None:
             starts = rng.permutation(starts)
-        carry: Columns | None = None
+        # The rows carried over (fewer than a minibatch) sit at the front of the window's buffer.
+        window = [np.empty((per_window * block + batch_size, *s), np.float32) for s in self._shapes]
+        carried = 0
         for w in range(0, len(starts), per_window):
-            window = [self._rows(int(s), min(int(s) + block, self.rows)) for s in starts[w:w + per_window]]
-            arrays = [np.concatenate(([carry[k]] if carry is not None else []) + [b[k] for b in window])
-                      for k in range(len(self._shapes))]
-            n = len(arrays[0])
-            if rng is not None:
-                order = rng.permutation(n)
-                arrays = [a[order] for a in arrays]
+            n = carried
+            for s in starts[w:w + per_window]:
+                n += self._read_into(window, n, int(s), min(int(s) + block, self.rows))
+            order = rng.permutation(n) if rng is not None else np.arange(n)
             full = n - n % batch_size
             for start in range(0, full, batch_size):
-                yield [a[start:start + batch_size] for a in arrays]
-            carry = [a[full:] for a in arrays] if full < n else None
-        if carry is not None:
-            yield carry
+                rows = order[start:start + batch_size]
+                yield [a[rows] for a in window]  # copies: the buffer is refilled while they wait in the queue
+            carry = [a[order[full:]] for a in window]
+            for a, c in zip(window, carry):
+                a[:len(c)] = c
+            carried = n - full
+        if carried:
+            yield [a[:carried].copy() for a in window]
 
-    def _rows(self, start: int, stop: int) -> Columns:
-        """Rows [start, stop) of every column: views of the in-memory rows, reads of the spilled ones."""
+    def _read_into(self, window: Columns, at: int, start: int, stop: int) -> int:
+        """Copies rows [start, stop) of every column into ``window`` from row ``at`` on: from the
+        in-memory rows, then read from the spilled files. Returns the number of rows."""
         split = self._memory_rows
-        out = []
-        for k, (memory, shape) in enumerate(zip(self._in_memory, self._shapes)):
-            parts = []
-            if start < split:
-                parts.append(memory[start:min(stop, split)])
+        for k, (memory, out) in enumerate(zip(self._in_memory, window)):
+            kept = max(0, min(stop, split) - start)
+            if kept:
+                out[at:at + kept] = memory[start:start + kept]
             if stop > split:
-                first, rows = max(start, split) - split, stop - max(start, split)
-                per_row = int(np.prod(shape, dtype=np.int64))
+                first = max(start, split)
+                target = out[at + kept:at + stop - start].data.cast("B")
                 reader = self._readers[k]
-                reader.seek(first * per_row * 4)
-                parts.append(np.fromfile(reader, dtype=np.float32, count=rows * per_row).reshape((rows, *shape)))
-            out.append(parts[0] if len(parts) == 1 else np.concatenate(parts))  # the window copies them
-        return out
+                reader.seek((first - split) * (target.nbytes // (stop - first)))
+                done = 0
+                while done < target.nbytes:
+                    got = reader.readinto(target[done:])
+                    if not got:
+                        raise OSError(f"the spilled rows in {self.path} end early: a {target.nbytes}-byte read got "
+                                      f"{done} bytes (was the file removed or truncated?)")
+                    done += got
+        return stop - start
 
     def close(self) -> None:
         """Drops the rows and removes the spill folder."""

@@ -24,6 +24,7 @@ from zdk import algorithms
 from zdk.algorithms.sources import load_sources
 from zdk.ps.client import PSClient
 from zdk.runtime.minibatches import Batch, MinibatchStream, fit_to_shapes
+from zdk.runtime.rss import RssSampler
 from zdk.runtime.steps import DEFAULT_STEPS_PER_EXECUTION, NotCompilable, compiled_steps, window_steps
 from zdk.runtime.threads import size_tf_threads
 from zdk.errors import NonFiniteError, RemoteError
@@ -41,7 +42,7 @@ HISTORY_SCHEMA = (
     "kind string, worker int, attempt int, epoch int, step int, timestamp double, loss double, metrics string, "
     "staleness long, scale double, wait double, busy double, rows long, samples long, weights binary, "
     "t_start double, t_ready double, t_first double, t_last double, reused boolean, cached_bytes long, "
-    "spilled_bytes long, spill_path string, commit_bytes long"
+    "spilled_bytes long, spill_path string, commit_bytes long, rss_start_bytes long, rss_peak_bytes long"
 )
 
 
@@ -153,8 +154,8 @@ class WorkerRun:
         self._warned_nan = False
         self._compiled: Any = None
 
-    def run(self, batches: Iterable, *, initial: np.ndarray | None = None,
-            t_start: float | None = None) -> list[dict[str, Any]]:
+    def run(self, batches: Iterable, *, initial: np.ndarray | None = None, t_start: float | None = None,
+            memory: RssSampler | None = None) -> list[dict[str, Any]]:
         """Trains on ``batches`` (Arrow record batches) and returns the history records.
 
         Args:
@@ -162,7 +163,12 @@ class WorkerRun:
             initial: the flat weights to start from when the algorithm has no PS (the PS's
                 center is the start otherwise).
             t_start: wall-clock time the task started (for the trainer's phase timings).
+            memory: the task's RSS sampler, started with the task, for the summary's
+                ``rss_start_bytes`` and ``rss_peak_bytes`` (None: one sampling this call only).
         """
+        if memory is None:
+            with RssSampler() as own:
+                return self.run(batches, initial=initial, t_start=t_start, memory=own)
         cfg = self.config
         t_start = time.time() if t_start is None else t_start
         model, local = self._model(initial)
@@ -170,11 +176,12 @@ class WorkerRun:
                                  shuffle=cfg.shuffle, seed=cfg.seed + self.worker_id, prefetch=cfg.prefetch,
                                  cache_memory=cfg.cache_memory, keep=cfg.num_epoch - cfg.first_epoch > 1)
         try:
-            return self._train(model, local, stream, t_start)
+            return self._train(model, local, stream, t_start, memory)
         finally:
             stream.close()  # the spilled rows go with the task, whether it succeeded or not
 
-    def _train(self, model: Any, local: np.ndarray, stream: MinibatchStream, t_start: float) -> list[dict[str, Any]]:
+    def _train(self, model: Any, local: np.ndarray, stream: MinibatchStream, t_start: float,
+               memory: RssSampler) -> list[dict[str, Any]]:
         cfg = self.config
         started = time.perf_counter()
         clocks: dict[str, float | None] = {"t_start": t_start, "t_first": None}
@@ -207,10 +214,12 @@ class WorkerRun:
                                   last=epoch == cfg.num_epoch - 1)
             cadence.finish(self._last(), samples)
         busy = time.perf_counter() - started
+        memory.sample()  # the cached rows are still held: the peak so far is the task's
         summary = self._record("summary", cfg.num_epoch - 1, step, {})
         summary.update(wait=cadence.blocked, busy=busy, rows=stream.rows, samples=samples, t_last=time.time(),
                        reused=self.reused, cached_bytes=stream.cached_bytes, spilled_bytes=stream.spilled_bytes,
-                       spill_path=stream.spill_path, commit_bytes=cadence.commit_bytes, **clocks)
+                       spill_path=stream.spill_path, commit_bytes=cadence.commit_bytes,
+                       rss_start_bytes=memory.start_bytes, rss_peak_bytes=memory.peak_bytes, **clocks)
         if not self.algorithm.uses_ps:
             summary["weights"] = get_flat_weights(model, self.layout, local).tobytes()
         self.records.append(summary)
@@ -342,7 +351,8 @@ class WorkerRun:
                 "timestamp": time.time(), "loss": loss, "metrics": json.dumps(values), "staleness": None,
                 "scale": None, "wait": None, "busy": None, "rows": None, "samples": None, "weights": None,
                 "t_start": None, "t_ready": None, "t_first": None, "t_last": None, "reused": None,
-                "cached_bytes": None, "spilled_bytes": None, "spill_path": None, "commit_bytes": None}
+                "cached_bytes": None, "spilled_bytes": None, "spill_path": None, "commit_bytes": None,
+                "rss_start_bytes": None, "rss_peak_bytes": None}
 
 
 class _Cadence:
@@ -558,17 +568,21 @@ def train_partition(config_json: str, batches: Iterator) -> Iterator:
     from pyspark import TaskContext
 
     t_start = time.time()
-    size_tf_threads()
-    ctx = TaskContext.get()
-    worker_id = ctx.partitionId() if ctx is not None else 0
-    attempt = ctx.attemptNumber() if ctx is not None else 0
-    config = WorkerConfig.from_json(config_json)
-    initial = None
-    if config.initial_file is not None:
-        from pyspark import SparkFiles
+    # From the task's start: Spark reuses Python workers, whose own high-water mark would carry
+    # the peaks of earlier tasks.
+    with RssSampler() as memory:
+        size_tf_threads()
+        ctx = TaskContext.get()
+        worker_id = ctx.partitionId() if ctx is not None else 0
+        attempt = ctx.attemptNumber() if ctx is not None else 0
+        config = WorkerConfig.from_json(config_json)
+        initial = None
+        if config.initial_file is not None:
+            from pyspark import SparkFiles
 
-        initial = np.load(SparkFiles.get(config.initial_file), allow_pickle=False)
-    records = WorkerRun(config, worker_id=worker_id, attempt=attempt).run(batches, initial=initial, t_start=t_start)
+            initial = np.load(SparkFiles.get(config.initial_file), allow_pickle=False)
+        records = WorkerRun(config, worker_id=worker_id, attempt=attempt).run(batches, initial=initial,
+                                                                              t_start=t_start, memory=memory)
     yield pa.RecordBatch.from_pylist(records, schema=_arrow_schema())
 
 
