@@ -83,6 +83,7 @@ def get_session(master: str = "local[*]", extra_conf: dict[str, str] | None = No
     for key, value in conf.items():
         builder = builder.config(key, value)
     started = time.perf_counter()
+    import_keras_beside()  # the driver's TensorFlow import overlaps the JVM's start
     spark = builder.getOrCreate()
     if archive.dump:
         cds.record_dumper(archive, getattr(getattr(SparkContext._gateway, "proc", None), "pid", None))
@@ -95,6 +96,31 @@ def get_session(master: str = "local[*]", extra_conf: dict[str, str] | None = No
     logger.info("started an embedded Spark session (%s) in %.1f s", master, _session_seconds)
     warm_workers(spark)
     return spark
+
+
+def import_keras_beside() -> threading.Thread | None:
+    """Imports Keras on a thread of the driver, unless it is imported (or ``ZDK_WARM=0``).
+
+    Training needs Keras in the driver too (to build and compile the model), and its import
+    (3–5 s here) is CPU work of one core, which the JVM's start does not fully use: started
+    together they take about as long as the longer one. A script that calls
+    :func:`get_session` before ``import keras`` finds it loaded; ``import keras`` on the main
+    thread meanwhile just waits for this one's import to finish.
+    """
+    if os.environ.get("ZDK_WARM", "1") == "0" or "keras" in sys.modules:
+        return None
+    if any(t.name == "zdk-driver-keras-import" for t in threading.enumerate()):
+        return None
+
+    def run() -> None:
+        try:
+            import keras  # noqa: F401
+        except Exception:  # only an optimization: the import fails again, with its message, where it is needed
+            logger.debug("importing Keras beside the JVM's start failed", exc_info=True)
+
+    thread = threading.Thread(target=run, name="zdk-driver-keras-import", daemon=True)
+    thread.start()
+    return thread
 
 
 def task_slots(spark: Any) -> int:
