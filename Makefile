@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.zdk-installed
 FASHION := /usr/share/datasets/fashion-mnist
 
-.PHONY: test demo bench scaling accuracy staleness time-to-accuracy job-service data lint clean
+.PHONY: test demo bench scaling end-to-end accuracy staleness time-to-accuracy job-service data lint clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,8 +42,12 @@ time-to-accuracy: $(STAMP) data
 	$(PY) benchmarks/time_to_accuracy.py --results benchmarks/RESULTS.md
 
 # How the cost grows with the model, shards, workers and rows (about 40 minutes here).
+# Whole scripts against plain fit and elephas 7.3 (built into ~/.cache/zdk-benchmarks on first use).
+end-to-end: $(STAMP) data
+	$(PY) benchmarks/end_to_end.py --repeats 3 --png benchmarks/end_to_end.png --results benchmarks/RESULTS.md
+
 scaling: $(STAMP)
-	$(PY) benchmarks/scaling.py --axis model memory keras rows workers
+	$(PY) benchmarks/scaling.py --axis model memory keras rows workers window
 
 # Hermans's staleness experiment: 1-32 worker processes through the real PS, no Spark (a few minutes).
 staleness: $(STAMP)

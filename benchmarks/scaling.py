@@ -21,6 +21,9 @@ Axes, each row against a reference measured in the same run:
     RSS over their slice, and the Python workers' peak RSS over the model's bytes.
 ``rows`` / ``workers``
     The Spark axes, in :mod:`scaling_spark`.
+``window``
+    Time to accuracy for ADAG's communication window, which chose its default of max(4, K)
+    (:mod:`adag_window`; its options pass through, e.g. ``--windows 2 4 8 --epochs 3``).
 
 Run: python benchmarks/scaling.py --axis model memory keras [--sizes 1e6 1e7 1e8] [--shards 1 2 4]
 """
@@ -330,7 +333,7 @@ def print_row(row: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--axis", nargs="+", default=["model", "memory", "keras"],
-                        choices=["model", "memory", "keras", "rows", "workers"])
+                        choices=["model", "memory", "keras", "rows", "workers", "window"])
     parser.add_argument("--sizes", nargs="+", default=["1e6", "1e7", "1e8"], help="model axis: parameters")
     parser.add_argument("--shards", nargs="+", type=int, default=[1, 2, 4], help="model axis: shard counts")
     parser.add_argument("--repeats", type=int, default=7)
@@ -350,6 +353,10 @@ def main(argv: list[str] | None = None) -> None:
             memory_axis(args)
         elif axis == "keras":
             keras_axis(args)
+        elif axis == "window":  # time to accuracy, to choose ADAG's default window
+            import adag_window
+
+            adag_window.main(rest)
         else:
             import scaling_spark
 

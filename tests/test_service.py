@@ -278,7 +278,8 @@ def test_a_jobs_shards_answer_only_its_own_workers(job_server, model_file):
     from zdk.ps.client import PSClient
 
     alice = job_server.tokens["alice"]
-    job_id = post(job_server, alice, base_spec(num_epoch=20), model_file).json()["id"]
+    # Long enough to outlast the probes however fast its steps run; cancelled after them.
+    job_id = post(job_server, alice, base_spec(num_epoch=500), model_file).json()["id"]
     poll_until(lambda: (get(job_server, alice, f"/api/jobs/{job_id}").json().get("progress") or {}).get("steps"),
                timeout=120, interval=0.1, what="the job to take steps")
     # The shards' endpoints are no secret (any local user lists listening ports); the job's log names them.
@@ -292,8 +293,12 @@ def test_a_jobs_shards_answer_only_its_own_workers(job_server, model_file):
     # The shard still listened after the probes, so it got them: CURVE refused the handshake.
     host, port = endpoints[0][len("tcp://"):].rsplit(":", 1)
     socket.create_connection((host, int(port)), timeout=5).close()
-    job = wait_state(job_server, alice, job_id, ("finished", "failed"))
-    assert job["state"] == "finished", job["error"]
+    assert get(job_server, alice, f"/api/jobs/{job_id}").json()["state"] == "running"  # the probes did not end it
+    answer = requests.post(f"{job_server.url}/api/jobs/{job_id}/cancel",
+                           headers={"Authorization": f"Bearer {alice}"}, timeout=30)
+    assert answer.status_code == 200
+    job = wait_state(job_server, alice, job_id, ("cancelled", "failed"), timeout=60)
+    assert job["state"] == "cancelled", job["error"]
 
 
 def test_tokens_and_isolation_between_users(job_server, model_file):

@@ -1,6 +1,6 @@
 """Ctrl-C (SIGINT) and SIGTERM of a training script: ``train()`` raises, the Spark job group is
 cancelled (its Python workers are stopped while the script still runs), and once the script
-exits nothing it started is left: no shard, no Spark JVM, no ``pyspark.daemon`` or worker.
+exits nothing it started is left: no shard, no Spark JVM, no Python daemon or worker.
 
 Each test runs the script as a subprocess with its own Spark (local[2]) and watches its processes
 from outside: the training workers' pids come from the reports they send the shards."""
@@ -123,20 +123,38 @@ def training_workers(endpoints: list[str]) -> dict[str, int] | None:
     return {w: int(s["report"]["pid"]) for w, s in workers.items()}
 
 
+#: Spark's Python daemon and its workers, by command line: the embedded session's own
+#: (zdk.runtime.daemon, which imports Keras before forking), or PySpark's.
+DAEMONS = "zdk.runtime.daemon|pyspark.daemon"
+
+
 def interrupt_training(signum: int) -> tuple[Script, dict[str, int], dict[int, str]]:
     """Starts the script, waits until both workers train, and sends ``signum``; returns the script,
     the workers' pids and every process the script had started by then."""
     script = Script()
-    endpoints = poll_until(lambda: script.said("ENDPOINTS") or script.proc.poll() is not None, timeout=180,
-                           interval=0.1, what="the trainer's shards to start")
-    assert isinstance(endpoints, list), script.stderr[-3000:]
-    workers = poll_until(lambda: training_workers(endpoints), timeout=120, interval=0.1,
-                         what="both Spark workers to report a training step")
-    started = descendants(script.proc.pid)
-    kinds = {kind: [p for p, args in started.items() if kind in args]
-             for kind in ("zdk.ps.server", "pyspark.daemon", "java")}
-    assert len(kinds["zdk.ps.server"]) == 2 and kinds["pyspark.daemon"] and kinds["java"], started
-    assert set(workers.values()) <= set(kinds["pyspark.daemon"]), (workers, started)
+    try:
+        endpoints = poll_until(lambda: script.said("ENDPOINTS") or script.proc.poll() is not None, timeout=180,
+                               interval=0.1, what="the trainer's shards to start")
+        assert isinstance(endpoints, list), script.stderr[-3000:]
+        workers = poll_until(lambda: training_workers(endpoints), timeout=120, interval=0.1,
+                             what="both Spark workers to report a training step")
+        started = descendants(script.proc.pid)
+        kinds = {kind: [p for p, args in started.items() if any(k in args for k in kind.split("|"))]
+                 for kind in ("zdk.ps.server", DAEMONS, "java")}
+        assert len(kinds["zdk.ps.server"]) == 2 and kinds[DAEMONS] and kinds["java"], started
+        assert set(workers.values()) <= set(kinds[DAEMONS]), (workers, started)
+    except BaseException:
+        # A script left waiting trains on (10,000 epochs) for the rest of the suite: interrupt it,
+        # so it cleans up as it would after a Ctrl-C, and kill it if that does not end it.
+        script.proc.send_signal(signal.SIGINT)
+        try:
+            script.proc.stdin.write("exit\n")
+            script.proc.stdin.flush()
+            script.proc.wait(timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        script.close()
+        raise
     script.proc.send_signal(signum)
     script.signalled = time.monotonic()
     return script, workers, started
