@@ -5,12 +5,14 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import shutil
 import sys
 import threading
 import time
 from typing import Any
 
 from zdk.driver import cds
+from zdk.runtime import zygote
 from zdk.runtime.warmup import import_keras
 
 logger = logging.getLogger(__name__)
@@ -83,6 +85,8 @@ def get_session(master: str = "local[*]", extra_conf: dict[str, str] | None = No
     for key, value in conf.items():
         builder = builder.config(key, value)
     started = time.perf_counter()
+    if SparkContext._gateway is None:
+        start_zygote(conf)  # the daemon's TensorFlow import overlaps the JVM's start too
     import_keras_beside()  # the driver's TensorFlow import overlaps the JVM's start
     spark = builder.getOrCreate()
     if archive.dump:
@@ -96,6 +100,24 @@ def get_session(master: str = "local[*]", extra_conf: dict[str, str] | None = No
     logger.info("started an embedded Spark session (%s) in %.1f s", master, _session_seconds)
     warm_workers(spark)
     return spark
+
+
+def start_zygote(conf: dict[str, str]) -> zygote.Zygote | None:
+    """Starts the process that imports Keras for the Python daemon while the JVM starts
+    (:mod:`zdk.runtime.zygote`), for a session whose daemon runs here: local mode (not
+    ``local-cluster``) with zdk's daemon and this interpreter. None when that is not so, or
+    when ``ZDK_ZYGOTE=0`` or ``ZDK_WARM=0``. It stops when this process exits."""
+    master = conf.get("spark.master", "")
+    python = os.environ.get("PYSPARK_PYTHON", sys.executable)
+    if (os.environ.get(zygote.ENV) == "0" or os.environ.get("ZDK_WARM", "1") == "0"
+            or not sys.platform.startswith("linux") or not (master == "local" or master.startswith("local["))
+            or conf.get("spark.python.daemon.module") != DAEMON_MODULE
+            or os.path.realpath(shutil.which(python) or python) != os.path.realpath(sys.executable)):
+        return None
+    started = zygote.start(EXECUTOR_ENV)
+    os.environ[zygote.ENV] = started.address  # the JVM, launched next, passes it on to the daemon
+    atexit.register(started.stop)
+    return started
 
 
 def import_keras_beside() -> threading.Thread | None:

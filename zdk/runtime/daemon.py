@@ -13,21 +13,21 @@ created at the first operation, in the worker), which is what makes forking afte
 
 Use it with ``spark.python.daemon.module=zdk.runtime.daemon`` (the embedded session does).
 When the preload fails, the daemon runs as Spark's own and workers import as before.
+
+In the embedded local session the import starts even earlier, beside the JVM's start: the
+driver's zygote (:mod:`zdk.runtime.zygote`) has it done, and forks the daemon for this process.
 """
 
 from __future__ import annotations
 
 import sys
 
-
-def preload() -> None:
-    """Imports what every training task imports, before any fork."""
-    import keras  # noqa: F401
-
-    import zdk.runtime.worker  # noqa: F401
+from zdk.runtime.zygote import hand_off, preload
 
 
 def main() -> None:
+    if hand_off():  # the driver's zygote, with Keras loaded since the JVM's start, forked the daemon
+        return
     try:
         preload()
     except Exception as error:  # the workers import (and fail, with their message) themselves
