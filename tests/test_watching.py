@@ -199,3 +199,18 @@ def test_a_large_validation_set_is_evaluated_by_spark_with_the_same_figures(vali
     assert set(a) == set(b) == {"val_loss", "val_accuracy"}
     assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
     assert b["val_accuracy"] == pytest.approx(a["val_accuracy"], abs=1e-6)
+
+
+def test_asking_whether_an_mlflow_run_is_active_does_not_import_mlflow():
+    # Importing MLflow took 1.9 s of every train(); a run can be active only if something imported it.
+    import subprocess
+    import sys
+
+    code = ("import sys; from zdk.driver.tracking import active; "
+            "print(active(), 'mlflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]
+    mlflow = pytest.importorskip("mlflow")
+    from zdk.driver.tracking import active
+
+    assert active() is (mlflow.active_run() is not None)
