@@ -6,8 +6,10 @@ Axes, each row against a reference measured in the same run:
     One worker's commit+pull round through 1, 2 and 4 shards, for models of 1 M, 10 M and 100 M
     float32 parameters, against the transport's ceiling: a bare pyzmq DEALER↔ROUTER echo of the
     same bytes in the same 1 MiB frames, one echo process per shard, each adding the received
-    slice into its own center with one ``np.add`` before sending the center back. The goal is a
-    ratio ≥ 0.8 at 10 M and 100 M.
+    slice into its own center with one ``np.add`` before sending the center back. The zdk round
+    is what the Exchange does for DOWNPOUR: the pull right behind the commit, one round trip
+    (``commit(..., pull_into=...)``); ``--unpipelined`` also times the commit's round trip followed
+    by the pull's. The goal is a ratio ≥ 0.8 at 10 M and 100 M.
 ``memory``
     The shards' peak RSS (``VmHWM``) less an empty shard's (the interpreter, numpy, pyzmq), over
     their slice, for DOWNPOUR, ADAG (which keeps each worker's pulled slice), ``adag_worker``
@@ -25,7 +27,7 @@ Axes, each row against a reference measured in the same run:
     Time to accuracy for ADAG's communication window, which chose its default of max(4, K)
     (:mod:`adag_window`; its options pass through, e.g. ``--windows 2 4 8 --epochs 3``).
 
-Run: python benchmarks/scaling.py --axis model memory keras [--sizes 1e6 1e7 1e8] [--shards 1 2 4]
+Run: python benchmarks/scaling.py --axis model memory keras [--sizes 1e6 1e7 1e8] [--shards 1 2 4] [--unpipelined]
 """
 
 from __future__ import annotations
@@ -146,14 +148,33 @@ def echo_add_round(size: int, shards: int, repeats: int) -> float:
         ctx.term()
 
 
-def zdk_round(size: int, shards: int, repeats: int) -> float:
-    """Seconds per commit+pull round of one zdk worker through ``shards`` DOWNPOUR shards."""
+def zdk_rounds(size: int, shards: int, repeats: int, *, unpipelined: bool = False) -> dict[str, float]:
+    """Seconds per commit+pull round of one zdk worker through ``shards`` DOWNPOUR shards, under
+    ``"pipelined"`` (the pull behind the commit, one round trip, as the Exchange does) and, with
+    ``unpipelined``, ``"unpipelined"`` (the commit's round trip, then the pull's)."""
     with start_shards(num_shards=shards, total_size=size, algorithm="downpour") as group:
         with PSClient(group.endpoints, worker_id=0, timeout=120) as client:
             client.hello()
             delta = np.full(size, 1e-6, dtype=np.float32)
             center = np.empty(size, dtype=np.float32)
-            return median_seconds(lambda: (client.commit(delta), client.pull(center)), repeats)
+            rounds: dict[str, Callable[[], object]] = {"pipelined": lambda: client.commit(delta, pull_into=center)}
+            if unpipelined:
+                rounds["unpipelined"] = lambda: (client.commit(delta), client.pull(center))
+            return interleaved_medians(rounds, repeats)
+
+
+def interleaved_medians(rounds: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """The median seconds of each of ``rounds`` over ``repeats`` calls, after a warm-up call of
+    each, taking turns so that the machine's drift weighs on all of them alike."""
+    for fn in rounds.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in rounds}
+    for _ in range(repeats):
+        for name, fn in rounds.items():
+            started = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - started)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def model_axis(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -162,10 +183,14 @@ def model_axis(args: argparse.Namespace) -> list[dict[str, Any]]:
         for shards in args.shards:
             repeats = args.repeats if size <= 10_000_000 else max(3, args.repeats // 2)
             reference = echo_add_round(size, shards, repeats)
-            ours = zdk_round(size, shards, repeats)
-            rows.append({"parameters": f"{size / 1e6:g} M", "MiB": round(size * 4 / MIB), "shards": shards,
-                         "zdk round s": round(ours, 4), "echo+add round s": round(reference, 4),
-                         "zdk / reference": round(reference / ours, 2)})
+            ours = zdk_rounds(size, shards, repeats, unpipelined=args.unpipelined)
+            row: dict[str, Any] = {"parameters": f"{size / 1e6:g} M", "MiB": round(size * 4 / MIB), "shards": shards,
+                                   "zdk round s": round(ours["pipelined"], 4), "echo+add round s": round(reference, 4),
+                                   "zdk / reference": round(reference / ours["pipelined"], 2)}
+            if args.unpipelined:
+                row["unpipelined round s"] = round(ours["unpipelined"], 4)
+                row["unpipelined / reference"] = round(reference / ours["unpipelined"], 2)
+            rows.append(row)
             print_row(rows[-1])
     return rows
 
@@ -337,6 +362,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", nargs="+", default=["1e6", "1e7", "1e8"], help="model axis: parameters")
     parser.add_argument("--shards", nargs="+", type=int, default=[1, 2, 4], help="model axis: shard counts")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--unpipelined", action="store_true", default=False,
+                        help="model axis: also time the round as a commit's round trip followed by a pull's")
     parser.add_argument("--memory-size", type=int, default=100_000_000, help="memory axis: parameters")
     parser.add_argument("--algorithms", nargs="+", default=["downpour", "adag", "adag_worker", "aeasgd"])
     parser.add_argument("--memory-workers", nargs="+", type=int, default=[2, 8], help="memory axis: numpy workers")

@@ -1,7 +1,8 @@
 """The worker's client: one DEALER per shard, scatter commits, gather pulls, every wait bounded.
 
 Requests to all shards are sent first and the replies gathered after, so shards
-work concurrently; each client has at most one request in flight per shard. A request
+work concurrently; each client has at most one request in flight per shard, or two when
+a pull follows a commit in the same round trip (``commit(..., pull_into=...)``). A request
 that gets no reply in time is resent with the same request id on a fresh socket, a
 bounded number of times: shards apply a commit once per (worker, session, rid).
 """
@@ -217,11 +218,7 @@ class PSClient:
         info = self._require_info()
         if out is None:
             out = np.empty(info.total_size, dtype=DTYPE)
-        if out.dtype != DTYPE or out.shape != (info.total_size,) or not out.flags.c_contiguous:
-            raise ConfigError(f"`out` must be a C-contiguous float32 vector of size {info.total_size}. "
-                              f"Received: dtype={out.dtype}, shape={out.shape}", field="out")
-        assert self.plan is not None
-        targets = [s.data.cast("B") for s in self.plan.slices(out)]
+        targets = self._targets(out, "out")
         n = len(self._links)
         minimums = [min_version] * n if min_version is None or isinstance(min_version, int) else list(min_version)
         if len(minimums) != n:
@@ -234,12 +231,17 @@ class PSClient:
         self._versions = [r.version for r in replies]
         return out
 
-    def commit(self, delta: np.ndarray, *, report: Mapping[str, float] | None = None) -> CommitReceipt:
+    def commit(self, delta: np.ndarray, *, report: Mapping[str, float] | None = None,
+               pull_into: np.ndarray | None = None) -> CommitReceipt:
         """Scatters ``delta`` (full size) to the shards, each with its slice and its base version.
 
         Args:
             delta: what the algorithm's worker update says to commit.
             report: progress numbers (step, samples, loss) the shards show in `stats`.
+            pull_into: also pulls the center θ̃ into this vector, as :meth:`pull` with ``out`` does,
+                in the same round trip: each shard gets the pull right behind the commit and
+                answers it with the commit handled, so the center pulled holds this commit
+                (:meth:`_pipelined_roundtrip`). :attr:`versions` become the pull's.
         """
         info = self._require_info()
         if delta.dtype != DTYPE or delta.shape != (info.total_size,):
@@ -247,10 +249,12 @@ class PSClient:
                               f"Received: dtype={delta.dtype}, shape={delta.shape}", field="delta")
         delta = np.ascontiguousarray(delta)
         assert self.plan is not None
-        return self._commit([(None, as_frames(part, self.chunk_bytes)) for part in self.plan.slices(delta)], report)
+        return self._commit([(None, as_frames(part, self.chunk_bytes)) for part in self.plan.slices(delta)], report,
+                            pull_into)
 
     def commit_encoded(self, codec: str, parts: Sequence[Sequence[np.ndarray]], *,
-                       report: Mapping[str, float] | None = None) -> CommitReceipt:
+                       report: Mapping[str, float] | None = None,
+                       pull_into: np.ndarray | None = None) -> CommitReceipt:
         """Sends each shard its slice of the payload as ``codec`` encoded it: ``parts[k]`` holds the
         arrays of shard k's slice, which go as data frames with their dtypes (protocol `codec` and
         `arrays`). The shards decode them before the server update.
@@ -259,6 +263,7 @@ class PSClient:
             codec: the registered codec's name.
             parts: one tuple of arrays per shard, in shard order.
             report: as for :meth:`commit`.
+            pull_into: as for :meth:`commit`.
         """
         self._require_info()
         if len(parts) != len(self._links):
@@ -269,10 +274,11 @@ class PSClient:
             frames = [array_frames(np.ascontiguousarray(a), self.chunk_bytes) for a in arrays]
             layout = tuple((a.dtype.str, len(f)) for a, f in zip(arrays, frames))
             encoded.append(((codec, layout), [frame for group in frames for frame in group]))
-        return self._commit(encoded, report)
+        return self._commit(encoded, report, pull_into)
 
     def _commit(self, parts: Sequence[tuple[tuple[str, tuple[tuple[str, int], ...]] | None, Sequence[Any]]],
-                report: Mapping[str, float] | None) -> CommitReceipt:
+                report: Mapping[str, float] | None, pull_into: np.ndarray | None = None) -> CommitReceipt:
+        targets = None if pull_into is None else self._targets(pull_into, "pull_into")
         args = {"report": _numbers(report, "report")} if report else {}
         requests = []
         for k, (encoding, frames) in enumerate(parts):
@@ -284,7 +290,11 @@ class PSClient:
                                         lens=lens, args=args)
             requests.append((request, frames))
         largest = max(sum(f.nbytes for f in frames) for _, frames in parts)
-        if self.admit_bytes is not None and largest >= self.admit_bytes:
+        admit = self.admit_bytes is not None and largest >= self.admit_bytes
+        if targets is not None:
+            replies, pulls = self._pipelined_roundtrip(requests, targets, admit=admit)
+            self._versions = [r.version for r in pulls]
+        elif admit:
             replies = self._admitted_roundtrip(requests)
         else:
             replies = self._roundtrip("commit", requests)
@@ -396,6 +406,15 @@ class PSClient:
             raise ConfigError("call `hello()` before pulling or committing")
         return self.info
 
+    def _targets(self, out: np.ndarray, name: str) -> list[memoryview]:
+        """Each shard's slice of ``out`` as bytes, for its pull reply to be received into."""
+        info = self._require_info()
+        if out.dtype != DTYPE or out.shape != (info.total_size,) or not out.flags.c_contiguous:
+            raise ConfigError(f"`{name}` must be a C-contiguous float32 vector of size {info.total_size}. "
+                              f"Received: dtype={out.dtype}, shape={out.shape}", field=name)
+        assert self.plan is not None
+        return [s.data.cast("B") for s in self.plan.slices(out)]
+
     def _all(self, op: str, **fields: Any) -> list[Request]:
         return [self._request(op, k, **fields) for k in range(len(self._links))]
 
@@ -457,6 +476,106 @@ class PSClient:
                     replies[k] = reply
                     del committing[k]
 
+    def _pipelined_roundtrip(self, requests: Sequence[tuple[Request, Sequence[Any]]], targets: Sequence[memoryview],
+                             *, admit: bool) -> tuple[list[Reply], list[Reply]]:
+        """Sends each shard its commit and, right behind it on the same link, a pull, and gathers
+        both replies, the pull's data straight into ``targets[k]``: one round trip per shard
+        instead of two.
+
+        A shard handles one link's requests in order, so it answers the pull with the commit
+        handled. A link that reorders (a lossy one holds some messages back) can get the pull
+        answered first; versions tell. The commit reply carries v_c, the shard's version right
+        after the commit, and a pull reply counts only when its version v_p ≥ v_c; otherwise the
+        pull is sent again. This relies on an applied commit advancing the version, as every
+        asynchronous algorithm's does (a dropped commit leaves the center as it was).
+
+        With ``admit`` each shard is first asked to `admit` the commit, as in
+        :meth:`_admitted_roundtrip`, and gets commit and pull once it does. Whatever a shard
+        left unanswered after a try's share of ``timeout`` goes again on a fresh socket: its
+        `admit` (which keeps its place), else its commit unless answered (the shard deduplicates
+        it by rid) and the pull behind it. The deadline is ``timeout``, plus ``ADMIT_WAIT`` with ``admit``.
+
+        Returns:
+            the commit replies and the pull replies, in shard order.
+        """
+        started = time.perf_counter()
+        args = {"role": "observer"} if self._observer else {}
+        flows = [_Pipelined(commit=request, frames=frames, pull=self._request("pull", k, args=args),
+                            admit=self._request("admit", k) if admit else None)
+                 for k, (request, frames) in enumerate(requests)]
+        per_try = self.timeout / self.tries
+        total = self.timeout + (ADMIT_WAIT if admit else 0.0)
+        end = time.monotonic() + total
+        try:
+            for k, flow in enumerate(flows):
+                self._send_pipelined(k, flow)
+            while True:
+                self._gather_pipelined(flows, targets, args, min(end, time.monotonic() + per_try))
+                late = [k for k, flow in enumerate(flows) if not flow.done]
+                if not late:
+                    break
+                if time.monotonic() >= end:
+                    names = ", ".join(f"shard {k} at {self.endpoints[k]} ({flows[k].unanswered})" for k in late)
+                    raise DeadlineExceeded(
+                        f"`commit` with its `pull` got no reply within {total:.1f} s from {names}: is the "
+                        f"parameter server running and reachable? (`zdk ps status ENDPOINT...`)")
+                for k in late:  # no answer this try: again, on a fresh socket
+                    self._links[k].close()
+                    self._links[k] = self._connector.connect(self.endpoints[k])
+                    self.resends += 1
+                    logger.info("%s: no reply to %s within %.1f s; resending", self.endpoints[k],
+                                flows[k].unanswered, per_try)
+                    self._send_pipelined(k, flows[k])
+        finally:
+            self.wait_seconds += time.perf_counter() - started
+        return ([flow.committed for flow in flows if flow.committed is not None],
+                [flow.pulled for flow in flows if flow.pulled is not None])
+
+    def _send_pipelined(self, k: int, flow: _Pipelined) -> None:
+        """Sends shard ``k`` what ``flow`` still needs: its `admit`, else the commit unless it was
+        answered and the pull (a pull answered before the commit reply came goes again with it)."""
+        link = self._links[k]
+        if flow.admit is not None:
+            link.send(flow.admit.encode(), ())
+            return
+        if flow.committed is None:
+            link.send(flow.commit.encode(), flow.frames)
+            flow.pulled = None
+        if flow.pulled is None:
+            link.send(flow.pull.encode(), ())
+
+    def _gather_pipelined(self, flows: Sequence[_Pipelined], targets: Sequence[memoryview], args: Mapping[str, Any],
+                          deadline: float) -> None:
+        """Until ``deadline`` or every flow is done: sends a shard commit and pull once it admits
+        them, keeps the replies, and pulls again where the pull was answered before the commit."""
+        while (waiting := [k for k, flow in enumerate(flows) if not flow.done]) \
+                and (remaining := deadline - time.monotonic()) > 0:
+            for i in self._connector.wait([self._links[k] for k in waiting], remaining):
+                k = waiting[i]
+                flow = flows[k]
+                if flow.admit is not None:
+                    if self._admission(k, flow.admit):
+                        flow.admit = None
+                        self._send_pipelined(k, flow)
+                    continue
+                expected = [(request, op, target) for request, op, target, answered in (
+                    (flow.commit, "commit", None, flow.committed), (flow.pull, "pull", targets[k], flow.pulled))
+                    if answered is None]
+                reply = self._receive_any(k, expected)
+                if reply is None:
+                    continue
+                if reply.rid == flow.commit.rid:
+                    flow.committed = reply
+                else:
+                    flow.pulled = reply
+                if flow.committed is not None and flow.pulled is not None \
+                        and flow.pulled.version < flow.committed.version:
+                    logger.debug("%s: the pull (version %d) was answered before the commit (version %d); "
+                                 "pulling again", self.endpoints[k], flow.pulled.version, flow.committed.version)
+                    flow.pulled = None
+                    flow.pull = self._request("pull", k, args=args)
+                    self._links[k].send(flow.pull.encode(), ())
+
     def _admission(self, k: int, admit: Request) -> bool:
         """Whether the reply just arrived from shard ``k`` admits ``admit`` (False: a late reply to
         an earlier request). A shard of an older zdk, which knows no `admit`, admits everything."""
@@ -517,6 +636,12 @@ class PSClient:
                     pending.pop(k, None)
 
     def _receive(self, k: int, request: Request | None, op: str, target: memoryview | None) -> Reply | None:
+        return self._receive_any(k, [] if request is None else [(request, op, target)])
+
+    def _receive_any(self, k: int, expected: Sequence[tuple[Request, str, memoryview | None]]) -> Reply | None:
+        """The message waiting on shard ``k``'s link, when it answers one of ``expected`` (each a
+        request, its op, and where its data goes: None for none); None for a late reply to an
+        earlier request, whose frames are dropped."""
         link = self._links[k]
         raw, more = link.recv_header()
         try:
@@ -524,10 +649,12 @@ class PSClient:
         except ProtocolError as exc:
             link.discard_rest()
             raise ProtocolError(exc.code, f"{self.endpoints[k]}: {exc.message}") from None
-        if request is None or reply.rid != request.rid:
+        match = next((item for item in expected if item[0].rid == reply.rid), None)
+        if match is None:
             dropped = link.discard_rest() if more else 0
             logger.debug("%s: dropped a late reply (rid %d, %d frames)", self.endpoints[k], reply.rid, dropped)
             return None
+        _, op, target = match
         if reply.op == ERROR:
             link.discard_rest()
             code = str(reply.fields.get("code", "?"))
@@ -582,6 +709,40 @@ class PSClient:
         if more:
             extra = link.discard_rest()
             raise ProtocolError("extra_frame", f"{self.endpoints[k]}: pull reply carried {extra} extra frames")
+
+
+@dataclass
+class _Pipelined:
+    """One shard's commit with a pull behind it, as :meth:`PSClient._pipelined_roundtrip` drives it.
+
+    Args:
+        commit: the commit request.
+        frames: its data frames.
+        pull: the pull request (a new one when a pull must go again).
+        admit: the `admit` request while the shard has not admitted the commit; None after, or
+            when the commit needs no admission.
+        committed: the commit's reply, once it came.
+        pulled: the pull's reply, once it came.
+    """
+
+    commit: Request
+    frames: Sequence[Any]
+    pull: Request
+    admit: Request | None = None
+    committed: Reply | None = None
+    pulled: Reply | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.committed is not None and self.pulled is not None
+
+    @property
+    def unanswered(self) -> str:
+        """The ops still waiting for a reply, for log lines and errors."""
+        if self.admit is not None:
+            return "`admit`"
+        return " and ".join(f"`{op}`" for op, reply in (("commit", self.committed), ("pull", self.pulled))
+                            if reply is None)
 
 
 def _numbers(values: Mapping[str, Any], name: str, *, check: Callable[[Any, str], dict[str, float]] = check_report,

@@ -3,7 +3,9 @@
 A worker trains on its local weights θ (a flat float32 vector it owns) and, at the
 end of every communication window, calls :meth:`Exchange.end_window`, which pulls,
 computes the commit with the algorithm's ``worker_delta``, commits, pulls, and
-resets θ with ``worker_reset``, in the order the algorithm asks for.
+resets θ with ``worker_reset``, in the order the algorithm asks for. When the pull
+follows the commit (asynchronous algorithms that do not pull first), both go in one
+round trip (:meth:`PSClient.commit` with ``pull_into``).
 """
 
 from __future__ import annotations
@@ -221,21 +223,24 @@ class Exchange:
         bases = self.client.versions
         assert algo.worker_delta is not None and algo.worker_reset is not None
         win.delta = np.ascontiguousarray(algo.worker_delta(win, self.params), dtype=np.float32)
-        receipt = self._commit(win.delta, report)
+        # The pull that follows the commit rides behind it, one round trip for both; a synchronous
+        # round's pull waits for every worker, and a pull-first algorithm pulled already.
+        pipelined = not algo.synchronous and not algo.pull_before_commit
+        receipt = self._commit(win.delta, report, pull_into=self.center if pipelined else None)
         info = win.state.pop("info", None)
         if info:
             receipt = dataclasses.replace(receipt, info={**receipt.info, **info})
         if algo.synchronous:
             self.client.pull(self.center, min_version=[b + 1 for b in bases], wait=self._round_wait())
-        elif not algo.pull_before_commit:
-            self.client.pull(self.center)
         algo.worker_reset(win, self.params)
         np.copyto(self.pulled, self.center)
         self.exchanges += 1
         return receipt
 
-    def _commit(self, delta: np.ndarray, report: dict[str, float] | None) -> CommitReceipt:
-        """Commits ``delta``, encoded with the codec when there is one.
+    def _commit(self, delta: np.ndarray, report: dict[str, float] | None, *,
+                pull_into: np.ndarray | None = None) -> CommitReceipt:
+        """Commits ``delta``, encoded with the codec when there is one, and pulls θ̃ into
+        ``pull_into`` in the same round trip when it is given.
 
         With error feedback the payload is P = Δ + e, and after the replies, per shard slice:
         e ← P − decode(encode(P)) where the shard applied it, e ← 0 where the algorithm dropped
@@ -244,7 +249,7 @@ class Exchange:
         nothing is applied twice, and the window is dropped as for a raw commit.
         """
         if self.codec is None:
-            receipt = self.client.commit(delta, report=report)
+            receipt = self.client.commit(delta, report=report, pull_into=pull_into)
             self.commit_bytes += delta.nbytes
             return receipt
         assert self.codec_args is not None and self.client.plan is not None
@@ -264,7 +269,7 @@ class Exchange:
             payload = delta
         parts = [tuple(self.codec.encode(part, self.codec_args)) for part in plan.slices(payload)]
         try:
-            receipt = self.client.commit_encoded(self.codec.name, parts, report=report)
+            receipt = self.client.commit_encoded(self.codec.name, parts, report=report, pull_into=pull_into)
         except ShardRestarted:
             if self._residual is not None:
                 self._residual.fill(0.0)
