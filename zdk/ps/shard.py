@@ -22,6 +22,7 @@ from zdk.algorithms import codecs
 from zdk.algorithms.base import APPLIED, Algorithm, Params, ShardState, UpdateResult, WorkerSlot
 from zdk.errors import AlgorithmNotFound, ConfigError, ProtocolError, ZdkError
 from zdk.ps import checkpoint, snapshot
+from zdk.ps.pulled import bound_pulled, history_of, kept
 from zdk.ps.checkpoint import CheckpointPolicy
 from zdk.ps.layout import DTYPE, ShardPlan
 from zdk.ps.protocol import (
@@ -158,6 +159,7 @@ class _Counters:
     bytes_in: int = 0
     bytes_out: int = 0
     reports: int = 0
+    released: int = 0
     info_sums: dict[str, float] = field(default_factory=dict)
     info_counts: dict[str, int] = field(default_factory=dict)
 
@@ -181,6 +183,8 @@ class ShardCore:
                 f"which trains without one"
             , field="algorithm")
         self.params: Params = self.algorithm.make_params(dict(config.params))
+        # The most distinct pulled centers kept (ADAG's `history`); None: one per worker.
+        self._history = history_of(self.params) if self.algorithm.keeps_pulled else None
         start, stop = config.range
         center = np.zeros(stop - start, dtype=DTYPE)
         if initial is not None:
@@ -364,6 +368,7 @@ class ShardCore:
             "workers": workers, "reports": c.reports,
             "control": {} if self._control is None else self._control.to_wire(), "control_version": self._control_version,
             "connected": len(self.state.active_workers),
+            "pulled_kept": len(kept(self.state.workers.values())), "pulled_released": c.released,
             "info": {k: c.info_sums[k] / c.info_counts[k] for k in c.info_sums},
         }
 
@@ -513,11 +518,23 @@ class ShardCore:
             slot.base_version = self.version
             if self.algorithm.keeps_pulled:
                 slot.pulled = center
+                if self._history is not None:
+                    self._bound_pulled(self._history)
         frames = as_frames(center, self.config.chunk_bytes)
         lease = Lease(center)
         self._leases.append(lease)
         reply = self._reply(peer, request, frames, dtype=WIRE_DTYPE, lens=[f.nbytes for f in frames])
         return Outgoing(reply.peer, reply.header, reply.frames, lease)
+
+    def _bound_pulled(self, history: int) -> None:
+        """Keeps at most ``history`` distinct pulled centers (:func:`zdk.ps.pulled.bound_pulled`), so
+        the shard's memory does not grow with the number of workers."""
+        released = bound_pulled(self.state.workers.values(), history)
+        if released and not self._counters.released:
+            logger.info("shard %d: workers hold more than history=%d distinct pulled centers; the oldest are "
+                        "released and their workers' drift is measured from the oldest one kept",
+                        self.config.shard, history)
+        self._counters.released += released
 
     def _lent(self, buffer: np.ndarray) -> bool:
         """Whether ``buffer`` is still read by someone else: a reply being sent zero-copy, or a
@@ -636,6 +653,7 @@ class ShardCore:
         out: list[Outgoing] = []
         if self.algorithm.on_leave is not None:
             out = self._after_update(self.algorithm.on_leave(self._writable_state(), slot, self.params), None)
+        slot.pulled = None  # it commits no more: its kept center is read no more
         return [self._reply(peer, request), *out]
 
     def _init(self, peer: bytes, request: Request, frames: Sequence[Frame]) -> list[Outgoing]:
