@@ -370,16 +370,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="memory axis: commit+pull rounds per worker")
     parser.add_argument("--keras-rows", type=int, default=1280)
     parser.add_argument("--keras-trainers", nargs="+", default=["DOWNPOUR", "ADAG", "AEASGD"])
+    parser.add_argument("--png", metavar="DIR", help="draw each axis into DIR/scaling_<axis>.png "
+                        "(scaling_plots.py draws them again from RESULTS.md)")
     args, rest = parser.parse_known_args(argv)
     tune_allocator()
     print(f"# scaling: {platform.node()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M')}")
     for axis in args.axis:
-        if axis == "model":
-            model_axis(args)
-        elif axis == "memory":
-            memory_axis(args)
-        elif axis == "keras":
-            keras_axis(args)
+        if axis in ("model", "memory", "keras"):
+            rows = {"model": model_axis, "memory": memory_axis, "keras": keras_axis}[axis](args)
+            if args.png:
+                import scaling_plots
+
+                print(scaling_plots.plot_axis(axis, rows, args.png))
         elif axis == "window":  # time to accuracy, to choose ADAG's default window
             import adag_window
 
@@ -387,7 +389,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             import scaling_spark
 
-            scaling_spark.main(["--axis", axis, *rest])
+            scaling_spark.main(["--axis", axis, *rest, *(["--png", args.png] if args.png else [])])
 
 
 if __name__ == "__main__":

@@ -506,14 +506,20 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--axis", choices=("rows", "workers"), default="rows", help="what to vary (default: rows)")
+    parser.add_argument("--png", metavar="DIR", help="draw the axis into DIR/scaling_<axis>.png")
     add_arguments(parser)
     args = parser.parse_args(argv)
     rows = rows_axis(args) if args.axis == "rows" else workers_axis(args)
     print(f"\n{args.axis} axis: batch {args.batch_size}, {args.epochs} epoch(s), {os.cpu_count()} CPUs")
     print_table(rows)
+    if args.png:
+        import scaling_plots
+
+        print(scaling_plots.plot_axis(args.axis, rows, args.png))
+    return rows
 
 
 if __name__ == "__main__":
