@@ -37,6 +37,24 @@ def no_failure_reports_left() -> Iterator[None]:
 os.environ.setdefault("JAVA_TOOL_OPTIONS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
 
 
+def contained_temp_env(directory, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a process a test kills on purpose (or may stop mid-start): the temp files of
+    it and of the JVMs below it go to ``directory`` (a test's ``tmp_path``) instead of /tmp.
+
+    A SIGKILLed process runs no exit handler, so what it put in the temp directory stays: Python's
+    (``TMPDIR``: pyspark's ``tmpXXXXXXXX`` connection folder, zdk's ``zdk-zygote-*``) and the JVM's
+    (``java.io.tmpdir``: Spark's ``spark-*``, ``blockmgr-*`` and ``artifacts-*`` folders, and the
+    native libraries snappy-java and lz4-java extract there, ``snappy-*-libsnappyjava.so`` and
+    ``liblz4-java-*.so(.lck)``, which only a clean JVM exit deletes). Under ``tmp_path`` they are
+    pytest's to remove, also when the test fails or is interrupted."""
+    path = os.fspath(directory)
+    os.makedirs(path, exist_ok=True)
+    env = dict(os.environ if base is None else base)
+    env["TMPDIR"] = path
+    env["JAVA_TOOL_OPTIONS"] = f"{env.get('JAVA_TOOL_OPTIONS', '')} -Djava.io.tmpdir={path}".strip()
+    return env
+
+
 def poll_until(predicate: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02, what: str = "") -> T:
     """Returns the first truthy value of ``predicate()``, failing the test at the deadline."""
     deadline = time.monotonic() + timeout

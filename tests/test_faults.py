@@ -20,7 +20,7 @@ import pytest
 keras = pytest.importorskip("keras")
 pytest.importorskip("pyspark")
 
-from conftest import pid_alive, poll_until  # noqa: E402
+from conftest import contained_temp_env, pid_alive, poll_until  # noqa: E402
 from zdk import trainers  # noqa: E402
 from zdk.errors import WorkerFailed  # noqa: E402
 from zdk.ps.client import PSClient  # noqa: E402
@@ -101,7 +101,8 @@ CRASH_EPOCHS = 16
 def test_a_driver_crash_resumes_from_the_last_checkpoint(tmp_path):
     ckpt = str(tmp_path / "ckpt")
     proc = subprocess.Popen([sys.executable, DRIVER, "--epochs", str(CRASH_EPOCHS), "--checkpoint-dir", ckpt,
-                             "--checkpoint-every", "0.3"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--checkpoint-every", "0.3"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=contained_temp_env(tmp_path / "tmp"))  # SIGKILLed: its temp files stay here
     try:
         def progress() -> int:
             try:

@@ -570,14 +570,14 @@ def _children(pid: int) -> list[int]:
 
 
 def test_zdk_serve_starts_answers_and_stops_on_sigterm_leaving_no_process(job_data, tmp_path):
-    from conftest import pid_alive
+    from conftest import contained_temp_env, pid_alive
 
     state = tmp_path / "state"
     token = subprocess.run([sys.executable, "-m", "zdk.cli", "serve", "token", "create", "--user", "erin",
                             "--state-dir", str(state)], capture_output=True, text=True, check=True).stdout.strip()
     server = subprocess.Popen([sys.executable, "-m", "zdk.cli", "serve", "--state-dir", str(state), "--port", "0",
                                "--data-root", str(job_data)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+                              text=True, env=contained_temp_env(tmp_path / "tmp"))  # SIGTERM may come mid-start
     try:
         url = None
         for line in server.stdout:

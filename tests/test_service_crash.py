@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import digits_mlp, pid_alive, poll_until
+from conftest import contained_temp_env, digits_mlp, pid_alive, poll_until
 from zdk.ps import checkpoint
 
 pytestmark = pytest.mark.spark
@@ -44,6 +44,8 @@ class Servers:
     def __init__(self, state: Path, data_root: Path, logs: Path) -> None:
         self.state, self.data_root, self.logs = state, data_root, logs
         self.started: list[subprocess.Popen] = []
+        # SIGKILLed servers (and their JVMs) leave their temp files: under ``logs``, not in /tmp.
+        self.env = contained_temp_env(logs / "tmp")
 
     def start(self) -> tuple[subprocess.Popen, str]:
         """A new ``zdk serve`` and its URL. Its output goes to files: a full pipe would stall Spark."""
@@ -51,7 +53,8 @@ class Servers:
         with open(out, "w") as stdout, open(out.with_suffix(".err"), "w") as stderr:
             proc = subprocess.Popen([sys.executable, "-m", "zdk.cli", "serve", "--state-dir", str(self.state),
                                      "--port", "0", "--data-root", str(self.data_root),
-                                     "--checkpoint-every", str(CHECKPOINT_EVERY)], stdout=stdout, stderr=stderr)
+                                     "--checkpoint-every", str(CHECKPOINT_EVERY)], stdout=stdout, stderr=stderr,
+                                    env=self.env)
         self.started.append(proc)
 
         def url() -> str | None:
