@@ -124,8 +124,9 @@ def training_workers(endpoints: list[str]) -> dict[str, int] | None:
 
 
 #: Spark's Python daemon and its workers, by command line: the embedded session's own
-#: (zdk.runtime.daemon, which imports Keras before forking), or PySpark's.
-DAEMONS = "zdk.runtime.daemon|pyspark.daemon"
+#: (zdk.runtime.daemon, which imports Keras before forking; in local mode forked from the
+#: driver's zygote, whose command line it keeps), or PySpark's.
+DAEMONS = "zdk.runtime.daemon|pyspark.daemon|zdk.runtime.zygote"
 
 
 def interrupt_training(signum: int) -> tuple[Script, dict[str, int], dict[int, str]]:
