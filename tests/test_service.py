@@ -596,3 +596,9 @@ def test_zdk_serve_starts_answers_and_stops_on_sigterm_leaving_no_process(job_da
         code = server.wait(60)
     assert code == 0, server.stderr.read()
     poll_until(lambda: not any(pid_alive(p) for p in children), timeout=30, what="Spark's JVM to exit")
+    # The server stopped the session it started: pyspark's connection folder (the gateway's
+    # secret), Spark's directories and the zygote's are gone with it.
+    left = poll_until(lambda: not [e for e in os.listdir(tmp_path / "tmp")
+                                   if e.startswith(("tmp", "spark-", "blockmgr-", "zdk-zygote-"))],
+                      timeout=30, what="the server's temporary files to be removed")
+    assert left

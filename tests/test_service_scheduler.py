@@ -111,3 +111,16 @@ def test_a_cancel_asked_before_a_crash_is_honoured_on_restart(tmp_path):
         assert (job.state, job.error) == ("cancelled", "cancelled by its owner") and job.finished is not None
     assert store.job("resumes").state == QUEUED and store.job("resumes").resumes == 1
     store.close()
+
+
+def test_a_server_stops_only_a_spark_session_it_started(spark):
+    # The active session (this test session's) is someone else's: the server's stop leaves it running.
+    from zdk.service.cluster import Cluster
+
+    cluster = Cluster.of_master("local[2]")
+    assert cluster.spark() is spark
+    cluster.stop()
+    assert spark.sparkContext._jsc is not None
+    assert spark.range(3).count() == 3
+    with pytest.raises(RuntimeError, match="stopping"):
+        cluster.spark()

@@ -168,7 +168,7 @@ class JobServer:
 
     def stop(self) -> None:
         """Stops the scheduler (running jobs go back to the queue or become interrupted), then
-        the HTTP side and the store."""
+        the HTTP side, the Spark session the server started, and the store."""
         started = time.monotonic()
         if self.retention is not None:
             self.retention.stop()
@@ -179,6 +179,7 @@ class JobServer:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
         self._loop.close()
+        self.cluster.stop()  # after the HTTP side: no request needs Spark any more
         self.api.close()
         self.sandbox.close()
         self.store.close()
