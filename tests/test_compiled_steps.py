@@ -236,3 +236,50 @@ def test_the_epoch_figures_are_the_row_weighted_means_of_its_steps_not_its_last_
         accuracy = np.average([eval_metrics(r)["accuracy"] for r in mine], weights=rows)
         assert summary["accuracy"] == pytest.approx(accuracy, rel=1e-6)
         assert summary["loss"] != pytest.approx(mine[-1]["loss"], rel=1e-3)
+
+
+def test_prepare_traces_from_shapes_alone_without_training_and_run_reuses_the_trace():
+    spec = make_spec(model(), optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy",
+                     metrics=["accuracy"])
+    m = models.build_model(spec)
+    before = [w.copy() for w in m.get_weights()]
+    compiled = CompiledSteps(m)
+    example = ([np.zeros((BATCH, 6), np.float32)], [np.zeros((BATCH,), np.float32)])
+    assert compiled.prepare(example) is True
+    assert compiled.prepare(example) is False  # traced already
+    for a, b in zip(before, m.get_weights()):
+        np.testing.assert_array_equal(a, b)  # zeros traced, nothing trained
+    assert m.optimizer.iterations.numpy() == 0
+    rng = np.random.default_rng(1)
+    real = [([rng.normal(size=(BATCH, 6)).astype(np.float32)], [rng.integers(0, 3, BATCH).astype(np.float32)])
+            for _ in range(3)]
+    logs = compiled.run(real)
+    assert len(logs) == 3 and len(compiled._functions) == 1  # the real steps found the prepared trace
+    assert m.optimizer.iterations.numpy() == 3
+
+
+def test_a_worker_traces_its_window_from_the_drivers_row_shapes_before_its_first_rows(monkeypatch):
+    plain = WorkerRun(config(steps_per_execution=5), worker_id=0).run(arrow_batches())
+    traced: list[bool] = []
+    prepare = CompiledSteps.prepare
+
+    def spy(self, example):
+        traced.append(prepare(self, example))
+        return traced[-1]
+
+    monkeypatch.setattr(CompiledSteps, "prepare", spy)
+    traces = []
+    trace = CompiledSteps._trace
+    monkeypatch.setattr(CompiledSteps, "_trace", lambda self, *a: traces.append(a[0]) or trace(self, *a))
+    ahead = WorkerRun(config(steps_per_execution=5, shapes={"features": [6], "label": []}), worker_id=0).run(arrow_batches())
+    assert traced == [True]
+    assert len(traces) == 1  # the real rows found it (the batch axis is free: the smaller last batch too)
+    assert_same_history(steps_of(plain), steps_of(ahead))
+    np.testing.assert_array_equal(np.frombuffer(ahead[-1]["weights"], "<f4"), np.frombuffer(plain[-1]["weights"], "<f4"))
+
+
+def test_row_shapes_that_do_not_fit_the_model_leave_the_trace_to_the_first_window():
+    plain = WorkerRun(config(steps_per_execution=5), worker_id=0).run(arrow_batches())
+    wrong = WorkerRun(config(steps_per_execution=5, shapes={"features": [7], "label": []}), worker_id=0).run(
+        arrow_batches())
+    assert_same_history(steps_of(plain), steps_of(wrong))

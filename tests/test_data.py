@@ -111,3 +111,24 @@ def test_spark_ml_vector_structs_dense_and_sparse():
     assert column_to_numpy(array, "v").tolist() == [[1, 2, 3], [0, 0, 5], [7, 8, 0]]
     dense_only = pa.array([{"type": 1, "size": None, "indices": None, "values": [1.0, 2.0]}], vector)
     assert column_to_numpy(dense_only, "v").tolist() == [[1.0, 2.0]]
+
+
+def test_a_started_stream_reads_rows_before_its_epoch_is_asked_for():
+    pulled = threading.Event()
+
+    def source():
+        pulled.set()
+        yield from batches(10, 5)
+
+    stream = MinibatchStream(source(), features=["x"], labels=["y"], batch_size=4)
+    stream.start()
+    assert pulled.wait(10), "start() did not begin reading the rows"
+    assert [x[0].tolist() for x, _ in stream.epoch()] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert [x[0].tolist() for x, _ in stream.epoch()] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_closing_a_started_stream_that_was_never_read_stops_its_thread():
+    stream = MinibatchStream(batches(1000, 10), features=["x"], labels=["y"], batch_size=1, prefetch=2)
+    stream.start()
+    stream.close()
+    assert not any(t.name == "zdk-prefetch" and t.is_alive() for t in threading.enumerate())

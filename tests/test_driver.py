@@ -312,3 +312,34 @@ def test_a_cancel_before_train_starts_stops_it_before_any_shard_or_task(digits_d
         engine.train(trainer.plan, digits_df, weights=np.zeros(3, np.float32))
     # The token served one run: the next train() is not cancelled.
     assert isinstance(trainer.train(digits_df), keras.Model) and len(trainer.endpoints) == 1
+
+
+def test_value_shape_is_the_shape_a_worker_reads_one_row_as():
+    from pyspark.ml.linalg import Vectors
+
+    from zdk.driver.preflight import value_shape
+
+    assert value_shape(3.0) == () and value_shape(7) == ()
+    assert value_shape([1.0, 2.0, 3.0]) == (3,)
+    assert value_shape([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]) == (3, 2)
+    assert value_shape(Vectors.dense([1.0, 2.0])) == (2,)
+    assert value_shape(Vectors.sparse(5, [1], [2.0])) == (5,)
+
+
+def test_prepared_data_carries_the_checked_rows_shapes_and_workers_are_told_them(spark, digits_df):
+    from zdk.driver import data
+    from zdk.driver.engine import worker_config
+
+    digits_plan = planning.plan_training(
+        keras.Sequential([keras.Input((8, 8)), keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")]),
+        algorithm="downpour", owner="Test", loss="sparse_categorical_crossentropy", num_workers=2)
+    prepared = data.prepare(digits_plan, digits_df, shuffle=True)
+    assert prepared.shapes == {"features": (64,), "label": ()}  # as read, before the reshape to the input's (8, 8)
+    config = worker_config(digits_plan, shuffle=True, shapes=prepared.shapes)
+    assert json.loads(config.to_json())["shapes"] == {"features": [64], "label": []}
+
+
+def test_the_small_pass_that_warms_sparks_data_path_reads_every_row_through_python_workers(spark):
+    from zdk.driver import warm_path
+
+    assert warm_path.small_pass(spark) == warm_path.ROWS

@@ -9,28 +9,34 @@ with ``shuffle``, shuffles them; a cached DataFrame's preparation is kept for th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from zdk.driver import preflight
-from zdk.driver.columns import as_float32
 from zdk.driver.plan import TrainingPlan
 from zdk.driver.prepared import prepared
+from zdk.driver.rows import split_rows
 from zdk.driver.session import task_slots
 from zdk.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class PreparedData:
-    """The DataFrame the tasks read, and whether it was reused from an earlier run."""
+    """The DataFrame the tasks read, whether it was reused from an earlier run, and the shape a
+    worker reads one row of each feature and label column as (from the row checked; workers
+    trace their training step from it while their rows are on their way)."""
 
     frame: Any
     reused: bool
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
-def check(plan: TrainingPlan, dataframe: Any) -> None:
+def check(plan: TrainingPlan, dataframe: Any) -> dict[str, tuple[int, ...]]:
     """The columns exist, and one row fits the model (feature widths, labels against the loss;
     no empty DataFrame).
+
+    Returns:
+        the shape of that row's value in each feature and label column (:func:`preflight.value_shape`).
 
     Raises:
         ConfigError: naming the column or argument to change.
@@ -50,6 +56,7 @@ def check(plan: TrainingPlan, dataframe: Any) -> None:
     row = preflight.first_row(dataframe, list(dict.fromkeys(wanted)))
     preflight.check_features(row, plan.features_col, spec.inputs)
     preflight.check_labels(row, plan.label_col, spec.outputs, preflight.losses_per_output(spec.loss, spec.output_names))
+    return {name: preflight.value_shape(row[name]) for name in dict.fromkeys(wanted)}
 
 
 def check_slots(plan: TrainingPlan, spark: Any) -> None:
@@ -64,24 +71,16 @@ def check_slots(plan: TrainingPlan, spark: Any) -> None:
 
 
 def partitioned(plan: TrainingPlan, dataframe: Any, *, shuffle: bool) -> Any:
-    """The columns cast for training, in one partition per task, each shuffled with ``shuffle``.
-
-    Round-robin partitioning spreads every stretch of the input evenly over the tasks, and a
-    local sort by a random key shuffles each task's rows: no global sort, whose range
-    partitioning costs a sampling job of its own.
-    """
-    from pyspark.sql import functions as F
-
-    names = dict.fromkeys((*plan.features_col, *plan.label_col))
-    data = dataframe.select(*[as_float32(dataframe, name).alias(name) for name in names])
-    data = data.repartition(plan.num_tasks)
-    return data.sortWithinPartitions(F.rand(plan.seed)) if shuffle else data
+    """The plan's columns cast for training, in one partition per task, each shuffled with
+    ``shuffle`` (:func:`split_rows`)."""
+    return split_rows(dataframe, (*plan.features_col, *plan.label_col), tasks=plan.num_tasks, seed=plan.seed,
+                      shuffle=shuffle)
 
 
 def prepare(plan: TrainingPlan, dataframe: Any, *, shuffle: bool = False) -> PreparedData:
     """Checks ``dataframe`` (:func:`check`), then prepares it (:func:`partitioned`), reusing the
     preparation of a cached DataFrame trained before with the same columns, tasks and shuffle."""
-    check(plan, dataframe)
+    shapes = check(plan, dataframe)
     key = (plan.features_col, plan.label_col, plan.num_tasks, shuffle, plan.seed)
     frame, reused = prepared(dataframe, key, lambda: partitioned(plan, dataframe, shuffle=shuffle))
-    return PreparedData(frame, reused)
+    return PreparedData(frame, reused, shapes)

@@ -101,7 +101,7 @@ def _train(plan: TrainingPlan, prepared: data.PreparedData, flat: np.ndarray, *,
         token.check()
         config = worker_config(plan, shuffle=shuffle, endpoints=start.endpoints, curve=start.curve,
                                first_epoch=start.first_epoch, initial_file=start.initial_file,
-                               cache_memory=(plan.cache_memory if plan.cache_memory is not None
+                               shapes=prepared.shapes, cache_memory=(plan.cache_memory if plan.cache_memory is not None
                                              else spark_cache_memory(spark)))
         if start.curve is not None:
             _warn_clear_closures(spark)
@@ -146,9 +146,10 @@ def _warn_clear_closures(spark: Any) -> None:
 
 def worker_config(plan: TrainingPlan, *, shuffle: bool, endpoints: Sequence[str] = (), curve: Any = None,
                   first_epoch: int = 0, initial_file: str | None = None,
-                  cache_memory: int | None = None) -> WorkerConfig:
+                  cache_memory: int | None = None, shapes: dict[str, tuple[int, ...]] | None = None) -> WorkerConfig:
     """What every task of ``plan`` is told (shipped as JSON in the task closure); ``cache_memory``
-    is the plan's, or the default the driver derived from Spark's settings."""
+    is the plan's, or the default the driver derived from Spark's settings; ``shapes`` the row
+    shapes the driver's check read (:attr:`~zdk.driver.data.PreparedData.shapes`)."""
     return WorkerConfig(
         spec=plan.model.to_json(), algorithm=plan.algorithm.name, params=plan.params.to_dict(),
         endpoints=tuple(endpoints), features=plan.features_col, labels=plan.label_col, batch_size=plan.batch_size,
@@ -158,6 +159,7 @@ def worker_config(plan: TrainingPlan, *, shuffle: bool, endpoints: Sequence[str]
         quorum=plan.num_tasks, first_epoch=first_epoch, initial_file=initial_file,
         reinitialize=plan.reinitialize, on_nan=plan.on_nan, overlap=plan.overlap, codec=plan.codec,
         codec_args=dict(plan.codec_args) or None, steps_per_execution=plan.steps_per_execution,
+        shapes={name: list(shape) for name, shape in shapes.items()} if shapes else None,
     )
 
 

@@ -44,6 +44,17 @@ def _values(value: Any) -> np.ndarray:
     return np.asarray(value, dtype=np.float64)
 
 
+def value_shape(value: Any) -> tuple[int, ...]:
+    """The shape a worker reads one row's ``value`` as (:func:`zdk.runtime.minibatches.column_to_numpy`
+    without its rows axis): ``()`` for a number, ``(n, ...)`` for (nested) lists, ``(size,)`` for an
+    ML vector."""
+    if hasattr(value, "toArray"):  # a Spark ML vector, dense or sparse
+        return (int(value.size),)
+    if isinstance(value, (list, tuple)):
+        return (len(value), *(value_shape(value[0]) if value else ()))
+    return ()
+
+
 def check_features(row: Any, features: Sequence[str], input_shapes: Sequence[tuple]) -> None:
     """Each feature column's values per row against its model input's shape."""
     for name, shape in zip(features, input_shapes):

@@ -168,6 +168,7 @@ class MinibatchStream:
         self._cached = False
         self._keep = keep
         self._served = False
+        self._running: tuple[queue.Queue, threading.Event, threading.Thread] | None = None
         self.rows = 0
 
     @property
@@ -186,15 +187,31 @@ class MinibatchStream:
         return self._store.path
 
     def close(self) -> None:
-        """Drops the kept rows and removes the spilled ones."""
+        """Stops an epoch started but never read (:meth:`start`), drops the kept rows and removes
+        the spilled ones."""
+        if self._running is not None:
+            _halt(*self._running)
+            self._running = None
         self._store.close()
 
-    def epoch(self) -> Iterator[Batch]:
-        """The next epoch's minibatches."""
+    def start(self) -> None:
+        """Starts preparing the next epoch's minibatches now, on the background thread (up to
+        ``prefetch`` ahead), so rows arrive while the caller still gets ready; :meth:`epoch` then
+        serves them."""
+        if self._running is None:
+            self._running = self._launch()
+
+    def _launch(self) -> tuple[queue.Queue, threading.Event, threading.Thread]:
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
         producer = threading.Thread(target=self._produce, args=(q, stop), name="zdk-prefetch", daemon=True)
         producer.start()
+        return q, stop, producer
+
+    def epoch(self) -> Iterator[Batch]:
+        """The next epoch's minibatches (the one :meth:`start` began, if any)."""
+        running, self._running = self._running or self._launch(), None
+        q, stop, producer = running
         try:
             while True:
                 item = q.get()
@@ -204,13 +221,7 @@ class MinibatchStream:
                     raise item
                 yield item
         finally:
-            stop.set()
-            while producer.is_alive():
-                try:  # unblock a producer waiting on a full queue
-                    q.get_nowait()
-                except queue.Empty:
-                    pass
-                producer.join(0.05)
+            _halt(q, stop, producer)
 
     def _produce(self, q: queue.Queue, stop: threading.Event) -> None:
         def put(item) -> bool:
@@ -273,3 +284,14 @@ class MinibatchStream:
         split = len(self.features)
         for columns in self._store.epoch(self.batch_size, self._rng if self.shuffle else None):
             yield columns[:split], columns[split:]
+
+
+def _halt(q: queue.Queue, stop: threading.Event, producer: threading.Thread) -> None:
+    """Stops an epoch's producer, unblocking it if it waits on a full queue."""
+    stop.set()
+    while producer.is_alive():
+        try:
+            q.get_nowait()
+        except queue.Empty:
+            pass
+        producer.join(0.05)

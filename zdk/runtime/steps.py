@@ -98,10 +98,29 @@ class CompiledSteps:
             start = end
         return logs
 
+    def prepare(self, example: Step) -> bool:
+        """Traces the window function for steps shaped like ``example`` now, without training
+        on it, so the first :meth:`run` of such steps finds it traced (a worker calls this while
+        its first rows are still on their way). Only shapes and dtypes count: zeros will do.
+
+        Returns:
+            whether a new trace was made (False: traced before).
+
+        Raises:
+            NotCompilable: the model's steps cannot be traced (as :meth:`run` would raise).
+        """
+        if self.disabled is not None:
+            raise NotCompilable(self.disabled)
+        xs, ys = _stacked([example])
+        key = _key(xs, ys)
+        if key in self._functions:
+            return False
+        self._trace(key, example, xs, ys)
+        return True
+
     def _run_group(self, steps: Sequence[Step]) -> list[dict[str, float]]:
-        xs = tuple(np.stack([s[0][j] for s in steps]) for j in range(len(steps[0][0])))
-        ys = tuple(np.stack([s[1][j] for s in steps]) for j in range(len(steps[0][1])))
-        key = (len(xs), *((a.dtype.str, a.shape[2:]) for a in (*xs, *ys)))
+        xs, ys = _stacked(steps)
+        key = _key(xs, ys)
         function = self._functions.get(key)
         if function is None:
             function = self._trace(key, steps[0], xs, ys)
@@ -186,6 +205,19 @@ def window_steps(limit: int, horizon: int | None, first: Step) -> int:
     size = sum(a.nbytes for a in (*first[0], *first[1]))
     steps = min(limit, horizon if horizon is not None else limit, max(1, MAX_WINDOW_BYTES // max(size, 1)))
     return max(1, steps)
+
+
+def _stacked(steps: Sequence[Step]) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    """The steps' inputs and labels stacked along a new first axis, (k, B, ...) each."""
+    xs = tuple(np.stack([s[0][j] for s in steps]) for j in range(len(steps[0][0])))
+    ys = tuple(np.stack([s[1][j] for s in steps]) for j in range(len(steps[0][1])))
+    return xs, ys
+
+
+def _key(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray]) -> tuple[Any, ...]:
+    """What a trace depends on: the number of inputs, and each stacked array's dtype and trailing
+    shape (the window and batch axes are free in the signature)."""
+    return (len(xs), *((a.dtype.str, a.shape[2:]) for a in (*xs, *ys)))
 
 
 def _shapes(step: Step) -> tuple[Any, ...]:

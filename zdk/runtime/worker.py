@@ -27,7 +27,7 @@ from zdk.runtime.minibatches import Batch, MinibatchStream, fit_to_shapes
 from zdk.runtime.rss import RssSampler
 from zdk.runtime.steps import DEFAULT_STEPS_PER_EXECUTION, NotCompilable, compiled_steps, window_steps
 from zdk.runtime.threads import size_tf_threads
-from zdk.errors import NonFiniteError, RemoteError
+from zdk.errors import ConfigError, NonFiniteError, RemoteError
 from zdk.ps.exchange import Exchange
 from zdk.transports.curve import ClientKeys
 from zdk.runtime.models import ModelSpec, build_model, get_flat_weights, reusable_model, set_flat_weights
@@ -81,6 +81,9 @@ class WorkerConfig:
         codec: the commit codec, and ``codec_args`` its arguments (None: the algorithm's, or float32).
         steps_per_execution: the most training steps one compiled call runs (a window ends earlier at
             an exchange or an epoch's end; :mod:`zdk.runtime.steps`); 1: one ``train_on_batch`` per step.
+        shapes: the shape one row of each feature and label column is read as, from the row the
+            driver checked: the compiled window is traced from it while the first rows are on
+            their way (None: traced at the first window).
         first_epoch: the epoch to start at (a resumed job skips those already done); epochs are
             numbered from 0 to ``num_epoch - 1`` in records and progress reports either way.
     """
@@ -111,6 +114,7 @@ class WorkerConfig:
     codec: str | None = None
     codec_args: dict[str, Any] | None = None
     steps_per_execution: int = DEFAULT_STEPS_PER_EXECUTION
+    shapes: dict[str, list[int]] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -176,6 +180,7 @@ class WorkerRun:
                                  shuffle=cfg.shuffle, seed=cfg.seed + self.worker_id, prefetch=cfg.prefetch,
                                  cache_memory=cfg.cache_memory, keep=cfg.num_epoch - cfg.first_epoch > 1)
         try:
+            stream.start()  # rows arrive while the worker meets the shards and traces its step
             return self._train(model, local, stream, t_start, memory)
         finally:
             stream.close()  # the spilled rows go with the task, whether it succeeded or not
@@ -189,6 +194,7 @@ class WorkerRun:
             clocks["t_ready"] = time.time()
             step = samples = 0
             self._compiled = self._compiler(model)
+            self._trace_ahead(model)
             for epoch in range(cfg.first_epoch, cfg.num_epoch):
                 if cadence.stopping:
                     break
@@ -265,6 +271,27 @@ class WorkerRun:
             self._fall_back(compiled.disabled)
             return None
         return compiled
+
+    def _trace_ahead(self, model: Any) -> None:
+        """Traces the compiled window from the driver's row shapes (zeros of one batch), before the
+        first rows have arrived: the trace, a second or so of Python, overlaps their transfer
+        instead of following it. Shapes that do not fit the model leave the trace to the first
+        window, where the real rows raise the error that names the column."""
+        cfg = self.config
+        if self._compiled is None or not cfg.shapes:
+            return
+        try:
+            xs = [np.zeros((cfg.batch_size, *cfg.shapes[name]), np.float32) for name in cfg.features]
+            ys = [np.zeros((cfg.batch_size, *cfg.shapes[name]), np.float32) for name in cfg.labels]
+            example = (fit_to_shapes(xs, _shapes(model.inputs), cfg.features),
+                       fit_to_shapes(ys, _shapes(model.outputs), cfg.labels, strict=False))
+        except (KeyError, ConfigError) as exc:
+            logger.debug("worker %d: not tracing ahead (%s)", self.worker_id, exc)
+            return
+        try:
+            self._compiled.prepare(example)
+        except NotCompilable as exc:
+            self._fall_back(exc.reason)
 
     def _fall_back(self, reason: str) -> None:
         logger.warning("worker %d: training steps cannot run compiled, %d per call: %s; running one "
