@@ -283,3 +283,12 @@ def test_row_shapes_that_do_not_fit_the_model_leave_the_trace_to_the_first_windo
     wrong = WorkerRun(config(steps_per_execution=5, shapes={"features": [7], "label": []}), worker_id=0).run(
         arrow_batches())
     assert_same_history(steps_of(plain), steps_of(wrong))
+
+
+def test_rows_of_other_shapes_than_the_checked_row_fail_loudly_instead_of_training_with_misbuilt_metrics():
+    # (rows, 5) labels against 3 classes: building the metrics from them resolves "accuracy" to
+    # the one-hot kind, which silently scores the real (rows,) labels 0. The worker refuses.
+    odd = WorkerRun(config(steps_per_execution=5, shapes={"features": [6], "label": [5]}), worker_id=0)
+    with pytest.raises(ConfigError, match=r"the rows' values have shapes \{'features': \(6,\), 'label': \(\)\}, "
+                                          r"but the row the driver checked had .*'label': \(5,\)"):
+        odd.run(arrow_batches())

@@ -337,9 +337,3 @@ def test_prepared_data_carries_the_checked_rows_shapes_and_workers_are_told_them
     assert prepared.shapes == {"features": (64,), "label": ()}  # as read, before the reshape to the input's (8, 8)
     config = worker_config(digits_plan, shuffle=True, shapes=prepared.shapes)
     assert json.loads(config.to_json())["shapes"] == {"features": [64], "label": []}
-
-
-def test_the_small_pass_that_warms_sparks_data_path_reads_every_row_through_python_workers(spark):
-    from zdk.driver import warm_path
-
-    assert warm_path.small_pass(spark) == warm_path.ROWS

@@ -12,7 +12,6 @@ import time
 from typing import Any
 
 from zdk.driver import cds
-from zdk.driver.warm_path import warm_data_path
 from zdk.runtime import zygote
 from zdk.runtime.warmup import import_keras
 
@@ -51,9 +50,6 @@ def embedded_conf(master: str = "local[*]") -> dict[str, str]:
         # local mode runs executors in the driver JVM: Spark's 1 GiB default is too small
         # for image data sets such as Fashion-MNIST held as ML vectors.
         "spark.driver.memory": os.environ.get("ZDK_DRIVER_MEMORY", "4g"),
-        # Python workers get their rows in Arrow batches of this many: a worker's first step waits
-        # for its first batch, which Spark's default of 10,000 rows makes 1.5 s later for images.
-        "spark.sql.execution.arrow.maxRecordsPerBatch": "2048",
     }
     for key, value in EXECUTOR_ENV.items():
         conf[f"spark.executorEnv.{key}"] = value
@@ -102,7 +98,7 @@ def get_session(master: str = "local[*]", extra_conf: dict[str, str] | None = No
     spark.sparkContext.setLogLevel("ERROR" if level not in ("DEBUG", "INFO", "WARN", "WARNING") else
                                    {"WARNING": "WARN"}.get(level, level))
     logger.info("started an embedded Spark session (%s) in %.1f s", master, _session_seconds)
-    warm_data_path(spark, after=warm_workers(spark))
+    warm_workers(spark)
     return spark
 
 

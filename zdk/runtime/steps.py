@@ -111,10 +111,10 @@ class CompiledSteps:
         """
         if self.disabled is not None:
             raise NotCompilable(self.disabled)
-        xs, ys = _stacked([example])
-        key = _key(xs, ys)
+        key = (len(example[0]), *((a.dtype.str, a.shape[1:]) for a in (*example[0], *example[1])))
         if key in self._functions:
             return False
+        xs, ys = _stacked([example])
         self._trace(key, example, xs, ys)
         return True
 
@@ -216,7 +216,8 @@ def _stacked(steps: Sequence[Step]) -> tuple[tuple[np.ndarray, ...], tuple[np.nd
 
 def _key(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray]) -> tuple[Any, ...]:
     """What a trace depends on: the number of inputs, and each stacked array's dtype and trailing
-    shape (the window and batch axes are free in the signature)."""
+    shape (the window and batch axes are free in the signature; :meth:`CompiledSteps.prepare`
+    computes the same from one unstacked step)."""
     return (len(xs), *((a.dtype.str, a.shape[2:]) for a in (*xs, *ys)))
 
 

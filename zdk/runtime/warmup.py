@@ -36,12 +36,3 @@ def import_keras(batches: Iterator) -> Iterator:
     for _ in batches:
         pass
     yield pa.RecordBatch.from_pydict({"pid": [os.getpid()]})
-
-
-def drain(batches: Iterator) -> Iterator:
-    """Runs in a Python worker: reads every record batch of its partition, as a training task
-    does, and returns how many rows came."""
-    import pyarrow as pa
-
-    rows = sum(batch.num_rows for batch in batches)
-    yield pa.RecordBatch.from_pydict({"rows": [rows]})

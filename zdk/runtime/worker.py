@@ -131,6 +131,11 @@ def _shapes(tensors: Iterable[Any]) -> list[tuple[int | None, ...]]:
     return [tuple(t.shape) for t in tensors]
 
 
+def _trailing(step: Batch) -> list[tuple[int, ...]]:
+    """Each input's and label's shape without its rows axis."""
+    return [tuple(a.shape[1:]) for a in (*step[0], *step[1])]
+
+
 def _unwrap(arrays: list[np.ndarray]) -> Any:
     return arrays[0] if len(arrays) == 1 else arrays
 
@@ -157,6 +162,7 @@ class WorkerRun:
         self.reused = False
         self._warned_nan = False
         self._compiled: Any = None
+        self._traced_from: list[tuple[int, ...]] | None = None
 
     def run(self, batches: Iterable, *, initial: np.ndarray | None = None, t_start: float | None = None,
             memory: RssSampler | None = None) -> list[dict[str, Any]]:
@@ -180,7 +186,8 @@ class WorkerRun:
                                  shuffle=cfg.shuffle, seed=cfg.seed + self.worker_id, prefetch=cfg.prefetch,
                                  cache_memory=cfg.cache_memory, keep=cfg.num_epoch - cfg.first_epoch > 1)
         try:
-            stream.start()  # rows arrive while the worker meets the shards and traces its step
+            if cfg.first_epoch < cfg.num_epoch:
+                stream.start()  # rows arrive while the worker meets the shards and traces its step
             return self._train(model, local, stream, t_start, memory)
         finally:
             stream.close()  # the spilled rows go with the task, whether it succeeded or not
@@ -278,7 +285,7 @@ class WorkerRun:
         instead of following it. Shapes that do not fit the model leave the trace to the first
         window, where the real rows raise the error that names the column."""
         cfg = self.config
-        if self._compiled is None or not cfg.shapes:
+        if self._compiled is None or not cfg.shapes or cfg.first_epoch >= cfg.num_epoch:
             return
         try:
             xs = [np.zeros((cfg.batch_size, *cfg.shapes[name]), np.float32) for name in cfg.features]
@@ -288,10 +295,25 @@ class WorkerRun:
         except (KeyError, ConfigError) as exc:
             logger.debug("worker %d: not tracing ahead (%s)", self.worker_id, exc)
             return
+        # Building the training state resolves metrics such as "accuracy" from the label shapes:
+        # the first real rows must have the shapes traced from (checked in _steps).
+        self._traced_from = _trailing(example)
         try:
             self._compiled.prepare(example)
-        except NotCompilable as exc:
-            self._fall_back(exc.reason)
+        except NotCompilable as exc:  # the first window decides, on real rows, whether to fall back
+            logger.debug("worker %d: not tracing ahead (%s)", self.worker_id, exc.reason)
+            self._compiled.disabled = None
+
+    def _check_traced_shapes(self, step: Batch) -> None:
+        """The first rows have the shapes of the driver's checked row, which the window was traced
+        (and the metrics built) from; else the model's metrics may not fit them: fail, naming them."""
+        expected, self._traced_from = self._traced_from or [], None
+        got = _trailing(step)
+        if got != expected:
+            columns = [*self.config.features, *self.config.labels]
+            raise ConfigError(f"worker {self.worker_id}: the rows' values have shapes "
+                              f"{dict(zip(columns, got))}, but the row the driver checked had "
+                              f"{dict(zip(columns, expected))}: every row of a column must hold values of one shape")
 
     def _fall_back(self, reason: str) -> None:
         logger.warning("worker %d: training steps cannot run compiled, %d per call: %s; running one "
@@ -312,6 +334,8 @@ class WorkerRun:
         A non-finite loss is reported at the first step that had one."""
         shaped = [(fit_to_shapes(xs, _shapes(model.inputs), self.config.features),
                    fit_to_shapes(ys, _shapes(model.outputs), self.config.labels, strict=False)) for xs, ys in window]
+        if self._traced_from is not None:
+            self._check_traced_shapes(shaped[0])
         started = time.time()
         logs: list[dict[str, Any]] = []
         if self._compiled is not None:
