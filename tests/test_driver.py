@@ -337,3 +337,62 @@ def test_prepared_data_carries_the_checked_rows_shapes_and_workers_are_told_them
     assert prepared.shapes == {"features": (64,), "label": ()}  # as read, before the reshape to the input's (8, 8)
     config = worker_config(digits_plan, shuffle=True, shapes=prepared.shapes)
     assert json.loads(config.to_json())["shapes"] == {"features": [64], "label": []}
+
+
+def _shard_children() -> list[int]:
+    import subprocess
+
+    out = subprocess.run(["pgrep", "-P", str(os.getpid()), "-f", "zdk.ps.server"], capture_output=True, text=True)
+    return [int(pid) for pid in out.stdout.split()]
+
+
+def test_shards_begun_on_a_thread_serve_once_waited_for_and_stop_even_while_starting():
+    from zdk.driver.ps_session import PSSession
+
+    trained = plan(num_workers=2)
+    weights = np.zeros(trained.model.layout.total_size, np.float32)
+    session = PSSession(trained, initial=weights).begin()
+    assert session.wait() is session and len(session.endpoints) == 1
+    np.testing.assert_array_equal(session.center(), weights)
+    session.close()
+    assert _shard_children() == []
+    leaving = PSSession(trained, initial=weights).begin()
+    leaving.close()  # before it served: the caller leaves (a data error, Ctrl-C)
+    assert _shard_children() == [] and leaving.endpoints and leaving._group is None
+
+
+def test_a_shard_start_that_fails_is_raised_by_wait():
+    import socket
+
+    from zdk.driver.ps_session import PSSession
+    from zdk.errors import LaunchError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        session = PSSession(plan(num_workers=2, master_port=port), initial=np.zeros(plan().model.layout.total_size,
+                                                                               np.float32)).begin()
+        with pytest.raises(LaunchError, match="shard 0 .*exited with code 1 before it was ready"):
+            session.wait()
+    session.close()
+
+
+def test_shards_start_while_the_data_is_checked_and_stop_when_the_data_is_wrong(digits_df, monkeypatch):
+    from zdk import trainers
+    from zdk.driver import data, engine
+    from zdk.driver.ps_session import PSSession
+
+    order: list[str] = []
+    begin, prepare = PSSession.begin, data.prepare
+    monkeypatch.setattr(PSSession, "begin", lambda self: order.append("shards begin") or begin(self))
+    monkeypatch.setattr(engine.data, "prepare", lambda *a, **k: order.append("data prepared") or prepare(*a, **k))
+    trainer = trainers.DOWNPOUR(keras.Sequential([keras.Input((64,)), keras.layers.Dense(10, activation="softmax")]),
+                                "adam", "sparse_categorical_crossentropy", num_epoch=1, progress=False)
+    trainer.train(digits_df)
+    assert order == ["shards begin", "data prepared"]
+    wrong = trainers.DOWNPOUR(keras.Sequential([keras.Input((64,)), keras.layers.Dense(10, activation="softmax")]),
+                              "adam", "sparse_categorical_crossentropy", features_col="pixels", progress=False)
+    with pytest.raises(ConfigError, match="pixels"):
+        wrong.train(digits_df)
+    assert _shard_children() == []

@@ -1,10 +1,12 @@
 """``train(plan, dataframe, weights=...)``: one training run, from a plan to a result.
 
-1. Python workers start importing Keras in the background (:func:`~zdk.driver.session.warm_workers`).
-2. The data is checked against the model and prepared (:mod:`zdk.driver.data`).
-3. The starting point is set up: the run's parameter server (:class:`~zdk.driver.ps_session.PSSession`:
-   own shards, or a running ``zdk ps``; the resume point), or, without one, the starting
-   weights shipped as a file (:func:`~zdk.driver.models.ship_weights`).
+1. Python workers start importing Keras in the background (:func:`~zdk.driver.session.warm_workers`),
+   and the run's parameter server starts on a thread (:meth:`~zdk.driver.ps_session.PSSession.begin`:
+   own shards, or a running ``zdk ps``; the resume point).
+2. Meanwhile the data is checked against the model and prepared (:mod:`zdk.driver.data`); a
+   mistake found there stops the shards before any task starts.
+3. The starting point is ready: the parameter server serves, or, without one, the starting
+   weights are shipped as a file (:func:`~zdk.driver.models.ship_weights`).
 4. One Spark task per worker trains (:func:`zdk.runtime.worker.train_partition`) in a job
    group that can be cancelled (:mod:`zdk.driver.spark_job`), with progress polled from the shards.
 5. The workers' records become the history; the center (or each worker's weights) becomes
@@ -71,17 +73,25 @@ def train(plan: TrainingPlan, dataframe: Any, *, weights: np.ndarray, shuffle: b
     if resume:
         check_resume(plan)
     token = cancel or spark_job.CancelToken()
+    token.check()  # a run cancelled before it began starts nothing
     marks = Marks()
     spark = dataframe.sparkSession
     warm_workers(spark, plan.num_tasks)  # TensorFlow's import overlaps with what follows
-    dataframe, validation_frame = watch.split(dataframe, seed=plan.seed)
-    prepared = data.prepare(plan, dataframe, shuffle=shuffle)
-    validation = validation_set(plan, validation_frame) if validation_frame is not None else None
-    data.check_slots(plan, spark)
-    marks.mark("prepared")
-    token.check()
+    # The shards start while the data is checked and prepared.
+    shards = PSSession(plan, initial=flat, resume=resume).begin() if plan.uses_ps else None
     try:
-        return _train(plan, prepared, flat, spark=spark, shuffle=shuffle, resume=resume, watch=watch,
+        dataframe, validation_frame = watch.split(dataframe, seed=plan.seed)
+        prepared = data.prepare(plan, dataframe, shuffle=shuffle)
+        validation = validation_set(plan, validation_frame) if validation_frame is not None else None
+        data.check_slots(plan, spark)
+        marks.mark("prepared")
+        token.check()
+    except BaseException:
+        if shards is not None:
+            shards.close()
+        raise
+    try:
+        return _train(plan, prepared, flat, shards=shards, spark=spark, shuffle=shuffle, watch=watch,
                       validation=validation, marks=marks, token=token, on_progress=on_progress, on_shards=on_shards)
     except BaseException:
         if watch.tracking is not None:
@@ -89,12 +99,20 @@ def train(plan: TrainingPlan, dataframe: Any, *, weights: np.ndarray, shuffle: b
         raise
 
 
-def _train(plan: TrainingPlan, prepared: data.PreparedData, flat: np.ndarray, *, spark: Any, shuffle: bool,
-           resume: bool, watch: Watch, validation: Any, marks: Marks, token: spark_job.CancelToken,
+def _train(plan: TrainingPlan, prepared: data.PreparedData, flat: np.ndarray, *, shards: PSSession | None,
+           spark: Any, shuffle: bool, watch: Watch, validation: Any, marks: Marks, token: spark_job.CancelToken,
            on_progress: Listener | None, on_shards: Callable[[Sequence[str]], None] | None) -> TrainingResult:
-    start: PSSession | _LocalStart = (PSSession(plan, initial=flat, resume=resume) if plan.uses_ps
-                                      else _LocalStart(spark, None if plan.reinitialize else flat))
-    with start:
+    """The run once its data is prepared; ``shards`` (begun, see :meth:`PSSession.begin`) are
+    waited for here and always stopped."""
+    start: PSSession | _LocalStart
+    try:
+        start = (shards.wait() if shards is not None
+                 else _LocalStart(spark, None if plan.reinitialize else flat).__enter__())
+    except BaseException:
+        if shards is not None:
+            shards.close()
+        raise
+    with contextlib.closing(start):
         marks.mark("shards")
         if on_shards is not None:
             on_shards(tuple(start.endpoints))
@@ -191,6 +209,9 @@ class _LocalStart:
         raise ConfigError("an algorithm without a parameter server has no control path", field="algorithm")
 
     def __exit__(self, *exc: object) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
 

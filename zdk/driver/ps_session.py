@@ -8,6 +8,7 @@ never registers as a worker, so it neither holds up synchronous rounds nor count
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import numpy as np
@@ -79,6 +80,8 @@ class PSSession:
         self.resumed: ResumeInfo | None = None
         self.initial_file: str | None = None  # the center starts the workers, not a shipped file
         self._group: ShardGroup | None = None
+        self._starting: threading.Thread | None = None
+        self._start_error: BaseException | None = None
 
     def __enter__(self) -> "PSSession":
         if self.server.external:
@@ -97,7 +100,42 @@ class PSSession:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def begin(self) -> "PSSession":
+        """Starts the shards (or attaches to a running ``zdk ps``) on a thread, so the driver's own
+        checks of the data run meanwhile; :meth:`wait` returns the session once they serve.
+        :meth:`close` stops them, also while they start."""
+        def enter() -> None:
+            try:
+                self.__enter__()
+            except BaseException as exc:  # raised by wait(), on the caller's thread
+                self._start_error = exc
+
+        self._starting = threading.Thread(target=enter, name="zdk-shards-start", daemon=True)
+        self._starting.start()
+        return self
+
+    def wait(self) -> "PSSession":
+        """The session, once :meth:`begin`'s start has ended.
+
+        Raises:
+            whatever the start raised (e.g. ``LaunchError``, or ``ConfigError`` for a running PS that
+            does not fit the plan).
+        """
+        if self._starting is not None:
+            self._starting.join()
+            self._starting = None
+        error, self._start_error = self._start_error, None
+        if error is not None:
+            raise error
+        return self
+
     def close(self) -> None:
+        if self._starting is not None:  # the caller is leaving while the shards start (a data error, Ctrl-C)
+            self._starting.join()
+            self._starting = None
+            if self._start_error is not None:
+                logger.warning("the parameter server failed to start as well: %s", self._start_error)
+                self._start_error = None
         if self._group is not None:
             self._group.stop()
             self._group = None
