@@ -7,6 +7,7 @@ never registers as a worker, so it neither holds up synchronous rounds nor count
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 from typing import Any
@@ -110,7 +111,9 @@ class PSSession:
             except BaseException as exc:  # raised by wait(), on the caller's thread
                 self._start_error = exc
 
-        self._starting = threading.Thread(target=enter, name="zdk-shards-start", daemon=True)
+        # In the caller's context: what it set for its own thread (e.g. the job service's log) holds here too.
+        context = contextvars.copy_context()
+        self._starting = threading.Thread(target=context.run, args=(enter,), name="zdk-shards-start", daemon=True)
         self._starting.start()
         return self
 

@@ -8,6 +8,7 @@ when ``train`` returns or raises). Progress snapshots go to the job's record abo
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -92,8 +93,9 @@ class Execution:
             trainer.cancel()
 
     def _main(self) -> None:
+        _running_job.set(self.job.id)  # threads the run starts with this context log to the job too
         try:
-            handler = _job_log(self.folder.log, self.thread)
+            handler = _job_log(self.folder.log, self.thread, self.job.id)
             logging.getLogger("zdk").addHandler(handler)
             try:
                 fields = self._outcome()
@@ -201,10 +203,16 @@ class Execution:
                 logger.exception("job %s: writing its progress failed", self.job.id)
 
 
-def _job_log(path: str, thread: threading.Thread) -> logging.FileHandler:
-    """A log file for the job, fed by zdk's loggers from the job's own thread."""
+#: The job whose run the current context belongs to: set on the job's thread, and carried to the
+#: threads its run starts with a copy of its context (the shards' start, :meth:`PSSession.begin`).
+_running_job: contextvars.ContextVar[str | None] = contextvars.ContextVar("zdk_running_job", default=None)
+
+
+def _job_log(path: str, thread: threading.Thread, job_id: str) -> logging.FileHandler:
+    """A log file for the job, fed by zdk's loggers from the job's own thread and the threads its
+    run started with its context (a filter runs on the thread that logs)."""
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(lambda record: record.thread == thread.ident)
+    handler.addFilter(lambda record: record.thread == thread.ident or _running_job.get() == job_id)
     handler.setLevel(logging.INFO)
     return handler
