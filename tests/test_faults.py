@@ -234,18 +234,37 @@ def freeze_checkpoint_and_kill(trainer, what: dict, parent: int, checkpoint_dir:
 def test_a_killed_shard_with_checkpoints_is_restarted_and_training_completes(digits_df, digits, ps_process, tmp_path):
     proc, endpoints = ps_process("--shards", "2", "--bind", "tcp://127.0.0.1:0", "--size", "4810",
                                  "--checkpoint-dir", str(tmp_path), "--checkpoint-every", "0.3")
-    trainer = trainers.DOWNPOUR(mlp(), "adam", "sparse_categorical_crossentropy", num_workers=2, num_epoch=12,
-                                timeout=12.0, progress=False, parameter_server=endpoints)
     killed: dict = {}
-    threading.Thread(target=freeze_checkpoint_and_kill, args=(trainer, killed, proc.pid, str(tmp_path)),
-                     daemon=True).start()
-    model = trainer.train(digits_df)
+
+    class StopOnceRestarted(keras.callbacks.Callback):
+        """Training goes on until two epochs after the restarted shard was seen (or the killer
+        failed): a fixed number of epochs, 12, once ended before the killer, which waits for
+        version 20 and both workers' pids, had frozen anyone."""
+
+        seen: int | None = None
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            if self.seen is None and ("generation" in killed or "error" in killed):
+                self.seen = epoch
+            if self.seen is not None and epoch >= self.seen + 2:
+                self.model.stop_training = True
+
+    trainer = trainers.DOWNPOUR(mlp(), "adam", "sparse_categorical_crossentropy", num_workers=2, num_epoch=400,
+                                timeout=12.0, progress=False, parameter_server=endpoints)
+    killer = threading.Thread(target=freeze_checkpoint_and_kill, args=(trainer, killed, proc.pid, str(tmp_path)),
+                              daemon=True)
+    killer.start()
+    stopper = StopOnceRestarted()
+    model = trainer.train(digits_df, callbacks=[stopper])
+    killer.join(timeout=60)
     _, x_test, _, y_test = digits
     acc = float((model.predict(x_test, verbose=0).argmax(axis=1) == y_test).mean())
     print(f"shard {killed.get('shard')} (pid {killed.get('pid')}) killed with version {killed.get('saved_version')} "
           f"checkpointed; the restarted one first answered at version {killed.get('version')}; training completed "
           f"{time.monotonic() - killed.get('at', float('nan')):.1f} s after the kill, accuracy {acc:.3f}")
+    assert not killer.is_alive(), "the killer thread is still waiting for the restarted shard"
     assert "generation" in killed, f"the restarted shard was never seen: {killed}"
+    assert stopper.seen is not None, "training ended before the restarted shard was seen"
     assert killed["generation"] != killed["old_generation"]
     assert killed["restored_from"] == str(tmp_path / f"shard-{killed['shard']:03d}-of-002.npz")
     # Restored from its checkpoint, not from zeros: its version and its center, seen before the
