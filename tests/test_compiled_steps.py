@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import pyarrow as pa
@@ -33,9 +34,9 @@ def arrow_batches(rows=ROWS, *, nan_row=None, seed=0):
                                           "label": y[part]})
 
 
-def model():
+def model(activation="relu"):
     keras.utils.set_random_seed(0)
-    return keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
+    return keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation=activation),
                              keras.layers.BatchNormalization(), keras.layers.Dropout(0.2),
                              keras.layers.Dense(3, activation="softmax")])
 
@@ -44,8 +45,8 @@ def flat(m):
     return np.concatenate([w.ravel() for w in m.get_weights()]).astype(np.float32)
 
 
-def config(endpoints=(), **kw):
-    spec = make_spec(model(), optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy",
+def config(endpoints=(), net=None, **kw):
+    spec = make_spec(net or model(), optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy",
                      metrics=["accuracy", "sparse_categorical_crossentropy"])
     base = dict(spec=spec.to_json(), algorithm="sequential", params={}, endpoints=tuple(endpoints),
                 features=("features",), labels=("label",), batch_size=BATCH, num_epoch=2, shuffle=True, seed=3,
@@ -125,21 +126,57 @@ def test_compiled_windows_end_at_every_exchange_and_match_the_per_step_path(shar
     np.testing.assert_allclose(new_center, old_center, rtol=1e-5, atol=1e-6)
 
 
+# A NaN row must reach the loss through tanh: oneDNN's fused ReLU (TensorFlow's default on AVX-512
+# CPUs) maps a NaN activation to 0, which leaves the loss finite (the weights' check below).
 def test_a_non_finite_loss_names_the_first_bad_step_of_a_window():
     # Row 150 of the unshuffled epoch 0 is in step 10 (rows 144-159), the 5th step of the second window.
-    cfg = config(steps_per_execution=5, shuffle=False)
+    cfg = config(steps_per_execution=5, shuffle=False, net=model("tanh"))
     with pytest.raises(NonFiniteError, match=r"worker 0 \(attempt 0\): the training loss became nan at epoch 0, "
                                              r"step 10\. Check the input data"):
         WorkerRun(cfg, worker_id=0).run(arrow_batches(nan_row=150))
 
 
 def test_on_nan_warn_trains_on_and_warns_once(caplog):
-    cfg = config(steps_per_execution=5, shuffle=False, on_nan="warn")
+    cfg = config(steps_per_execution=5, shuffle=False, on_nan="warn", net=model("tanh"))
     with caplog.at_level(logging.WARNING, logger="zdk.runtime.worker"):
         records = WorkerRun(cfg, worker_id=0).run(arrow_batches(nan_row=150))
     warnings = [r.getMessage() for r in caplog.records if "training loss became" in r.getMessage()]
     assert len(warnings) == 1 and "epoch 0, step 10" in warnings[0]
     assert len(steps_of(records)) == 26
+
+
+@keras.saving.register_keras_serializable(package="zdk_tests")
+class ZeroNaN(keras.layers.Layer):
+    """NaN activations become 0, as under oneDNN's fused ReLU: the loss stays finite, while the
+    gradient, x·δ with x NaN, makes the kernel NaN."""
+
+    def call(self, x):
+        return keras.ops.nan_to_num(x, nan=0.0)
+
+
+def nan_hiding_model():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((6,)), keras.layers.Dense(8), ZeroNaN(),
+                             keras.layers.Dense(3, activation="softmax")])
+
+
+@pytest.mark.parametrize("steps_per_execution", [5, 1])
+def test_non_finite_weights_behind_a_finite_loss_name_the_window_without_a_ps(steps_per_execution):
+    cfg = config(steps_per_execution=steps_per_execution, shuffle=False, net=nan_hiding_model())
+    with pytest.raises(NonFiniteError, match=r"worker 0 \(attempt 0\): the weights became non-finite "
+                                             r"\('dense(_\d+)?/kernel' holds NaN or infinity\) in the steps up "
+                                             r"to epoch 0, step 10, though the training loss stayed finite"):
+        WorkerRun(cfg, worker_id=0).run(arrow_batches(nan_row=150))
+
+
+def test_non_finite_weights_on_nan_warn_warn_once_and_train_on(caplog):
+    cfg = config(steps_per_execution=5, shuffle=False, on_nan="warn", net=nan_hiding_model())
+    with caplog.at_level(logging.WARNING, logger="zdk.runtime.worker"):
+        records = WorkerRun(cfg, worker_id=0).run(arrow_batches(nan_row=150))
+    warnings = [r.getMessage() for r in caplog.records if "weights became non-finite" in r.getMessage()]
+    assert len(warnings) == 1 and "step 10" in warnings[0]
+    steps = steps_of(records)
+    assert len(steps) == 26 and all(math.isfinite(r["loss"]) for r in steps)
 
 
 def test_a_model_that_cannot_run_compiled_falls_back_loudly_with_the_same_results(monkeypatch, caplog):

@@ -237,6 +237,18 @@ def set_flat_weights(model: Any, layout: FlatLayout, flat: np.ndarray) -> None:
     model.set_weights(layout.views(flat))
 
 
+def non_finite_weight(model: Any) -> str | None:
+    """The path of the first of ``model.weights`` holding a NaN or an infinity, or None.
+
+    Checked on the backend, one reduction per variable, without copying the weights out."""
+    from keras import ops
+
+    for variable in model.weights:
+        if not bool(ops.all(ops.isfinite(variable))):
+            return str(variable.path)
+    return None
+
+
 def get_flat_weights(model: Any, layout: FlatLayout, out: np.ndarray) -> np.ndarray:
     """θ ← the model's weights (``model.weights``, the order of ``get_weights``), read one variable
     at a time into its view of ``out``: the transient copy is one variable's, not the whole

@@ -30,7 +30,8 @@ from zdk.runtime.threads import size_tf_threads
 from zdk.errors import ConfigError, NonFiniteError, RemoteError
 from zdk.ps.exchange import Exchange
 from zdk.transports.curve import ClientKeys
-from zdk.runtime.models import ModelSpec, build_model, get_flat_weights, reusable_model, set_flat_weights
+from zdk.runtime.models import (ModelSpec, build_model, get_flat_weights, non_finite_weight, reusable_model,
+                                set_flat_weights)
 
 logger = logging.getLogger(__name__)
 
@@ -348,12 +349,19 @@ class WorkerRun:
             logs.append(model.train_on_batch(_unwrap(xs), _unwrap(ys), return_dict=True))
         ended = time.time()
         records = []
+        finite = True
         for i, step_logs in enumerate(logs):
             record = self._record("step", epoch, first + i, step_logs)
             record["timestamp"] = started + (ended - started) * (i + 1) / len(logs)  # the steps share the call
             if record["loss"] is not None and not math.isfinite(record["loss"]):
+                finite = False
                 self._non_finite(record)
             records.append(record)
+        # A finite loss does not prove finite weights: oneDNN's fused ReLU (TensorFlow's default on
+        # AVX-512 CPUs) maps a NaN activation to 0, so a NaN row leaves the loss finite and the kernel
+        # NaN. With a PS the shards refuse such a commit; without one, nothing else would notice.
+        if finite and records and not self.algorithm.uses_ps and (path := non_finite_weight(model)) is not None:
+            self._non_finite(records[-1], weight=path)
         return records
 
     def _last(self) -> dict[str, Any]:
@@ -385,10 +393,15 @@ class WorkerRun:
             report["loss"] = float(record["loss"])
         return report
 
-    def _non_finite(self, record: dict[str, Any]) -> None:
-        message = (f"worker {self.worker_id} (attempt {self.attempt}): the training loss became {record['loss']} at "
-                   f"epoch {record['epoch']}, step {record['step']}. Check the input data for NaN or infinite "
-                   "values, and try a lower learning rate")
+    def _non_finite(self, record: dict[str, Any], *, weight: str | None = None) -> None:
+        """Raises (``on_nan="raise"``) or warns once about a non-finite loss at ``record``'s step, or
+        about the non-finite ``weight`` found at the end of the window ending at that step."""
+        where = f"epoch {record['epoch']}, step {record['step']}"
+        what = (f"the training loss became {record['loss']} at {where}" if weight is None else
+                f"the weights became non-finite ({weight!r} holds NaN or infinity) in the steps up to {where}, "
+                "though the training loss stayed finite")
+        message = (f"worker {self.worker_id} (attempt {self.attempt}): {what}. Check the input data for NaN or "
+                   "infinite values, and try a lower learning rate")
         if self.config.on_nan == "raise":
             raise NonFiniteError(message + "; on_nan='warn' trains on regardless.")
         if not self._warned_nan:
