@@ -11,9 +11,7 @@ The figures are the model's loss and compiled metrics, named ``val_<name>``.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 from typing import Any, Protocol
 
 import numpy as np
@@ -22,8 +20,9 @@ from zdk.driver.columns import as_float32
 from zdk.driver.plan import TrainingPlan
 from zdk.driver.session import task_slots
 from zdk.errors import ConfigError
-from zdk.runtime.evaluation import EVALUATION_SCHEMA, EvaluationConfig, evaluate, evaluate_partition
-from zdk.runtime.minibatches import column_to_numpy
+from zdk.runtime.evaluation import (EVALUATION_SCHEMA, EvaluationConfig, MetricVariable, evaluate, evaluate_partition,
+                                    merge_metric_states, set_metric_state, state_from_json)
+from zdk.runtime.minibatches import column_to_numpy, record_batch_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +67,9 @@ class DriverValidation:
 
 
 class SparkValidation:
-    """A validation set evaluated by a Spark job (see :mod:`zdk.runtime.evaluation`)."""
+    """A validation set evaluated by a Spark job (see :mod:`zdk.runtime.evaluation`): the tasks'
+    metric states are merged, and the figures computed once from the merged state, so that
+    AUC, precision and the like are those of the whole set."""
 
     def __init__(self, frame: Any, plan: TrainingPlan, *, rows: int, batch_size: int) -> None:
         self.frame, self.plan, self.rows = frame, plan, rows
@@ -85,12 +86,22 @@ class SparkValidation:
                                          EVALUATION_SCHEMA).collect()
         finally:
             weights.destroy()
-        total = sum(r.rows for r in rows)
-        sums: dict[str, float] = {}
-        for r in rows:
-            for name, value in json.loads(r.figures).items():
-                sums[name] = sums.get(name, 0.0) + value * r.rows
-        return _prefixed({k: v / total if total else math.nan for k, v in sums.items()})
+        states = [state_from_json(r.state) for r in rows]
+        if not states:
+            raise RuntimeError(f"the validation job evaluated no rows of the {self.rows} counted before training: "
+                               "did the validation DataFrame's source change?")
+        merged = merge_metric_states(states)
+        self._build_metrics(model, states[0])
+        return _prefixed(set_metric_state(model, states[0], merged))
+
+    def _build_metrics(self, model: Any, state: list[MetricVariable]) -> None:
+        """Builds ``model``'s metrics, which Keras builds at their first update, by evaluating one
+        validation row, unless they are built already."""
+        if len(model.metrics_variables) == len(state):
+            return
+        batch = self.frame.limit(1).toArrow().to_batches()[0]
+        xs, ys = record_batch_arrays(batch, self.plan.features_col, self.plan.label_col)
+        evaluate(model, xs, ys, batch_size=1)
 
 
 def validation_set(plan: TrainingPlan, dataframe: Any, *, max_driver_bytes: int = MAX_DRIVER_BYTES) -> ValidationSet:
