@@ -274,3 +274,39 @@ def test_a_killed_shard_with_checkpoints_is_restarted_and_training_completes(dig
     assert np.any(killed["saved"] != 0)
     assert proc.poll() is None
     assert acc > BAR
+
+
+def test_the_drivers_requests_ride_through_a_shard_restarted_under_them(ps_process, tmp_path, monkeypatch):
+    # A run with callbacks pulls the center at every epoch's end: a shard restarted between that
+    # client's hello and its pull failed the whole run (found by the test above, on CI).
+    from zdk.driver import planning
+    from zdk.driver.ps_session import PSSession
+
+    proc, endpoints = ps_process("--shards", "1", "--bind", "tcp://127.0.0.1:0", "--size", "4810",
+                                 "--checkpoint-dir", str(tmp_path), "--checkpoint-every", "0.2")
+    plan = planning.plan_training(mlp(), algorithm="downpour", owner="Test", loss="sparse_categorical_crossentropy",
+                                  num_workers=1, parameter_server=endpoints, timeout=6.0)
+    session = PSSession(plan, initial=np.zeros(4810, np.float32)).begin().wait()
+    poll_until(lambda: os.path.exists(tmp_path / "shard-000-of-001.npz"), timeout=10, what="a first checkpoint")
+    before = session.center()
+    (shard,) = children(proc.pid, "zdk.ps.server")
+    hello, killed = PSClient.hello, []
+
+    def hello_then_kill(self, **kwargs):
+        info = hello(self, **kwargs)
+        if not killed:
+            killed.append(shard)
+            os.kill(shard, signal.SIGKILL)
+            poll_until(lambda: children(proc.pid, "zdk.ps.server") not in ([], [shard]), timeout=30,
+                       what="the restarted shard")
+        return info
+
+    monkeypatch.setattr(PSClient, "hello", hello_then_kill)
+    try:
+        center = session.center()
+        stats = session.stats()
+    finally:
+        session.close()
+    assert killed == [shard] and children(proc.pid, "zdk.ps.server") != [shard]
+    np.testing.assert_array_equal(center, before)  # restored from its checkpoint
+    assert stats[0]["restored_from"] == str(tmp_path / "shard-000-of-001.npz")

@@ -8,15 +8,16 @@ never registers as a worker, so it neither holds up synchronous rounds nor count
 from __future__ import annotations
 
 import contextvars
+import itertools
 import logging
 import threading
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
 from zdk.driver.plan import ServerPlan, TrainingPlan
 from zdk.driver.result import ResumeInfo
-from zdk.errors import ConfigError, DeadlineExceeded
+from zdk.errors import ConfigError, DeadlineExceeded, ShardRestarted
 from zdk.ps import checkpoint
 from zdk.ps.client import PSClient
 from zdk.ps.launcher import ShardGroup, start_shards
@@ -24,6 +25,11 @@ from zdk.ps.protocol import OBSERVER_DRIVER
 from zdk.transports.curve import CurveKeys, is_loopback
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: How many shard restarts one observer request (center, stats, control) rides through.
+OBSERVER_RESYNCS = 3
 
 #: Seconds a running ``zdk ps`` (``parameter_server=``) has to answer the first `hello`.
 PROBE_SECONDS = 5.0
@@ -150,21 +156,31 @@ class PSSession:
 
     def center(self) -> np.ndarray:
         """θ̃, pulled from every shard."""
-        with self.client() as client:
-            client.hello(register=False)
-            return client.pull()
+        return self._observe(lambda client: client.pull())
 
     def stats(self, *, epochs_from: int | None = None) -> list[dict[str, Any]]:
         """Every shard's ``stats``, with the workers' epoch reports from ``epochs_from`` on when given."""
-        with self.client() as client:
-            client.hello(register=False)
-            return client.stats(epochs_from=epochs_from)
+        return self._observe(lambda client: client.stats(epochs_from=epochs_from))
 
     def control(self, stop: bool, learning_rate: float | None = None) -> None:
         """Tells every worker, through the shards, to stop, or to train at ``learning_rate``, from its next exchange."""
+        self._observe(lambda client: client.set_control(stop=stop, learning_rate=learning_rate))
+
+    def _observe(self, request: Callable[[PSClient], T]) -> T:
+        """``request`` on a fresh observer client. A shard restarted from its checkpoint between
+        the client's hello and its request (a supervisor brings killed shards back) is met again,
+        as workers do, up to ``OBSERVER_RESYNCS`` times: each request here is idempotent."""
         with self.client() as client:
             client.hello(register=False)
-            client.set_control(stop=stop, learning_rate=learning_rate)
+            for resyncs in itertools.count():
+                try:
+                    return request(client)
+                except ShardRestarted as exc:
+                    if resyncs >= OBSERVER_RESYNCS:
+                        raise
+                    logger.info("%s; asking again", exc)
+                    client.hello(register=False, resync=True)
+        raise AssertionError("unreachable")
 
     def _start(self) -> None:
         cp = self.server.checkpoint
