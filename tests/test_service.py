@@ -449,7 +449,9 @@ def test_a_restart_keeps_finished_jobs_runs_queued_ones_and_resumes_running_ones
         done = client.submit(base_spec(num_epoch=3), model_file)["id"]
         assert client.wait(done, timeout=120)["state"] == "finished"
         trained = client.model_bytes(done)
-        running = client.submit(base_spec(num_epoch=30), model_file)["id"]
+        # 30 epochs of 8-row steps: about 8 s, so the stop below lands mid-run (at 32 rows, a CI
+        # run once finished every epoch before it, leaving the resumed run nothing to train).
+        running = client.submit(base_spec(num_epoch=30, batch_size=8), model_file)["id"]
         queued = client.submit(base_spec(num_epoch=1), model_file)["id"]
         poll_until(lambda: (client.job(running).get("progress") or {}).get("steps"), timeout=120, interval=0.2,
                    what="the long job to take steps")
@@ -467,6 +469,7 @@ def test_a_restart_keeps_finished_jobs_runs_queued_ones_and_resumes_running_ones
         assert client.wait(queued, timeout=120)["state"] == "finished"
         # Resumed, it trained only the epochs not finished before the stop.
         epochs = {r["epoch"] for r in client.history(running)}
+        assert epochs, f"the resumed run trained no epoch: {resumed}"
         assert min(epochs) > 0 and max(epochs) == 29
         assert [j["id"] for j in client.jobs()] == [done, running, queued]
 
