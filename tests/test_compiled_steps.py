@@ -160,12 +160,17 @@ def nan_hiding_model():
                              keras.layers.Dense(3, activation="softmax")])
 
 
-@pytest.mark.parametrize("steps_per_execution", [5, 1])
-def test_non_finite_weights_behind_a_finite_loss_name_the_window_without_a_ps(steps_per_execution):
-    cfg = config(steps_per_execution=steps_per_execution, shuffle=False, net=nan_hiding_model())
+# Without a PS the weights are checked every 32 steps and at each epoch's end. Row 150 is in step 10
+# of 13 at 16 rows a step (checked at the epoch's end), and in step 38 of 50 at 4 (checked after
+# step 35, and then at the epoch's end).
+@pytest.mark.parametrize("steps_per_execution,batch_size,steps", [(5, 16, "1–13"), (1, 16, "1–13"), (5, 4, "36–50"),
+                                                                  (1, 4, "33–50")])
+def test_non_finite_weights_behind_a_finite_loss_name_the_steps_without_a_ps(steps_per_execution, batch_size, steps):
+    cfg = config(steps_per_execution=steps_per_execution, batch_size=batch_size, shuffle=False,
+                 net=nan_hiding_model())
     with pytest.raises(NonFiniteError, match=r"worker 0 \(attempt 0\): the weights became non-finite "
-                                             r"\('dense(_\d+)?/kernel' holds NaN or infinity\) in the steps up "
-                                             r"to epoch 0, step 10, though the training loss stayed finite"):
+                                             r"\('dense(_\d+)?/kernel' holds NaN or infinity\) in steps "
+                                             rf"{steps} \(epoch 0\), though the training loss stayed finite"):
         WorkerRun(cfg, worker_id=0).run(arrow_batches(nan_row=150))
 
 
@@ -174,7 +179,7 @@ def test_non_finite_weights_on_nan_warn_warn_once_and_train_on(caplog):
     with caplog.at_level(logging.WARNING, logger="zdk.runtime.worker"):
         records = WorkerRun(cfg, worker_id=0).run(arrow_batches(nan_row=150))
     warnings = [r.getMessage() for r in caplog.records if "weights became non-finite" in r.getMessage()]
-    assert len(warnings) == 1 and "step 10" in warnings[0]
+    assert len(warnings) == 1 and "steps 1–13 (epoch 0)" in warnings[0]
     steps = steps_of(records)
     assert len(steps) == 26 and all(math.isfinite(r["loss"]) for r in steps)
 

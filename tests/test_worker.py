@@ -119,3 +119,21 @@ def test_flat_weights_round_trip_every_variable_in_get_weights_order():
     other = FlatLayout.of(model.get_weights()[:-1])
     with pytest.raises(ConfigError, match="must have the 7 weights its layout was made from. Received: a model with 8"):
         get_flat_weights(model, other, other.empty())
+
+
+def test_non_finite_weight_names_the_first_variable_holding_nan_or_infinity():
+    from zdk.runtime.models import non_finite_weight
+
+    keras.utils.set_random_seed(4)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4), keras.layers.BatchNormalization(),
+                              keras.layers.Dense(3)])
+    assert non_finite_weight(model) is None
+    moving_var = model.layers[1].moving_variance  # not trainable: a NaN there ruins predictions too
+    moving_var.assign(np.array([1.0, np.inf, 1.0, 1.0], np.float32))
+    assert non_finite_weight(model) == moving_var.path
+    model.layers[2].kernel.assign(np.full((4, 3), np.nan, np.float32))
+    assert non_finite_weight(model) == moving_var.path  # the first, in model.weights order
+    moving_var.assign(np.ones(4, np.float32))
+    assert non_finite_weight(model) == model.layers[2].kernel.path
+    model.layers[2].kernel.assign(np.zeros((4, 3), np.float32))
+    assert non_finite_weight(model) is None  # the traced check reads the variables' current values

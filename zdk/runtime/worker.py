@@ -162,6 +162,7 @@ class WorkerRun:
         self.epoch_steps = 0
         self.reused = False
         self._warned_nan = False
+        self._unchecked_from: int | None = None  #: the first step since the weights were last checked
         self._compiled: Any = None
         self._traced_from: list[tuple[int, ...]] | None = None
 
@@ -224,6 +225,7 @@ class WorkerRun:
                     logger.info("worker %d: stopped by the driver in epoch %d, step %d", self.worker_id, epoch, step)
                     break
                 self.epoch_steps = self.epoch_steps or step
+                self._check_weights(model, self._last())
                 cadence.end_epoch(self._last(), samples, self._epoch_summary(epoch, samples - before, sums),
                                   last=epoch == cfg.num_epoch - 1)
             cadence.finish(self._last(), samples)
@@ -360,9 +362,20 @@ class WorkerRun:
         # A finite loss does not prove finite weights: oneDNN's fused ReLU (TensorFlow's default on
         # AVX-512 CPUs) maps a NaN activation to 0, so a NaN row leaves the loss finite and the kernel
         # NaN. With a PS the shards refuse such a commit; without one, nothing else would notice.
-        if finite and records and not self.algorithm.uses_ps and (path := non_finite_weight(model)) is not None:
-            self._non_finite(records[-1], weight=path)
+        if finite and records and not self.algorithm.uses_ps:
+            self._unchecked_from = self._unchecked_from or int(records[0]["step"])
+            if int(records[-1]["step"]) - self._unchecked_from + 1 >= DEFAULT_STEPS_PER_EXECUTION:
+                self._check_weights(model, records[-1])
         return records
+
+    def _check_weights(self, model: Any, record: dict[str, Any]) -> None:
+        """Without a PS: the weights are finite after the steps since the last check, up to
+        ``record``'s; checked every ``DEFAULT_STEPS_PER_EXECUTION`` steps and at every epoch's end."""
+        if self._unchecked_from is None:
+            return
+        first, self._unchecked_from = self._unchecked_from, None
+        if (path := non_finite_weight(model)) is not None:
+            self._non_finite(record, weight=path, first=first)
 
     def _last(self) -> dict[str, Any]:
         return self.records[-1] if self.records else {}
@@ -393,13 +406,13 @@ class WorkerRun:
             report["loss"] = float(record["loss"])
         return report
 
-    def _non_finite(self, record: dict[str, Any], *, weight: str | None = None) -> None:
+    def _non_finite(self, record: dict[str, Any], *, weight: str | None = None, first: int = 0) -> None:
         """Raises (``on_nan="raise"``) or warns once about a non-finite loss at ``record``'s step, or
-        about the non-finite ``weight`` found at the end of the window ending at that step."""
-        where = f"epoch {record['epoch']}, step {record['step']}"
-        what = (f"the training loss became {record['loss']} at {where}" if weight is None else
-                f"the weights became non-finite ({weight!r} holds NaN or infinity) in the steps up to {where}, "
-                "though the training loss stayed finite")
+        about the non-finite ``weight`` found after steps ``first`` to ``record``'s."""
+        what = (f"the training loss became {record['loss']} at epoch {record['epoch']}, step {record['step']}"
+                if weight is None else
+                f"the weights became non-finite ({weight!r} holds NaN or infinity) in steps {first}–{record['step']} "
+                f"(epoch {record['epoch']}), though the training loss stayed finite")
         message = (f"worker {self.worker_id} (attempt {self.attempt}): {what}. Check the input data for NaN or "
                    "infinite values, and try a lower learning rate")
         if self.config.on_nan == "raise":
