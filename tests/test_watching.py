@@ -13,6 +13,7 @@ import pytest
 keras = pytest.importorskip("keras")
 pytest.importorskip("pyspark")
 
+from zdk.errors import ConfigError  # noqa: E402
 from zdk.trainers import ADAG, AEASGD, DOWNPOUR  # noqa: E402
 
 pytestmark = pytest.mark.spark
@@ -212,6 +213,31 @@ def test_a_large_validation_set_is_evaluated_by_spark_with_the_same_figures(vali
     parts = [compiled.evaluate(x_test[p], y_test[p], verbose=0, return_dict=True)["iou"] * len(y_test[p])
              for p in (y_test < 5, y_test >= 5)]
     assert abs(sum(parts) / len(y_test) - a["val_iou"]) > 1e-2
+
+
+@keras.saving.register_keras_serializable(package="zdk_tests")
+class Peak(keras.metrics.Metric):
+    """The largest prediction seen, kept with aggregation="mean": no merge of parts gives the whole's."""
+
+    def __init__(self, name="peak", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.peak = self.add_variable(shape=(), initializer="zeros", aggregation="mean", name="value")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        self.peak.assign(keras.ops.maximum(self.peak, keras.ops.max(y_pred)))
+
+    def result(self):
+        return self.peak
+
+
+def test_a_metric_whose_state_cannot_be_merged_is_refused_before_training(validation):
+    from zdk.driver.planning import plan_training
+    from zdk.driver.validation import validation_set
+
+    plan = plan_training(mlp(), algorithm="downpour", owner="Test", loss=LOSS, num_workers=1, metrics=[Peak()])
+    validation_set(plan, validation)  # on the driver, Keras evaluates the whole set at once: no merge
+    with pytest.raises(ConfigError, match=r"`metrics`: the state variable 'peak/value' has aggregation='mean'"):
+        validation_set(plan, validation, max_driver_bytes=1)
 
 
 def test_asking_whether_an_mlflow_run_is_active_does_not_import_mlflow():

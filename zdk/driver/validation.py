@@ -17,11 +17,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from zdk.driver.columns import as_float32
+from zdk.driver.models import compiled_model
 from zdk.driver.plan import TrainingPlan
 from zdk.driver.session import task_slots
 from zdk.errors import ConfigError
-from zdk.runtime.evaluation import (EVALUATION_SCHEMA, EvaluationConfig, MetricVariable, evaluate, evaluate_partition,
-                                    merge_metric_states, set_metric_state, state_from_json)
+from zdk.runtime.evaluation import (EVALUATION_SCHEMA, EvaluationConfig, MetricLayout, evaluate, evaluate_partition,
+                                    merge_states, metric_layout, write_state)
 from zdk.runtime.minibatches import column_to_numpy, record_batch_arrays
 
 logger = logging.getLogger(__name__)
@@ -75,8 +76,10 @@ class SparkValidation:
         self.frame, self.plan, self.rows = frame, plan, rows
         self.config = EvaluationConfig(spec=plan.model.to_json(), features=plan.features_col,
                                        labels=plan.label_col, batch_size=batch_size).to_json()
+        self._checked: tuple[Any, MetricLayout] | None = None  #: the model last checked, and its layout
 
     def evaluate(self, model: Any) -> dict[str, float]:
+        layout = self.check(model)
         sc = self.frame.sparkSession.sparkContext
         flat = self.plan.model.layout.flatten(model.get_weights())
         weights = sc.broadcast(flat.tobytes())
@@ -86,22 +89,40 @@ class SparkValidation:
                                          EVALUATION_SCHEMA).collect()
         finally:
             weights.destroy()
-        states = [state_from_json(r.state) for r in rows]
-        if not states:
-            raise RuntimeError(f"the validation job evaluated no rows of the {self.rows} counted before training: "
-                               "did the validation DataFrame's source change?")
-        merged = merge_metric_states(states)
-        self._build_metrics(model, states[0])
-        return _prefixed(set_metric_state(model, states[0], merged))
+        evaluated = sum(r.rows for r in rows)
+        if evaluated != self.rows:
+            raise RuntimeError(f"the validation job evaluated {evaluated} rows, not the {self.rows} counted before "
+                               "training: did the validation DataFrame's source change?")
+        for r in rows:
+            if r.layout != layout.to_json():
+                raise ValueError(f"a validation task's metric state {r.layout} is not the driver's {layout.to_json()}")
+        state = merge_states(layout, (np.frombuffer(r.state, dtype=np.float64) for r in rows))
+        return _prefixed(write_state(model, layout, state))
 
-    def _build_metrics(self, model: Any, state: list[MetricVariable]) -> None:
-        """Builds ``model``'s metrics, which Keras builds at their first update, by evaluating one
-        validation row, unless they are built already."""
-        if len(model.metrics_variables) == len(state):
-            return
+    def check(self, model: Any) -> MetricLayout:
+        """``model``'s metric layout, checked once to be mergeable and to give the figures Keras's
+        ``evaluate`` gives. Keras builds the compiled metrics at their first use, so this first
+        evaluates one validation row when they are not built.
+
+        Raises:
+            ConfigError: naming ``metrics`` for a state that cannot be merged, or a model whose
+                ``evaluate`` reports other figures than its metrics (a custom ``test_step``).
+        """
+        if self._checked is not None and self._checked[0] is model:
+            return self._checked[1]
         batch = self.frame.limit(1).toArrow().to_batches()[0]
         xs, ys = record_batch_arrays(batch, self.plan.features_col, self.plan.label_col)
-        evaluate(model, xs, ys, batch_size=1)
+        figures = evaluate(model, xs, ys, batch_size=1)
+        from_state = set(model.get_metrics_result())
+        if set(figures) != from_state:
+            raise ConfigError(f"`metrics`: the model's evaluate() reports {sorted(figures)}, but its metrics hold "
+                              f"{sorted(from_state)} (a custom test_step?), which a validation set evaluated in Spark "
+                              "cannot merge. Use a validation set small enough to be evaluated on the driver "
+                              "(zdk.driver.validation.MAX_DRIVER_BYTES)", field="metrics")
+        layout = metric_layout(model)
+        layout.check_mergeable()
+        self._checked = (model, layout)
+        return layout
 
 
 def validation_set(plan: TrainingPlan, dataframe: Any, *, max_driver_bytes: int = MAX_DRIVER_BYTES) -> ValidationSet:
@@ -128,7 +149,10 @@ def validation_set(plan: TrainingPlan, dataframe: Any, *, max_driver_bytes: int 
             logger.warning("the validation set (%d rows) is evaluated by Spark jobs, which wait for a free task slot "
                            "while the %d training tasks hold all of them: epochs are evaluated late", rows,
                            plan.num_tasks)
-        return SparkValidation(frame.cache(), plan, rows=rows, batch_size=batch_size)
+        in_spark = SparkValidation(frame.cache(), plan, rows=rows, batch_size=batch_size)
+        # A metric whose state cannot be merged fails now, not at the end of the first epoch.
+        in_spark.check(compiled_model(plan.model, plan.model.layout.empty()))
+        return in_spark
     table = frame.toArrow()
     arrays = {c: column_to_numpy(table.column(c).combine_chunks(), c) for c in names}
     return DriverValidation([arrays[c] for c in plan.features_col], [arrays[c] for c in plan.label_col],
