@@ -3,11 +3,14 @@
     zdk serve --state-dir /srv/zdk --data-root /data --port 8470
     zdk serve token create --user alice --state-dir /srv/zdk
     zdk serve token revoke --user alice | list
+
+``kill -USR1 <pid>`` writes every thread's stack to the server's stderr (a stop or a job that hangs).
 """
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import signal
 import sys
@@ -63,6 +66,7 @@ def _serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     if not args.data_root:
         os.makedirs(policy.data_roots[0], exist_ok=True)
     with JobServer(config) as server:
@@ -76,7 +80,11 @@ def _serve(args: argparse.Namespace) -> int:
                   file=sys.stderr, flush=True)
         print(f"zdk serve: dashboard at {server.url}/ ; Ctrl-C stops (running jobs resume at the next start)",
               flush=True)
-        stop.wait()
+        # Waits in slices: the kernel may deliver SIGTERM to any thread (Spark's, aiohttp's), and
+        # then the main thread, asleep in an untimed wait, never runs the handler (seen: a SIGTERM
+        # during Spark's start left the server serving).
+        while not stop.wait(0.5):
+            pass
         print("zdk serve: stopping", flush=True)
     return 0
 
