@@ -73,7 +73,8 @@ def train_one(name: str, args: argparse.Namespace, data) -> dict:
     rate = TRAINERS[name]
     optimizer = "adam" if rate is None else keras.optimizers.Adam(rate)
     trainer = getattr(trainers, name)(
-        model, optimizer, "sparse_categorical_crossentropy", num_workers=2, num_epoch=args.epochs, progress=False,
+        model, optimizer, "sparse_categorical_crossentropy", num_workers=2, num_epoch=args.epochs,
+        batch_size=args.batch_size, progress=False,
         timeout=30.0, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
         ps_host=args.ps_host, num_shards=args.num_shards)
     killed: dict = {}
@@ -109,6 +110,7 @@ def main() -> int:
                    help="repeatable: the trainers run one after the other in this one Spark session "
                         "(default: DOWNPOUR)")
     p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=32, help="smaller: longer runs, for faults that must land mid-run")
     p.add_argument("--checkpoint-dir", default=None)
     p.add_argument("--checkpoint-every", type=float, default=None)
     p.add_argument("--resume", action="store_true")

@@ -79,7 +79,9 @@ def test_the_dashboard_shows_a_job_running_then_finished_with_its_loss_plot(job_
     browser.find_element(By.ID, "signin").click()
     poll_until(lambda: browser.find_element(By.ID, "whoami").text == "signed in as alice", what="sign-in")
 
-    job_id = _submit(job_server, token, path.read_bytes(), name="digits-adag", num_epoch=25, validation=0.2)
+    # 8-row steps: the run lasts several seconds, so the live view below is seen while it runs.
+    job_id = _submit(job_server, token, path.read_bytes(), name="digits-adag", num_epoch=25, batch_size=8,
+                     validation=0.2)
     row = f"#jobs tr[data-id='{job_id}']"
     poll_until(lambda: browser.find_elements(By.CSS_SELECTOR, row), timeout=30, what="the job in the list")
     browser.find_element(By.CSS_SELECTOR, row).click()

@@ -62,8 +62,9 @@ def killed_worker_runs():
     def runs(master: str) -> tuple[dict[str, dict], str]:
         if master not in done:
             names = [arg for trainer, m in KILLED_WORKER_CASES if m == master for arg in ("--trainer", trainer)]
-            result = subprocess.run([sys.executable, DRIVER, "--master", master, "--epochs", "10", "--kill-worker-at",
-                                     "40", *MASTER_CONF.get(master, []), *names],
+            # 10 epochs of 16-row steps, about 420 steps a worker: the kill at step 40 lands early.
+            result = subprocess.run([sys.executable, DRIVER, "--master", master, "--epochs", "10", "--batch-size", "16",
+                                     "--kill-worker-at", "40", *MASTER_CONF.get(master, []), *names],
                                     capture_output=True, text=True, timeout=600)
             outs = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
             done[master] = {out["trainer"]: out for out in outs}, result.stderr
@@ -100,8 +101,9 @@ CRASH_EPOCHS = 16
 
 def test_a_driver_crash_resumes_from_the_last_checkpoint(tmp_path):
     ckpt = str(tmp_path / "ckpt")
-    proc = subprocess.Popen([sys.executable, DRIVER, "--epochs", str(CRASH_EPOCHS), "--checkpoint-dir", ckpt,
-                             "--checkpoint-every", "0.3"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    # 8-row steps, about 85 a worker per epoch: the crash after epoch 2 lands early in the run.
+    proc = subprocess.Popen([sys.executable, DRIVER, "--epochs", str(CRASH_EPOCHS), "--batch-size", "8",
+                             "--checkpoint-dir", ckpt, "--checkpoint-every", "0.3"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=contained_temp_env(tmp_path / "tmp"))  # SIGKILLed: its temp files stay here
     try:
         def progress() -> int:
@@ -128,7 +130,7 @@ def test_a_driver_crash_resumes_from_the_last_checkpoint(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    out = run_driver("--epochs", str(CRASH_EPOCHS), "--checkpoint-dir", ckpt, "--resume")
+    out = run_driver("--epochs", str(CRASH_EPOCHS), "--batch-size", "8", "--checkpoint-dir", ckpt, "--resume")
     print(f"resumed from version {out['resumed']['version']} at epoch {out['resumed']['first_epoch']}: "
           f"trained epochs {out['epochs'][:1]}..{out['epochs'][-1:]}, accuracy {out['accuracy']:.3f}")
     assert 2 <= out["resumed"]["first_epoch"] < CRASH_EPOCHS and out["resumed"]["version"] > 0

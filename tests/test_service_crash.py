@@ -90,7 +90,8 @@ def test_a_job_resumes_after_zdk_serve_is_killed(job_data, tmp_path):
     digits_mlp().save(tmp_path / "m.keras")
     spec = {"name": "crash", "trainer": {"class": "ADAG", "arguments": {
                 "worker_optimizer": "adam", "loss": "sparse_categorical_crossentropy", "num_workers": 2,
-                "num_epoch": 8, "batch_size": 32}},
+                # 20 epochs of 8-row steps, a few seconds: the kill below lands mid-run.
+                "num_epoch": 20, "batch_size": 8}},
             "data": {"format": "parquet", "path": "digits.parquet"},
             "resources": {"num_executors": 1, "num_processes": 2}}
     servers = Servers(state, job_data, tmp_path)

@@ -219,7 +219,7 @@ def test_an_admission_flood_is_bounded_and_never_holds_up_sign_in(server, model_
 
 
 def test_the_queue_per_user_and_deleting_a_job(server, model_file):
-    first = post(server, "carol", spec(num_epoch=50), model_file)
+    first = post(server, "carol", spec(num_epoch=50, batch_size=4), model_file)  # still running when cancelled
     assert first.status_code == 201, first.text
     job_id = first.json()["id"]
     second = post(server, "carol", spec(), model_file)
