@@ -122,8 +122,15 @@ def test_flat_weights_round_trip_every_variable_in_get_weights_order():
 
 
 def test_non_finite_weight_names_the_first_variable_holding_nan_or_infinity():
+    import os
+    import tempfile
+
     from zdk.runtime.models import non_finite_weight
 
+    def autograph_files() -> set[str]:
+        return {e for e in os.listdir(tempfile.gettempdir()) if e.startswith("__autograph_generated")}
+
+    before = autograph_files()
     keras.utils.set_random_seed(4)
     model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4), keras.layers.BatchNormalization(),
                               keras.layers.Dense(3)])
@@ -137,3 +144,4 @@ def test_non_finite_weight_names_the_first_variable_holding_nan_or_infinity():
     assert non_finite_weight(model) == model.layers[2].kernel.path
     model.layers[2].kernel.assign(np.zeros((4, 3), np.float32))
     assert non_finite_weight(model) is None  # the traced check reads the variables' current values
+    assert autograph_files() == before  # traced without autograph, which leaves a source file per function

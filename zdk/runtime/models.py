@@ -263,7 +263,10 @@ def _all_finite(model: Any) -> Any:
     variables = [v.value for v in model.weights if "float" in str(v.dtype)]
     if not variables:
         return None
-    return tf.function(lambda: tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in variables])))
+    # No autograph: nothing here needs converting, and autograph leaves a source file per converted
+    # lambda in the temp directory.
+    return tf.function(lambda: tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in variables])),
+                       autograph=False)
 
 
 #: ``non_finite_weight``'s traced check, per model.
